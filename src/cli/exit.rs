@@ -1,0 +1,35 @@
+//! Exit codes: one per kind of failure, so scripts can tell a wrong key from a corrupt vault.
+//! The table is documented in docs/CLI.md; the numbers are a contract.
+
+use crate::error::Error;
+
+pub const OK: u8 = 0;
+pub const FAILURE: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const NOT_A_VAULT: u8 = 3;
+pub const CORRUPT_CONFIG: u8 = 4;
+pub const UNSUPPORTED_VERSION: u8 = 5;
+pub const KEY_FILE: u8 = 6;
+pub const WRONG_KEY: u8 = 7;
+pub const KEY_SERVICE: u8 = 8;
+pub const KEY_PIN_MISMATCH: u8 = 9;
+pub const ALREADY_EXISTS: u8 = 10;
+pub const NOT_FOUND: u8 = 11;
+pub const INTEGRITY: u8 = 12;
+
+pub fn code_for(err: &Error) -> u8 {
+    match err {
+        Error::NotAVault(_) => NOT_A_VAULT,
+        Error::CorruptConfig(_) => CORRUPT_CONFIG,
+        Error::UnsupportedVersion(_) => UNSUPPORTED_VERSION,
+        Error::KeyFile(_) => KEY_FILE,
+        Error::WrongKey(_) => WRONG_KEY,
+        Error::KeyService(_) => KEY_SERVICE,
+        Error::KeyPinMismatch(_) => KEY_PIN_MISMATCH,
+        Error::AlreadyExists(_) => ALREADY_EXISTS,
+        Error::Integrity { .. } => INTEGRITY,
+        Error::Invalid(_) => USAGE,
+        e if e.is_not_found() => NOT_FOUND,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,377 @@
+//! The `envfs` command line: argument parsing, key discovery, and one function per
+//! subcommand. Every failure ends as one line on stderr and a distinct exit code (exit.rs).
+
+pub mod exit;
+
+use crate::error::{Error, Result};
+use crate::format::NameEncoding;
+use crate::format::config::*;
+use crate::fs::Fs;
+use crate::keys::KeyProvider;
+use crate::keys::local::{LocalKeyProvider, default_key_path};
+use crate::vault::{InitOptions, Vault, read_config_unverified};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "envfs",
+    version,
+    about = "Envelope-encrypted FUSE filesystem over a backing directory"
+)]
+pub struct Cli {
+    /// More log output on stderr (repeat for more). ENVFS_LOG=debug works too.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EncodingArg {
+    Base64,
+    Base32,
+}
+
+/// Options every command that opens a vault takes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// Local key file (default: $XDG_CONFIG_HOME/envfs/keys/<vault-id>.key)
+    #[arg(long, value_name = "PATH", env = "ENVFS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new vault in an empty backing directory.
+    Init {
+        /// The backing directory (must exist and be empty).
+        backing: PathBuf,
+        /// Where to create the key file (or an existing key file to reuse).
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Plaintext bytes per chunk: a power of two from 1024 to 1048576.
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+        /// Fixed size of every file header; room for the wrapped keys (256..65536).
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_HEADER_SIZE)]
+        header_size: u32,
+        /// Encrypted names longer than this are stored as hash + sidecar (64..254).
+        #[arg(long, value_name = "CHARS", default_value_t = DEFAULT_LONG_NAME_LIMIT)]
+        long_name_limit: u16,
+        /// Do not encrypt file names and symlink targets.
+        #[arg(long)]
+        plaintext_names: bool,
+        /// Alphabet of encrypted names: base32 for case-insensitive backends.
+        #[arg(long, value_enum, default_value = "base64")]
+        name_encoding: EncodingArg,
+    },
+    /// Describe a vault, or one file's header.
+    Info {
+        backing: PathBuf,
+        /// A plaintext path inside the vault.
+        path: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Decrypt one file to stdout without mounting.
+    Cat {
+        backing: PathBuf,
+        /// A plaintext path inside the vault.
+        path: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+/// The key providers for a vault from the command line, or the default key file.
+pub fn providers(backing: &Path, keys: &KeyArgs) -> Result<Vec<Arc<dyn KeyProvider>>> {
+    let path = match &keys.key_file {
+        Some(p) => p.clone(),
+        None => {
+            let (config, _) = read_config_unverified(backing)?;
+            let id = config.vault_id_hex();
+            let path = default_key_path(&id).ok_or_else(|| {
+                Error::KeyFile(
+                    "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file"
+                        .into(),
+                )
+            })?;
+            if !path.exists() {
+                return Err(Error::KeyFile(format!(
+                    "no key file given and none at {} (the default for vault {id}); use --key-file",
+                    path.display()
+                )));
+            }
+            path
+        }
+    };
+    Ok(vec![Arc::new(LocalKeyProvider::load(&path)?)])
+}
+
+pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Arc<Vault>> {
+    // Not a vault is a clearer answer than "no key file" when both are true.
+    read_config_unverified(backing)?;
+    Ok(Arc::new(Vault::open(backing, providers(backing, keys)?)?))
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            backing,
+            key_file,
+            chunk_size,
+            header_size,
+            long_name_limit,
+            plaintext_names,
+            name_encoding,
+        } => {
+            let opts = InitOptions {
+                chunk_size,
+                header_size,
+                long_name_limit,
+                plaintext_names,
+                name_encoding: match name_encoding {
+                    EncodingArg::Base64 => NameEncoding::Base64Url,
+                    EncodingArg::Base32 => NameEncoding::Base32,
+                },
+                vault_id: None,
+            };
+            init(&backing, key_file, &opts)
+        }
+        Command::Info {
+            backing,
+            path,
+            keys,
+        } => info(&backing, path.as_deref(), &keys),
+        Command::Cat {
+            backing,
+            path,
+            keys,
+        } => cat(&backing, &path, &keys),
+    }
+}
+
+fn init(backing: &Path, key_file: Option<PathBuf>, opts: &InitOptions) -> Result<()> {
+    // Validate everything before creating a key file, so a bad flag leaves nothing behind.
+    let probe = VaultConfig {
+        vault_id: [0; 16],
+        plaintext_names: opts.plaintext_names,
+        name_encoding: opts.name_encoding,
+        chunk_size: opts.chunk_size,
+        header_size: opts.header_size,
+        long_name_limit: opts.long_name_limit,
+        slots: vec![crate::format::KeySlot {
+            provider: crate::format::ProviderKind::Local,
+            key_id: "probe".into(),
+            wrapped: vec![0],
+        }],
+    };
+    probe.validate().map_err(Error::Invalid)?;
+    if !backing.is_dir() {
+        return Err(not_found(backing, "no such directory"));
+    }
+    if crate::vault::config_path(backing).exists() {
+        return Err(Error::AlreadyExists(format!(
+            "{} already holds an envfs vault",
+            backing.display()
+        )));
+    }
+    if std::fs::read_dir(backing)?.next().is_some() {
+        return Err(Error::AlreadyExists(format!(
+            "{} is not empty; envfs init needs an empty directory",
+            backing.display()
+        )));
+    }
+    // The vault id names the default key file, so it is chosen first.
+    let vault_id: [u8; 16] = crate::crypto::random::array();
+    let id = hex::encode(vault_id);
+    let (provider, key_path, created) = match key_file {
+        Some(path) if path.exists() => (LocalKeyProvider::load(&path)?, path, false),
+        Some(path) => (LocalKeyProvider::create(&path, &id)?, path, true),
+        None => {
+            let path = default_key_path(&id).ok_or_else(|| {
+                Error::KeyFile("neither XDG_CONFIG_HOME nor HOME is set; use --key-file".into())
+            })?;
+            (LocalKeyProvider::create(&path, &id)?, path, true)
+        }
+    };
+    let opts = InitOptions {
+        vault_id: Some(vault_id),
+        ..opts.clone()
+    };
+    if let Err(e) = Vault::init(backing, Arc::new(provider), &opts) {
+        if created {
+            let _ = std::fs::remove_file(&key_path);
+        }
+        return Err(e);
+    }
+    println!("Created envfs vault {id} in {}", backing.display());
+    println!(
+        "Key file: {} ({}). Back it up: without a key of the vault its files cannot be read.",
+        key_path.display(),
+        if created { "new" } else { "existing" }
+    );
+    Ok(())
+}
+
+fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
+    let (config, _) = read_config_unverified(backing)?;
+    let opened = match providers(backing, keys) {
+        Ok(p) => Some(Vault::open(backing, p)?),
+        // Without a key the vault can still be described, but not verified.
+        Err(Error::KeyFile(msg)) if path.is_none() => {
+            eprintln!("envfs: {msg}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "vault:          {}", backing.display())?;
+    writeln!(out, "vault id:       {}", config.vault_id_hex())?;
+    writeln!(out, "format version: {CONFIG_VERSION}")?;
+    writeln!(
+        out,
+        "cipher suite:   AES-256-GCM chunks, HKDF-SHA256 subkeys, AES-SIV names"
+    )?;
+    writeln!(out, "chunk size:     {} bytes", config.chunk_size)?;
+    writeln!(out, "header size:    {} bytes", config.header_size)?;
+    let names = if config.plaintext_names {
+        "plaintext (not encrypted)".to_string()
+    } else {
+        format!(
+            "encrypted, {} (names over {} characters stored as hash + sidecar)",
+            match config.name_encoding {
+                NameEncoding::Base64Url => "base64url",
+                NameEncoding::Base32 => "base32",
+            },
+            config.long_name_limit
+        )
+    };
+    writeln!(out, "names:          {names}")?;
+    writeln!(out, "keys:")?;
+    for (i, slot) in config.slots.iter().enumerate() {
+        writeln!(
+            out,
+            "  {}  {:<8} {}",
+            i + 1,
+            slot.provider.name(),
+            slot.key_id
+        )?;
+    }
+    writeln!(
+        out,
+        "authenticated:  {}",
+        if opened.is_some() {
+            "yes"
+        } else {
+            "no (no key available)"
+        }
+    )?;
+    let (Some(vault), Some(path)) = (opened, path) else {
+        return Ok(());
+    };
+    let fs = Fs::new(Arc::new(vault));
+    let backing_path = fs.backing_path(path)?;
+    let attr = fs.getattr(path).map_err(|e| with_path(e, path))?;
+    writeln!(out)?;
+    writeln!(out, "path:           {}", path.display())?;
+    writeln!(out, "backing path:   {}", backing_path.display())?;
+    writeln!(out, "type:           {:?}", attr.kind)?;
+    let backing_len = std::fs::symlink_metadata(&backing_path)?.len();
+    writeln!(
+        out,
+        "size:           {} bytes (backing file {} bytes)",
+        attr.size, backing_len
+    )?;
+    if attr.kind != crate::fs::FileKind::File {
+        return Ok(());
+    }
+    if backing_len == 0 {
+        writeln!(out, "header:         none (empty file)")?;
+        return Ok(());
+    }
+    let mut header = vec![0u8; config.header_size as usize];
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(&backing_path)?
+        .read_exact_at(&mut header, 0)
+        .map_err(|_| Error::Integrity {
+            path: backing_path.clone(),
+            chunk: None,
+            kind: crate::error::IntegrityKind::Header,
+        })?;
+    // Authenticate before describing: a forged header must not be shown as real.
+    fs.vault().open_file(&header, &backing_path)?;
+    let (parsed, _) = crate::format::FileHeader::parse(&header).expect("authenticated above");
+    writeln!(
+        out,
+        "header:         version {}, file id {}",
+        crate::format::header::HEADER_VERSION,
+        hex::encode(parsed.file_id)
+    )?;
+    writeln!(
+        out,
+        "chunks:         {}",
+        fs.vault().geometry.chunk_count(attr.size)
+    )?;
+    writeln!(out, "wrapped keys:")?;
+    for slot in &parsed.slots {
+        writeln!(out, "  {:<8} {}", slot.provider.name(), slot.key_id)?;
+    }
+    Ok(())
+}
+
+fn cat(backing: &Path, path: &Path, keys: &KeyArgs) -> Result<()> {
+    let fs = Fs::new(open_vault(backing, keys)?);
+    let handle = fs
+        .open(path, libc::O_RDONLY)
+        .map_err(|e| with_path(e, path))?;
+    let mut out = std::io::stdout().lock();
+    let mut offset = 0u64;
+    const STEP: usize = 1 << 20;
+    loop {
+        let data = fs.read(&handle, offset, STEP)?;
+        if data.is_empty() {
+            break;
+        }
+        match out.write_all(&data) {
+            Ok(()) => {}
+            // `envfs cat … | head` is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        offset += data.len() as u64;
+    }
+    out.flush().or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok(())
+}
+
+fn not_found(path: &Path, what: &str) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{}: {what}", path.display()),
+    ))
+}
+
+/// Name the plaintext path the user gave in an I/O error (it is their own input).
+fn with_path(err: Error, path: &Path) -> Error {
+    match err {
+        Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            not_found(path, "no such file in the vault")
+        }
+        Error::Io(e) => Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
+        other => other,
+    }
+}

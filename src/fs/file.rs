@@ -1,0 +1,605 @@
+//! Open files and the chunk engine: reading, writing and resizing one backing file.
+//!
+//! Every open of the same backing inode shares one `OpenFile` (see `OpenFiles`), so that one
+//! lock orders all writers of a file: two writers to neighbouring bytes of one chunk would
+//! otherwise both read-modify-write it and one update would be lost. Reads share the lock.
+//! The file's keys are loaded from its header on first use and kept while the file is open.
+//!
+//! Offsets: `plain_*` are offsets in the decrypted file, `backing_*` in the backing file.
+//! Nothing here trusts the backing file: sizes are re-read with fstat on every call (another
+//! host may have changed the file) and every chunk is authenticated before a byte of it is
+//! returned.
+
+use crate::crypto::FileKeys;
+use crate::error::{Error, IntegrityKind, Result};
+use crate::format::Geometry;
+use crate::format::geometry::{BadLength, CHUNK_OVERHEAD};
+use crate::format::header::FILE_ID_OFFSET;
+use crate::vault::Vault;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// Plaintext bytes written per step when a file grows by zero-filling, bounding memory.
+const ZERO_FILL_STEP: u64 = 1 << 20;
+
+/// The state behind one backing inode's lock.
+pub(crate) struct FileIo {
+    fd: Arc<File>,
+    writable: bool,
+    keys: Option<Arc<FileKeys>>,
+}
+
+pub struct OpenFile {
+    id: (u64, u64),
+    /// Backing path at open time, for log messages only (the file may be renamed since).
+    backing_path: Mutex<PathBuf>,
+    io: RwLock<FileIo>,
+    table: Weak<Mutex<HashMap<(u64, u64), Weak<OpenFile>>>>,
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.upgrade() {
+            let mut table = table.lock().unwrap();
+            if table.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
+                table.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// The table of open backing inodes, keyed by (device, inode).
+#[derive(Default)]
+pub struct OpenFiles {
+    table: Arc<Mutex<HashMap<(u64, u64), Weak<OpenFile>>>>,
+}
+
+impl OpenFiles {
+    /// The shared `OpenFile` for a freshly opened backing fd. If the inode is already open,
+    /// the existing entry is returned and, when the new fd is writable and the old one is
+    /// not, the entry switches to the new fd.
+    pub fn get_or_insert(
+        &self,
+        fd: File,
+        writable: bool,
+        backing_path: &Path,
+    ) -> Result<Arc<OpenFile>> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fd.metadata()?;
+        let id = (meta.dev(), meta.ino());
+        let mut table = self.table.lock().unwrap();
+        if let Some(existing) = table.get(&id).and_then(Weak::upgrade) {
+            if writable {
+                let mut io = existing.io.write().unwrap();
+                if !io.writable {
+                    io.fd = Arc::new(fd);
+                    io.writable = true;
+                }
+            }
+            *existing.backing_path.lock().unwrap() = backing_path.to_path_buf();
+            return Ok(existing);
+        }
+        let file = Arc::new(OpenFile {
+            id,
+            backing_path: Mutex::new(backing_path.to_path_buf()),
+            io: RwLock::new(FileIo {
+                fd: Arc::new(fd),
+                writable,
+                keys: None,
+            }),
+            table: Arc::downgrade(&self.table),
+        });
+        table.insert(id, Arc::downgrade(&file));
+        Ok(file)
+    }
+
+    /// The open entry for a backing inode, if any (used to apply a path truncate to it).
+    pub fn get(&self, id: (u64, u64)) -> Option<Arc<OpenFile>> {
+        self.table.lock().unwrap().get(&id).and_then(Weak::upgrade)
+    }
+
+    pub fn len(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Remembers which (file, chunk) integrity failures were already logged, so a damaged chunk
+/// read again and again by the page cache logs one line, not thousands. Bounded.
+#[derive(Default)]
+pub struct IntegrityLog {
+    seen: Mutex<HashSet<(u64, u64, Option<u64>)>>,
+}
+
+impl IntegrityLog {
+    const MAX: usize = 100_000;
+
+    fn report(&self, file: (u64, u64), err: &Error) {
+        if let Error::Integrity { path, chunk, kind } = err {
+            let mut seen = self.seen.lock().unwrap();
+            if seen.len() >= Self::MAX {
+                seen.clear();
+            }
+            if seen.insert((file.0, file.1, *chunk)) {
+                match chunk {
+                    Some(c) => {
+                        tracing::error!(backing_path = %path.display(), chunk = c, "integrity failure: {kind}")
+                    }
+                    None => {
+                        tracing::error!(backing_path = %path.display(), "integrity failure: {kind}")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the chunk engine needs from the filesystem.
+pub struct Engine<'a> {
+    pub vault: &'a Vault,
+    pub log: &'a IntegrityLog,
+}
+
+impl<'a> Engine<'a> {
+    fn geometry(&self) -> Geometry {
+        self.vault.geometry
+    }
+
+    fn integrity(&self, file: &OpenFile, chunk: Option<u64>, kind: IntegrityKind) -> Error {
+        let err = Error::Integrity {
+            path: file.backing_path.lock().unwrap().clone(),
+            chunk,
+            kind,
+        };
+        self.log.report(file.id, &err);
+        err
+    }
+
+    /// Plaintext size of a valid backing length; an integrity error otherwise.
+    fn strict_plain_size(&self, file: &OpenFile, backing_size: u64) -> Result<u64> {
+        self.geometry()
+            .plain_size(backing_size)
+            .map_err(|bad| match bad {
+                BadLength::ShortHeader => self.integrity(file, None, IntegrityKind::Header),
+                BadLength::ShortChunk => {
+                    let last =
+                        self.geometry().plain_size_lossy(backing_size) / self.geometry().chunk_size;
+                    self.integrity(file, Some(last), IntegrityKind::Length)
+                }
+            })
+    }
+
+    /// Read, unwrap and authenticate the header.
+    fn load_keys(&self, file: &OpenFile, fd: &File) -> Result<Arc<FileKeys>> {
+        let mut header = vec![0u8; self.geometry().header_size as usize];
+        fd.read_exact_at(&mut header, 0)
+            .map_err(|_| self.integrity(file, None, IntegrityKind::Header))?;
+        let path = file.backing_path.lock().unwrap().clone();
+        match self.vault.open_file(&header, &path) {
+            Ok(keys) => Ok(Arc::new(keys)),
+            Err(e) => {
+                self.log.report(file.id, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The header's file id as it is on disk now.
+    fn file_id_on_disk(fd: &File) -> Option<[u8; 16]> {
+        let mut id = [0u8; 16];
+        fd.read_exact_at(&mut id, FILE_ID_OFFSET as u64).ok()?;
+        Some(id)
+    }
+
+    /// Read `size` plaintext bytes at `plain_offset` (fewer at end of file).
+    pub fn read(&self, file: &OpenFile, plain_offset: u64, size: usize) -> Result<Vec<u8>> {
+        let io = file.io.read().unwrap();
+        let fd = io.fd.clone();
+        let cached = io.keys.clone();
+        drop(io);
+        match self.read_with(file, &fd, cached.clone(), plain_offset, size) {
+            // A chunk that fails under cached keys may belong to a header rewritten by
+            // another mount since we loaded it (the file was emptied and rewritten). Reload
+            // once; a real corruption fails again.
+            Err(
+                err @ Error::Integrity {
+                    kind: IntegrityKind::Chunk,
+                    ..
+                },
+            ) if cached.is_some() => {
+                let on_disk = Self::file_id_on_disk(&fd);
+                if on_disk.as_ref() == cached.as_ref().map(|k| k.file_id()) {
+                    return Err(err);
+                }
+                let mut io = file.io.write().unwrap();
+                io.keys = None;
+                drop(io);
+                self.read_with(file, &fd, None, plain_offset, size)
+            }
+            other => other,
+        }
+    }
+
+    fn read_with(
+        &self,
+        file: &OpenFile,
+        fd: &File,
+        keys: Option<Arc<FileKeys>>,
+        plain_offset: u64,
+        size: usize,
+    ) -> Result<Vec<u8>> {
+        let g = self.geometry();
+        let backing_size = fd.metadata()?.len();
+        // `readable_end`: a file whose tail is damaged (a length no writer produces) still
+        // serves every whole chunk before its last one; only reads reaching the tail fail.
+        let (plain_size, readable_end) = match g.plain_size(backing_size) {
+            Ok(size) => (size, size),
+            Err(BadLength::ShortChunk) => {
+                let whole = g.plain_size_lossy(backing_size);
+                (whole, whole.saturating_sub(g.chunk_size))
+            }
+            Err(BadLength::ShortHeader) => {
+                return Err(self.integrity(file, None, IntegrityKind::Header));
+            }
+        };
+        if plain_offset >= plain_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let plain_end = plain_offset.saturating_add(size as u64).min(plain_size);
+        if plain_end > readable_end {
+            return Err(self.integrity(
+                file,
+                Some(g.chunk_index(readable_end)),
+                IntegrityKind::Length,
+            ));
+        }
+        let keys = match keys {
+            Some(k) => k,
+            None => self.cached_or_load(file, fd)?,
+        };
+        let chunk_count = g.chunk_count(plain_size);
+        let first = g.chunk_index(plain_offset);
+        let last = g.chunk_index(plain_end - 1);
+        let backing_start = g.chunk_backing_offset(first);
+        let backing_end = g.chunk_backing_offset(last + 1).min(backing_size);
+        let mut sealed = vec![0u8; (backing_end - backing_start) as usize];
+        fd.read_exact_at(&mut sealed, backing_start)
+            .map_err(|_| self.integrity(file, Some(last), IntegrityKind::Length))?;
+        let mut out = Vec::with_capacity((plain_end - plain_offset) as usize);
+        let stride = g.backing_chunk_size() as usize;
+        for (n, chunk) in sealed.chunks_mut(stride).enumerate() {
+            let index = first + n as u64;
+            let plain = keys
+                .chunks
+                .open_in_place(index, index + 1 == chunk_count, chunk)
+                .map_err(|_| self.integrity(file, Some(index), IntegrityKind::Chunk))?;
+            let chunk_start = g.chunk_plain_offset(index);
+            let from = plain_offset.saturating_sub(chunk_start) as usize;
+            let to = ((plain_end - chunk_start) as usize).min(plain.len());
+            out.extend_from_slice(&plain[from..to]);
+        }
+        Ok(out)
+    }
+
+    /// The cached keys, or load them from the header and cache them.
+    fn cached_or_load(&self, file: &OpenFile, fd: &File) -> Result<Arc<FileKeys>> {
+        if let Some(k) = file.io.read().unwrap().keys.clone() {
+            return Ok(k);
+        }
+        let keys = self.load_keys(file, fd)?;
+        Ok(file.io.write().unwrap().keys.get_or_insert(keys).clone())
+    }
+
+    /// Keys for writing to a file whose backing size is `backing_size`, under the write lock.
+    /// An empty file gets a new header (returned, to be written together with the first
+    /// chunk); otherwise the cached keys are checked against the file id on disk, so that we
+    /// never write chunks under a DEK that another mount has replaced.
+    fn keys_for_write(
+        &self,
+        file: &OpenFile,
+        io: &mut FileIo,
+        backing_size: u64,
+    ) -> Result<(Arc<FileKeys>, Option<Vec<u8>>)> {
+        if backing_size == 0 {
+            let (header, keys) = self.vault.new_file()?;
+            let keys = Arc::new(keys);
+            io.keys = Some(keys.clone());
+            return Ok((keys, Some(header)));
+        }
+        if backing_size < self.geometry().header_size {
+            return Err(self.integrity(file, None, IntegrityKind::Header));
+        }
+        if let Some(keys) = &io.keys
+            && Self::file_id_on_disk(&io.fd).as_ref() == Some(keys.file_id())
+        {
+            return Ok((keys.clone(), None));
+        }
+        let keys = self.load_keys(file, &io.fd)?;
+        io.keys = Some(keys.clone());
+        Ok((keys, None))
+    }
+
+    /// Write `data` at `plain_offset` (or at the end of file when `append`). Returns the
+    /// plaintext offset written at.
+    pub fn write(
+        &self,
+        file: &OpenFile,
+        plain_offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> Result<u64> {
+        let mut io = file.io.write().unwrap();
+        if !io.writable {
+            return Err(Error::from_errno(libc::EBADF));
+        }
+        let backing_size = io.fd.metadata()?.len();
+        let old_plain = if backing_size == 0 {
+            0
+        } else {
+            self.strict_plain_size(file, backing_size)?
+        };
+        let offset = if append { old_plain } else { plain_offset };
+        if data.is_empty() {
+            return Ok(offset);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(Error::FileTooBig)?;
+        if end > self.geometry().max_plain_size() {
+            return Err(Error::FileTooBig);
+        }
+        if offset > old_plain {
+            self.check_space(&io.fd, backing_size, end)?;
+        }
+        let (keys, mut header) = self.keys_for_write(file, &mut io, backing_size)?;
+        let mut old_plain = old_plain;
+        if offset > old_plain {
+            self.zero_fill(file, &io.fd, &keys, &mut header, old_plain, offset)?;
+            old_plain = offset;
+        }
+        self.write_chunks(file, &io.fd, &keys, header, old_plain, offset, data)?;
+        Ok(offset)
+    }
+
+    /// Fail with ENOSPC unless the backing store can hold the file grown to `new_plain`.
+    /// Checked before growing so that `truncate -s 1P` fails at once instead of filling the
+    /// disk with encrypted zeros.
+    fn check_space(&self, fd: &File, backing_size: u64, new_plain: u64) -> Result<()> {
+        let needed = self
+            .geometry()
+            .backing_size(new_plain)
+            .saturating_sub(backing_size);
+        let st = super::sys::fstatvfs(fd)?;
+        let available = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        if needed > available {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Grow the file from `from` to `to` with authenticated zero chunks (there are no holes:
+    /// an all-zero chunk on disk is corruption), in bounded steps.
+    fn zero_fill(
+        &self,
+        file: &OpenFile,
+        fd: &File,
+        keys: &FileKeys,
+        header: &mut Option<Vec<u8>>,
+        from: u64,
+        to: u64,
+    ) -> Result<()> {
+        let zeros = vec![0u8; ZERO_FILL_STEP as usize];
+        let mut pos = from;
+        while pos < to {
+            // Steps end on chunk boundaries so each step rewrites at most one old chunk.
+            let step_end = ((pos / ZERO_FILL_STEP + 1) * ZERO_FILL_STEP).min(to);
+            let len = (step_end - pos) as usize;
+            self.write_chunks(file, fd, keys, header.take(), pos, pos, &zeros[..len])?;
+            pos = step_end;
+        }
+        Ok(())
+    }
+
+    /// Decrypt chunk `index` of a file of `plain_size` bytes.
+    fn read_chunk(
+        &self,
+        file: &OpenFile,
+        fd: &File,
+        keys: &FileKeys,
+        index: u64,
+        plain_size: u64,
+    ) -> Result<Vec<u8>> {
+        let g = self.geometry();
+        let len = g.chunk_plain_len(index, plain_size);
+        let mut sealed = vec![0u8; (len + CHUNK_OVERHEAD) as usize];
+        fd.read_exact_at(&mut sealed, g.chunk_backing_offset(index))
+            .map_err(|_| self.integrity(file, Some(index), IntegrityKind::Length))?;
+        let last = index + 1 == g.chunk_count(plain_size);
+        let plain = keys
+            .chunks
+            .open_in_place(index, last, &mut sealed)
+            .map_err(|_| self.integrity(file, Some(index), IntegrityKind::Chunk))?;
+        Ok(plain.to_vec())
+    }
+
+    /// Write `data` at `offset` into a file of `old_plain` bytes, where `offset <= old_plain`
+    /// (gaps are zero-filled by the caller). Chunks only partly covered are read, merged and
+    /// resealed; the old last chunk is resealed without its last flag when the file grows
+    /// past it. All sealed chunks (and a new file's header) go out in one pwrite.
+    #[allow(clippy::too_many_arguments)]
+    fn write_chunks(
+        &self,
+        file: &OpenFile,
+        fd: &File,
+        keys: &FileKeys,
+        header: Option<Vec<u8>>,
+        old_plain: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        debug_assert!(offset <= old_plain && !data.is_empty());
+        let g = self.geometry();
+        let end = offset + data.len() as u64;
+        let new_plain = old_plain.max(end);
+        let old_count = g.chunk_count(old_plain);
+        let new_count = g.chunk_count(new_plain);
+        let first = g.chunk_index(offset);
+        let last = g.chunk_index(end - 1);
+        // The old last chunk carries the last flag; if the file now extends past it and the
+        // write does not touch it, it must be resealed as an inner chunk.
+        let start = if old_count > 0 && new_count > old_count && old_count - 1 < first {
+            old_count - 1
+        } else {
+            first
+        };
+        let (mut out, backing_offset) = match header {
+            Some(h) => (h, 0),
+            None => (Vec::new(), g.chunk_backing_offset(start)),
+        };
+        out.reserve(((last - start + 1) * g.backing_chunk_size()) as usize);
+        for index in start..=last {
+            let chunk_start = g.chunk_plain_offset(index);
+            let old_len = g.chunk_plain_len(index, old_plain) as usize;
+            let new_len = g.chunk_plain_len(index, new_plain) as usize;
+            let is_last = index + 1 == new_count;
+            let w_from = offset.max(chunk_start) - chunk_start;
+            let w_to = end
+                .min(chunk_start + g.chunk_size)
+                .saturating_sub(chunk_start);
+            let touched = w_from < w_to;
+            let data_part = if touched {
+                &data[(chunk_start + w_from - offset) as usize
+                    ..(chunk_start + w_to - offset) as usize]
+            } else {
+                &[][..]
+            };
+            if touched && w_from == 0 && w_to as usize >= old_len {
+                // The write replaces all this chunk's old bytes: nothing to read.
+                keys.chunks.seal_into(index, is_last, data_part, &mut out);
+            } else {
+                let mut plain = self.read_chunk(file, fd, keys, index, old_plain)?;
+                plain.resize(new_len, 0);
+                if touched {
+                    plain[w_from as usize..w_to as usize].copy_from_slice(data_part);
+                }
+                keys.chunks.seal_into(index, is_last, &plain, &mut out);
+            }
+        }
+        fd.write_all_at(&out, backing_offset)?;
+        Ok(())
+    }
+
+    /// Set the plaintext size (truncate or grow).
+    pub fn set_size(&self, file: &OpenFile, new_plain: u64) -> Result<()> {
+        let g = self.geometry();
+        let mut io = file.io.write().unwrap();
+        if !io.writable {
+            return Err(Error::from_errno(libc::EBADF));
+        }
+        if new_plain > g.max_plain_size() {
+            return Err(Error::FileTooBig);
+        }
+        let backing_size = io.fd.metadata()?.len();
+        if new_plain == 0 {
+            // An empty file has no header; the next write starts over with a new file id
+            // and DEK.
+            io.fd.set_len(0)?;
+            io.keys = None;
+            return Ok(());
+        }
+        let old_plain = if backing_size == 0 {
+            0
+        } else {
+            self.strict_plain_size(file, backing_size)?
+        };
+        if new_plain == old_plain {
+            // Still update mtime/ctime, as ftruncate does.
+            io.fd.set_len(backing_size)?;
+            return Ok(());
+        }
+        if new_plain > old_plain {
+            self.check_space(&io.fd, backing_size, new_plain)?;
+        }
+        let (keys, mut header) = self.keys_for_write(file, &mut io, backing_size)?;
+        if new_plain > old_plain {
+            return self.zero_fill(file, &io.fd, &keys, &mut header, old_plain, new_plain);
+        }
+        // Shrink: reseal the new last chunk (trimmed, with the last flag), then cut.
+        let index = g.chunk_index(new_plain - 1);
+        let mut plain = self.read_chunk(file, &io.fd, &keys, index, old_plain)?;
+        plain.truncate(g.chunk_plain_len(index, new_plain) as usize);
+        let mut sealed = Vec::with_capacity(plain.len() + CHUNK_OVERHEAD as usize);
+        keys.chunks.seal_into(index, true, &plain, &mut sealed);
+        io.fd.write_all_at(&sealed, g.chunk_backing_offset(index))?;
+        io.fd.set_len(g.backing_size(new_plain))?;
+        Ok(())
+    }
+
+    /// Plaintext size of the open file now.
+    pub fn size(&self, file: &OpenFile) -> Result<u64> {
+        let io = file.io.read().unwrap();
+        Ok(self.geometry().plain_size_lossy(io.fd.metadata()?.len()))
+    }
+
+    pub fn fsync(&self, file: &OpenFile, datasync: bool) -> Result<()> {
+        let fd = file.io.read().unwrap().fd.clone();
+        if datasync {
+            fd.sync_data()?
+        } else {
+            fd.sync_all()?
+        }
+        Ok(())
+    }
+
+    /// Reserve backing space for plaintext range `[offset, offset+len)` without changing
+    /// the size (FALLOC_FL_KEEP_SIZE), or grow the file to cover it (mode 0).
+    pub fn allocate(&self, file: &OpenFile, offset: u64, len: u64, keep_size: bool) -> Result<()> {
+        let end = offset.checked_add(len).ok_or(Error::FileTooBig)?;
+        if end > self.geometry().max_plain_size() {
+            return Err(Error::FileTooBig);
+        }
+        if keep_size {
+            let io = file.io.read().unwrap();
+            let g = self.geometry();
+            let backing_end = g.backing_size(end);
+            return Ok(super::sys::fallocate(
+                &io.fd,
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                backing_end,
+            )?);
+        }
+        if end > self.size(file)? {
+            self.set_size(file, end)?;
+        }
+        Ok(())
+    }
+}
+
+impl OpenFile {
+    pub fn backing_id(&self) -> (u64, u64) {
+        self.id
+    }
+}
+
+impl OpenFile {
+    /// The backing path this file was last opened under (for messages).
+    pub fn backing_path(&self) -> PathBuf {
+        self.backing_path.lock().unwrap().clone()
+    }
+
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.io.read().unwrap().fd.metadata()
+    }
+}

@@ -1,0 +1,666 @@
+//! The filesystem core: every POSIX operation the mount offers, on mount-relative plaintext
+//! paths, over the backing directory. It knows nothing of FUSE, so it is tested directly
+//! (property tests against an in-memory model, the tamper matrix) and reused by `envfs cat`.
+//!
+//! Paths given to `Fs` are relative to the mount root ("" is the root) and plaintext; the
+//! backing paths they map to are computed by `NameMap`.
+
+pub mod attr;
+pub mod file;
+pub mod names;
+pub mod sys;
+
+use crate::crypto::siv::domain;
+use crate::error::{Error, IntegrityKind, Result};
+use crate::format::names::SIV_OVERHEAD;
+use crate::vault::Vault;
+use attr::SizeMap;
+pub use attr::{Attr, FileKind};
+use file::{Engine, IntegrityLog, OpenFile, OpenFiles};
+use names::{BackingEntry, NameMap};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+pub use sys::TimeSet;
+
+/// An open file as a caller holds it. Dropping it closes it.
+pub struct Handle {
+    file: Arc<OpenFile>,
+    append: bool,
+}
+
+impl Handle {
+    /// Backing (device, inode) of the open file.
+    pub fn backing_id(&self) -> (u64, u64) {
+        self.file.backing_id()
+    }
+}
+
+/// One directory entry as `readdir` returns it (no stat: kind and inode come from the
+/// backing directory entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// Attribute changes for `setattr`; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub frsize: u32,
+    pub namelen: u32,
+}
+
+/// rename(2) flags.
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+
+/// Who creates a new node, when the caller (a FUSE request as root) says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct Fs {
+    vault: Arc<Vault>,
+    open: OpenFiles,
+    log: IntegrityLog,
+    sizes: SizeMap,
+}
+
+/// Split a mount-relative path into its parent and final name.
+fn split(path: &Path) -> Result<(&Path, &OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(Error::from_errno(libc::EINVAL)),
+    }
+}
+
+fn is_root(path: &Path) -> bool {
+    path.as_os_str().is_empty() || path == Path::new(".")
+}
+
+impl Fs {
+    pub fn new(vault: Arc<Vault>) -> Fs {
+        let link_encoding = (!vault.config.plaintext_names).then_some(vault.config.name_encoding);
+        Fs {
+            sizes: SizeMap {
+                geometry: vault.geometry,
+                link_encoding,
+            },
+            vault,
+            open: OpenFiles::default(),
+            log: IntegrityLog::default(),
+        }
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    fn names(&self) -> NameMap<'_> {
+        NameMap::new(&self.vault)
+    }
+
+    fn engine(&self) -> Engine<'_> {
+        Engine {
+            vault: &self.vault,
+            log: &self.log,
+        }
+    }
+
+    /// The absolute backing path of a plaintext path.
+    pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
+        self.names().backing_path(path)
+    }
+
+    /// Backing parent directory and entry of a plaintext path.
+    fn entry(&self, path: &Path) -> Result<(PathBuf, BackingEntry)> {
+        let (parent, name) = split(path)?;
+        let dir = self.backing_path(parent)?;
+        let entry = self.names().encrypt(name, is_root(parent))?;
+        Ok((dir, entry))
+    }
+
+    /// Number of files currently open (for tests and diagnostics).
+    pub fn open_file_count(&self) -> usize {
+        self.open.len()
+    }
+
+    // ---- attributes -------------------------------------------------------------------
+
+    pub fn getattr(&self, path: &Path) -> Result<Attr> {
+        let meta = fs::symlink_metadata(self.backing_path(path)?)?;
+        Ok(self.sizes.attr(&meta))
+    }
+
+    /// Attributes of an open file through its descriptor (works after unlink).
+    pub fn getattr_handle(&self, handle: &Handle) -> Result<Attr> {
+        Ok(self.sizes.attr(&handle.file.metadata()?))
+    }
+
+    pub fn setattr(&self, path: &Path, handle: Option<&Handle>, set: &SetAttr) -> Result<Attr> {
+        let backing = self.backing_path(path)?;
+        if let Some(size) = set.size {
+            match handle {
+                Some(h) => self.engine().set_size(&h.file, size)?,
+                None => {
+                    let h = self.open(path, libc::O_WRONLY)?;
+                    self.engine().set_size(&h.file, size)?;
+                }
+            }
+        }
+        if let Some(mode) = set.mode {
+            let meta = fs::symlink_metadata(&backing)?;
+            // Linux has no chmod for symlinks; their mode is always 0777.
+            if !meta.file_type().is_symlink() {
+                fs::set_permissions(&backing, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::lchown(&backing, set.uid, set.gid)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::set_times(&backing, set.atime, set.mtime)?;
+        }
+        self.getattr(path)
+    }
+
+    // ---- directories ------------------------------------------------------------------
+
+    /// List a directory. Entries that cannot be decrypted are skipped and logged (fsck
+    /// reports them); envfs' own files are never shown.
+    pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
+        let dir = self.backing_path(path)?;
+        let at_root = is_root(path);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            match self.names().decrypt(&dir, &name, at_root) {
+                Ok(Some(plain)) => {
+                    let kind = entry
+                        .file_type()
+                        .map(|t| FileKind::from_mode(file_type_mode(t)))
+                        .unwrap_or(FileKind::File);
+                    out.push(DirEntry {
+                        name: plain,
+                        ino: entry.ino_or_zero(),
+                        kind,
+                    });
+                }
+                Ok(None) => {}
+                Err(e @ Error::Integrity { .. }) => {
+                    tracing::warn!("skipping undecryptable entry: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// List a directory with every entry's attributes (for readdirplus and `ls -l`).
+    pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(OsString, Attr)>> {
+        let dir = self.backing_path(path)?;
+        let mut out = Vec::new();
+        for entry in self.readdir(path)? {
+            let backing = self.names().encrypt(&entry.name, is_root(path))?;
+            match fs::symlink_metadata(dir.join(&backing.name)) {
+                Ok(meta) => out.push((entry.name, self.sizes.attr(&meta))),
+                // Removed since the listing: skip, as a local filesystem would.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn mkdir(&self, path: &Path, mode: u32, owner: Option<Owner>) -> Result<Attr> {
+        let (dir, entry) = self.entry(path)?;
+        self.names().ensure_sidecar(&dir, &entry)?;
+        let backing = dir.join(&entry.name);
+        if let Err(e) = fs::DirBuilder::new().mode(mode & 0o7777).create(&backing) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                self.names().remove_sidecar(&dir, &entry);
+            }
+            return Err(e.into());
+        }
+        self.finish_create(&backing, mode, owner)?;
+        self.getattr(path)
+    }
+
+    /// Apply the exact mode (the daemon's umask must not apply twice) and owner.
+    fn finish_create(&self, backing: &Path, mode: u32, owner: Option<Owner>) -> Result<()> {
+        let meta = fs::symlink_metadata(backing)?;
+        if meta.mode() & 0o7777 != mode & 0o7777 && !meta.file_type().is_symlink() {
+            fs::set_permissions(backing, fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if let Some(o) = owner
+            && (meta.uid() != o.uid || meta.gid() != o.gid)
+        {
+            sys::lchown(backing, Some(o.uid), Some(o.gid))?;
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, path: &Path) -> Result<()> {
+        let (dir, entry) = self.entry(path)?;
+        let backing = dir.join(&entry.name);
+        match fs::remove_dir(&backing) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                // Empty as the mount sees it may still hold orphaned long-name sidecars,
+                // left by a crash between removing an entry and its sidecar.
+                if !self.readdir(path)?.is_empty() {
+                    return Err(e.into());
+                }
+                self.remove_orphan_sidecars(&backing)?;
+                fs::remove_dir(&backing)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.names().remove_sidecar(&dir, &entry);
+        Ok(())
+    }
+
+    fn remove_orphan_sidecars(&self, backing_dir: &Path) -> Result<()> {
+        for entry in fs::read_dir(backing_dir)? {
+            let name = entry?.file_name();
+            if crate::format::names::classify(&name.to_string_lossy())
+                == crate::format::names::BackingName::Sidecar
+            {
+                fs::remove_file(backing_dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- names ------------------------------------------------------------------------
+
+    pub fn unlink(&self, path: &Path) -> Result<()> {
+        let (dir, entry) = self.entry(path)?;
+        fs::remove_file(dir.join(&entry.name))?;
+        self.names().remove_sidecar(&dir, &entry);
+        Ok(())
+    }
+
+    pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> Result<()> {
+        let (from_dir, from_entry) = self.entry(from)?;
+        let (to_dir, to_entry) = self.entry(to)?;
+        let from_backing = from_dir.join(&from_entry.name);
+        let to_backing = to_dir.join(&to_entry.name);
+        if from_backing == to_backing {
+            // rename(2) of a name onto itself succeeds and does nothing.
+            fs::symlink_metadata(&from_backing)?;
+            return Ok(());
+        }
+        self.names().ensure_sidecar(&to_dir, &to_entry)?;
+        sys::rename(&from_backing, &to_backing, flags)?;
+        // After an exchange both names still exist, each with its own sidecar.
+        if flags & RENAME_EXCHANGE == 0 {
+            self.names().remove_sidecar(&from_dir, &from_entry);
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, existing: &Path, new: &Path) -> Result<Attr> {
+        let source = self.backing_path(existing)?;
+        let (dir, entry) = self.entry(new)?;
+        self.names().ensure_sidecar(&dir, &entry)?;
+        if let Err(e) = fs::hard_link(&source, dir.join(&entry.name)) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                self.names().remove_sidecar(&dir, &entry);
+            }
+            return Err(e.into());
+        }
+        self.getattr(new)
+    }
+
+    pub fn symlink(&self, target: &OsStr, link: &Path, owner: Option<Owner>) -> Result<Attr> {
+        let stored = self.encrypt_link_target(target)?;
+        let (dir, entry) = self.entry(link)?;
+        self.names().ensure_sidecar(&dir, &entry)?;
+        let backing = dir.join(&entry.name);
+        if let Err(e) = std::os::unix::fs::symlink(&stored, &backing) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                self.names().remove_sidecar(&dir, &entry);
+            }
+            return Err(e.into());
+        }
+        if let Some(o) = owner {
+            sys::lchown(&backing, Some(o.uid), Some(o.gid))?;
+        }
+        self.getattr(link)
+    }
+
+    fn encrypt_link_target(&self, target: &OsStr) -> Result<OsString> {
+        if target.is_empty() || target.as_bytes().contains(&0) {
+            return Err(Error::from_errno(libc::EINVAL));
+        }
+        if self.vault.config.plaintext_names {
+            return Ok(target.to_os_string());
+        }
+        let sealed = self
+            .vault
+            .names
+            .encrypt(&[domain::SYMLINK], target.as_bytes());
+        let encoded = crate::format::names::encode(self.vault.config.name_encoding, &sealed);
+        if encoded.len() >= libc::PATH_MAX as usize {
+            return Err(Error::NameTooLong);
+        }
+        Ok(encoded.into())
+    }
+
+    pub fn readlink(&self, path: &Path) -> Result<OsString> {
+        let backing = self.backing_path(path)?;
+        let stored = fs::read_link(&backing)?;
+        if self.vault.config.plaintext_names {
+            return Ok(stored.into_os_string());
+        }
+        let bad = || Error::Integrity {
+            path: backing.clone(),
+            chunk: None,
+            kind: IntegrityKind::Name,
+        };
+        let text = stored.to_str().ok_or_else(bad)?;
+        let sealed =
+            crate::format::names::decode(self.vault.config.name_encoding, text).ok_or_else(bad)?;
+        if sealed.len() < SIV_OVERHEAD {
+            return Err(bad());
+        }
+        let plain = self
+            .vault
+            .names
+            .decrypt(&[domain::SYMLINK], &sealed)
+            .ok_or_else(bad)?;
+        Ok(OsString::from_vec(plain))
+    }
+
+    pub fn mknod(&self, path: &Path, mode: u32, rdev: u64, owner: Option<Owner>) -> Result<Attr> {
+        if mode & libc::S_IFMT == libc::S_IFREG {
+            self.create(path, mode & 0o7777, libc::O_EXCL | libc::O_WRONLY, owner)?;
+            return self.getattr(path);
+        }
+        let (dir, entry) = self.entry(path)?;
+        self.names().ensure_sidecar(&dir, &entry)?;
+        let backing = dir.join(&entry.name);
+        sys::mknod(&backing, mode, rdev)?;
+        self.finish_create(&backing, mode, owner)?;
+        self.getattr(path)
+    }
+
+    // ---- files ------------------------------------------------------------------------
+
+    /// Open an existing file. `flags` are open(2) flags; O_TRUNC empties the file, O_APPEND
+    /// makes every write go to the end.
+    pub fn open(&self, path: &Path, flags: i32) -> Result<Handle> {
+        let backing = self.backing_path(path)?;
+        self.open_backing(&backing, flags, false, 0)
+    }
+
+    /// Create (or, without O_EXCL, open) a file.
+    pub fn create(
+        &self,
+        path: &Path,
+        mode: u32,
+        flags: i32,
+        owner: Option<Owner>,
+    ) -> Result<(Handle, Attr)> {
+        let (dir, entry) = self.entry(path)?;
+        self.names().ensure_sidecar(&dir, &entry)?;
+        let backing = dir.join(&entry.name);
+        let existed = fs::symlink_metadata(&backing).is_ok();
+        let handle = match self.open_backing(&backing, flags, true, mode) {
+            Ok(h) => h,
+            Err(e) => {
+                if !existed {
+                    self.names().remove_sidecar(&dir, &entry);
+                }
+                return Err(e);
+            }
+        };
+        if !existed {
+            self.finish_create(&backing, mode, owner)?;
+        }
+        let attr = self.getattr(path)?;
+        Ok((handle, attr))
+    }
+
+    fn open_backing(&self, backing: &Path, flags: i32, create: bool, mode: u32) -> Result<Handle> {
+        let accmode = flags & libc::O_ACCMODE;
+        let wants_write = accmode != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        // Reads of a chunk someone writes through another handle need the same fd, and
+        // writes need to read (read-modify-write): open read-write whenever allowed.
+        let mut opts = fs::OpenOptions::new();
+        opts.read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        if create {
+            opts.mode(mode & 0o7777);
+            if flags & libc::O_EXCL != 0 {
+                opts.create_new(true);
+            } else {
+                opts.create(true);
+            }
+        }
+        let (fd, writable) = match opts.open(backing) {
+            Ok(fd) => (fd, true),
+            Err(e) if !wants_write && !create && e.raw_os_error() == Some(libc::EACCES) => {
+                let fd = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(backing)?;
+                (fd, false)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(Error::from_errno(libc::ELOOP));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if fd.metadata()?.is_dir() {
+            return Err(Error::from_errno(libc::EISDIR));
+        }
+        let file = self.open.get_or_insert(fd, writable, backing)?;
+        let handle = Handle {
+            file,
+            append: flags & libc::O_APPEND != 0,
+        };
+        if flags & libc::O_TRUNC != 0 && wants_write {
+            self.engine().set_size(&handle.file, 0)?;
+        }
+        Ok(handle)
+    }
+
+    /// Read up to `size` bytes at plaintext offset `offset`.
+    pub fn read(&self, handle: &Handle, offset: u64, size: usize) -> Result<Vec<u8>> {
+        self.engine().read(&handle.file, offset, size)
+    }
+
+    /// Write `data` at `offset` (at the end of file for O_APPEND handles). Returns the
+    /// number of bytes written.
+    pub fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<usize> {
+        self.engine()
+            .write(&handle.file, offset, data, handle.append)?;
+        Ok(data.len())
+    }
+
+    pub fn truncate(&self, handle: &Handle, size: u64) -> Result<()> {
+        self.engine().set_size(&handle.file, size)
+    }
+
+    pub fn fsync(&self, handle: &Handle, datasync: bool) -> Result<()> {
+        self.engine().fsync(&handle.file, datasync)
+    }
+
+    /// fallocate(2): mode 0 grows the file to cover the range with encrypted zeros;
+    /// FALLOC_FL_KEEP_SIZE reserves backing space. Punching holes is not supported: envfs
+    /// has no unauthenticated holes.
+    pub fn fallocate(&self, handle: &Handle, offset: u64, len: u64, mode: i32) -> Result<()> {
+        match mode {
+            0 => self.engine().allocate(&handle.file, offset, len, false),
+            libc::FALLOC_FL_KEEP_SIZE => self.engine().allocate(&handle.file, offset, len, true),
+            _ => Err(Error::from_errno(libc::EOPNOTSUPP)),
+        }
+    }
+
+    pub fn size(&self, handle: &Handle) -> Result<u64> {
+        self.engine().size(&handle.file)
+    }
+
+    // ---- extended attributes -----------------------------------------------------------
+
+    /// The backing xattr name for a plaintext one: `user.*` names are encrypted, ACLs and
+    /// other system namespaces pass through (they are permissions, not content).
+    fn xattr_backing_name(&self, name: &OsStr) -> Result<OsString> {
+        let bytes = name.as_bytes();
+        match bytes.strip_prefix(b"user.") {
+            Some(rest) if !rest.is_empty() => {
+                let sealed = self.vault.xattrs.encrypt(&[domain::XATTR_NAME], rest);
+                let encoded =
+                    crate::format::names::encode(self.vault.config.name_encoding, &sealed);
+                let full = format!("user.{encoded}");
+                if full.len() > 255 {
+                    return Err(Error::from_errno(libc::ERANGE));
+                }
+                Ok(full.into())
+            }
+            Some(_) => Err(Error::from_errno(libc::EINVAL)),
+            None if bytes.starts_with(b"system.")
+                || bytes.starts_with(b"security.")
+                || bytes.starts_with(b"trusted.") =>
+            {
+                Ok(name.to_os_string())
+            }
+            None => Err(Error::from_errno(libc::EOPNOTSUPP)),
+        }
+    }
+
+    pub fn setxattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let backing = self.backing_path(path)?;
+        let stored = self.xattr_backing_name(name)?;
+        let value = if name.as_bytes().starts_with(b"user.") {
+            self.vault
+                .xattrs
+                .encrypt(&[domain::XATTR_VALUE, name.as_bytes()], value)
+        } else {
+            value.to_vec()
+        };
+        Ok(sys::lsetxattr(&backing, &stored, &value, flags)?)
+    }
+
+    pub fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
+        let backing = self.backing_path(path)?;
+        let stored = self.xattr_backing_name(name)?;
+        let value = sys::lgetxattr(&backing, &stored)?;
+        if !name.as_bytes().starts_with(b"user.") {
+            return Ok(value);
+        }
+        self.vault
+            .xattrs
+            .decrypt(&[domain::XATTR_VALUE, name.as_bytes()], &value)
+            .ok_or_else(|| Error::Integrity {
+                path: backing,
+                chunk: None,
+                kind: IntegrityKind::Name,
+            })
+    }
+
+    pub fn listxattr(&self, path: &Path) -> Result<Vec<OsString>> {
+        let backing = self.backing_path(path)?;
+        let mut out = Vec::new();
+        for stored in sys::llistxattr(&backing)? {
+            if let Some(encoded) = stored.strip_prefix(b"user.") {
+                let Ok(text) = std::str::from_utf8(encoded) else {
+                    continue;
+                };
+                let plain = crate::format::names::decode(self.vault.config.name_encoding, text)
+                    .and_then(|sealed| self.vault.xattrs.decrypt(&[domain::XATTR_NAME], &sealed));
+                match plain {
+                    Some(p) => {
+                        let mut name = b"user.".to_vec();
+                        name.extend_from_slice(&p);
+                        out.push(OsString::from_vec(name));
+                    }
+                    // Not ours (written to the backing store directly): not shown.
+                    None => continue,
+                }
+            } else {
+                out.push(OsString::from_vec(stored));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
+        let backing = self.backing_path(path)?;
+        Ok(sys::lremovexattr(
+            &backing,
+            &self.xattr_backing_name(name)?,
+        )?)
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let st = sys::statvfs(self.vault.root())?;
+        Ok(StatFs {
+            blocks: st.f_blocks as u64,
+            bfree: st.f_bfree as u64,
+            bavail: st.f_bavail as u64,
+            files: st.f_files as u64,
+            ffree: st.f_ffree as u64,
+            bsize: st.f_bsize as u32,
+            frsize: st.f_frsize as u32,
+            namelen: names::NAME_MAX as u32,
+        })
+    }
+}
+
+fn file_type_mode(t: fs::FileType) -> u32 {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        libc::S_IFDIR
+    } else if t.is_symlink() {
+        libc::S_IFLNK
+    } else if t.is_fifo() {
+        libc::S_IFIFO
+    } else if t.is_socket() {
+        libc::S_IFSOCK
+    } else if t.is_char_device() {
+        libc::S_IFCHR
+    } else if t.is_block_device() {
+        libc::S_IFBLK
+    } else {
+        libc::S_IFREG
+    }
+}
+
+trait InoOrZero {
+    fn ino_or_zero(&self) -> u64;
+}
+
+impl InoOrZero for fs::DirEntry {
+    fn ino_or_zero(&self) -> u64 {
+        std::os::unix::fs::DirEntryExt::ino(self)
+    }
+}

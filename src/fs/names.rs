@@ -1,0 +1,213 @@
+//! Mapping between plaintext names (what the mount shows) and backing names (what the
+//! backing directory holds), including long names and their sidecars.
+//!
+//! Names are encrypted per path component with AES-SIV, with no per-directory IV file, so
+//! that sync services see no extra metadata files to conflict on and a directory rename is
+//! one backing rename. See format/names.rs for the spelling.
+
+use crate::crypto::siv::domain;
+use crate::error::{Error, IntegrityKind, Result};
+use crate::format::config::CONFIG_FILE_NAME;
+use crate::format::names::{self as spelling, BackingName, RESERVED_PREFIX};
+use crate::vault::Vault;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+/// The longest plaintext name (Linux NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+/// Where one plaintext name lives in its backing directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingEntry {
+    /// The directory entry's name in the backing directory.
+    pub name: OsString,
+    /// For a long name: the full encoded name, which its sidecar must hold.
+    pub long: Option<String>,
+}
+
+impl BackingEntry {
+    pub fn sidecar_name(&self) -> Option<OsString> {
+        self.long
+            .as_ref()
+            .map(|_| OsString::from(spelling::sidecar_for(&self.name.to_string_lossy())))
+    }
+}
+
+pub struct NameMap<'v> {
+    vault: &'v Vault,
+}
+
+impl<'v> NameMap<'v> {
+    pub fn new(vault: &'v Vault) -> NameMap<'v> {
+        NameMap { vault }
+    }
+
+    fn plaintext(&self) -> bool {
+        self.vault.config.plaintext_names
+    }
+
+    /// Check a plaintext name a user gave. `at_root` matters only in plaintext-names vaults,
+    /// where the config file shares the root directory with user files.
+    pub fn check_name(&self, name: &OsStr, at_root: bool) -> Result<()> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+            return Err(Error::from_errno(libc::EINVAL));
+        }
+        if bytes.len() > NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        if self.plaintext() && is_reserved_plain(bytes, at_root) {
+            return Err(Error::ReservedName);
+        }
+        Ok(())
+    }
+
+    /// The backing entry for a plaintext name.
+    pub fn encrypt(&self, name: &OsStr, at_root: bool) -> Result<BackingEntry> {
+        self.check_name(name, at_root)?;
+        if self.plaintext() {
+            return Ok(BackingEntry {
+                name: name.to_os_string(),
+                long: None,
+            });
+        }
+        let sealed = self.vault.names.encrypt(&[domain::NAME], name.as_bytes());
+        let encoded = spelling::encode(self.vault.config.name_encoding, &sealed);
+        if encoded.len() > self.vault.config.long_name_limit as usize {
+            let entry = spelling::long_name_entry(self.vault.config.name_encoding, &encoded);
+            Ok(BackingEntry {
+                name: entry.into(),
+                long: Some(encoded),
+            })
+        } else {
+            Ok(BackingEntry {
+                name: encoded.into(),
+                long: None,
+            })
+        }
+    }
+
+    /// The absolute backing path of a mount-relative plaintext path ("" is the root).
+    pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
+        let mut out = self.vault.root().to_path_buf();
+        let mut at_root = true;
+        for component in path.components() {
+            match component {
+                Component::Normal(name) => {
+                    out.push(self.encrypt(name, at_root)?.name);
+                    at_root = false;
+                }
+                Component::CurDir => {}
+                _ => return Err(Error::from_errno(libc::EINVAL)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The plaintext name of a backing directory entry, `Ok(None)` for entries that are not
+    /// shown (envfs' own files, or foreign files in an encrypted-names vault). `dir` is the
+    /// backing directory, needed to read long-name sidecars.
+    pub fn decrypt(&self, dir: &Path, backing: &OsStr, at_root: bool) -> Result<Option<OsString>> {
+        if self.plaintext() {
+            return Ok(
+                (!is_reserved_plain(backing.as_bytes(), at_root)).then(|| backing.to_os_string())
+            );
+        }
+        let Some(text) = backing.to_str() else {
+            return Ok(None);
+        };
+        let encoded = match spelling::classify(text) {
+            BackingName::Encrypted(e) => e.to_string(),
+            BackingName::Long(entry) => self.read_sidecar(dir, entry)?,
+            BackingName::Sidecar | BackingName::Foreign => return Ok(None),
+        };
+        let bad = || Error::Integrity {
+            path: dir.join(backing),
+            chunk: None,
+            kind: IntegrityKind::Name,
+        };
+        let sealed = spelling::decode(self.vault.config.name_encoding, &encoded).ok_or_else(bad)?;
+        let plain = self
+            .vault
+            .names
+            .decrypt(&[domain::NAME], &sealed)
+            .ok_or_else(bad)?;
+        if plain.is_empty()
+            || plain == b"."
+            || plain == b".."
+            || plain.contains(&b'/')
+            || plain.contains(&0)
+        {
+            return Err(bad());
+        }
+        Ok(Some(OsString::from_vec(plain)))
+    }
+
+    /// The full encoded name a long-name entry stands for, checked against the entry's hash
+    /// so that sidecars cannot be swapped between entries.
+    fn read_sidecar(&self, dir: &Path, entry: &str) -> Result<String> {
+        let path = dir.join(spelling::sidecar_for(entry));
+        let bad = || Error::Integrity {
+            path: path.clone(),
+            chunk: None,
+            kind: IntegrityKind::Name,
+        };
+        let bytes = fs::read(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                bad()
+            } else {
+                Error::Io(e)
+            }
+        })?;
+        let encoded = String::from_utf8(bytes).map_err(|_| bad())?;
+        if spelling::long_name_entry(self.vault.config.name_encoding, &encoded) != entry {
+            return Err(bad());
+        }
+        Ok(encoded)
+    }
+
+    /// Make sure the sidecar of a long-name entry exists with the right content. Written to a
+    /// temporary file and renamed into place, so a crash never leaves a half sidecar.
+    pub fn ensure_sidecar(&self, dir: &Path, entry: &BackingEntry) -> Result<()> {
+        let (Some(sidecar), Some(encoded)) = (entry.sidecar_name(), entry.long.as_ref()) else {
+            return Ok(());
+        };
+        let path = dir.join(&sidecar);
+        if fs::read(&path).is_ok_and(|b| b == encoded.as_bytes()) {
+            return Ok(());
+        }
+        let tmp = dir.join(format!(
+            "{RESERVED_PREFIX}tmp-{}",
+            hex::encode(crate::crypto::random::array::<8>())
+        ));
+        let result = (|| -> io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(encoded.as_bytes())?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        Ok(result?)
+    }
+
+    /// Remove the sidecar of a long-name entry whose entry is gone. Best effort: a leftover
+    /// sidecar is harmless (hidden from listings, reported by fsck).
+    pub fn remove_sidecar(&self, dir: &Path, entry: &BackingEntry) {
+        if let Some(sidecar) = entry.sidecar_name() {
+            let _ = fs::remove_file(dir.join(sidecar));
+        }
+    }
+}
+
+/// Names a plaintext-names vault keeps for itself: the config at the root, and envfs'
+/// temporary files anywhere.
+fn is_reserved_plain(name: &[u8], at_root: bool) -> bool {
+    (at_root && name == CONFIG_FILE_NAME.as_bytes()) || name.starts_with(RESERVED_PREFIX.as_bytes())
+}

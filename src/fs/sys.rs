@@ -1,0 +1,210 @@
+//! Thin, safe wrappers over the few libc calls std does not offer. Each returns
+//! `io::Result` with the backing store's errno intact, because the FUSE layer passes it on.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A timestamp to set: now, a given time, or leave it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(SystemTime),
+}
+
+fn timespec(t: Option<TimeSet>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSet::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSet::At(t)) => {
+            let (sec, nsec) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    if d.subsec_nanos() == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (
+                            -(d.as_secs() as i64) - 1,
+                            1_000_000_000 - d.subsec_nanos() as i64,
+                        )
+                    }
+                }
+            };
+            libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            }
+        }
+    }
+}
+
+/// utimensat without following a final symlink, with nanosecond precision.
+pub fn set_times(path: &Path, atime: Option<TimeSet>, mtime: Option<TimeSet>) -> io::Result<()> {
+    let c = cstr(path)?;
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: c is a valid NUL-terminated string and times points to two timespecs.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+pub fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, uid, gid)
+}
+
+pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+}
+
+/// rename(2) with renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE).
+pub fn rename(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    if flags == 0 {
+        return std::fs::rename(from, to);
+    }
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: valid C strings.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    check(ret as libc::c_int)
+}
+
+pub fn fallocate(file: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fd is valid for the lifetime of `file`.
+    check(unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+}
+
+/// Free bytes available to unprivileged writers, and the rest of statvfs.
+pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
+    let c = cstr(path)?;
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+pub fn fstatvfs(file: &std::fs::File) -> io::Result<libc::statvfs> {
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    check(unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+pub fn lgetxattr(path: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
+    let (p, n) = (cstr(path)?, cstr(Path::new(name))?);
+    loop {
+        // SAFETY: a NULL buffer with size 0 asks for the length.
+        let len = check_size(unsafe {
+            libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0)
+        })?;
+        let mut buf = vec![0u8; len];
+        // SAFETY: buf has len bytes.
+        match check_size(unsafe {
+            libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), len)
+        }) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            // The value grew between the two calls: ask again.
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn lsetxattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let (p, n) = (cstr(path)?, cstr(Path::new(name))?);
+    // SAFETY: value is a valid buffer of value.len() bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let p = cstr(path)?;
+    loop {
+        // SAFETY: NULL buffer asks for the length.
+        let len = check_size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; len];
+        // SAFETY: buf has len bytes.
+        match check_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), len) }) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.to_vec())
+                    .collect());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn lremovexattr(path: &Path, name: &OsStr) -> io::Result<()> {
+    let (p, n) = (cstr(path)?, cstr(Path::new(name))?);
+    // SAFETY: valid C strings.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+}

@@ -1,0 +1,102 @@
+//! Key providers: whoever holds a key-encryption key (KEK) and can wrap and unwrap secrets
+//! with it — a local key file today, AWS KMS next.
+//!
+//! Modelled on age's Recipient/Identity: each provider recognises its own slots (by provider
+//! kind and key id), so a header or config with several slots is opened by whichever
+//! provider is present, and `info` can describe slots without any key material.
+
+pub mod local;
+
+use crate::crypto::Secret32;
+use crate::error::Result;
+use crate::format::{KeySlot, ProviderKind};
+
+/// What a wrapped secret belongs to. Providers bind it to the ciphertext (as AES-GCM
+/// associated data locally, as the KMS EncryptionContext), so a slot copied to another file
+/// or vault does not unwrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyContext {
+    pub vault_id: [u8; 16],
+    /// `None` for the vault secret, `Some` for a file's DEK.
+    pub file_id: Option<[u8; 16]>,
+}
+
+impl KeyContext {
+    pub fn vault_secret(vault_id: [u8; 16]) -> KeyContext {
+        KeyContext {
+            vault_id,
+            file_id: None,
+        }
+    }
+
+    pub fn file(vault_id: [u8; 16], file_id: [u8; 16]) -> KeyContext {
+        KeyContext {
+            vault_id,
+            file_id: Some(file_id),
+        }
+    }
+
+    /// Associated data for providers that wrap with an AEAD.
+    pub fn aad(&self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(48);
+        match self.file_id {
+            None => {
+                aad.extend_from_slice(b"envfs/v1/vault-secret");
+                aad.extend_from_slice(&self.vault_id);
+            }
+            Some(file_id) => {
+                aad.extend_from_slice(b"envfs/v1/dek");
+                aad.extend_from_slice(&self.vault_id);
+                aad.extend_from_slice(&file_id);
+            }
+        }
+        aad
+    }
+
+    /// Key/value pairs for key services with an encryption context (AWS KMS): they are
+    /// logged by the service (CloudTrail), so they carry ids only.
+    pub fn encryption_context(&self) -> Vec<(&'static str, String)> {
+        let mut ctx = vec![("envfs:vault", hex::encode(self.vault_id))];
+        match self.file_id {
+            None => ctx.push(("envfs:purpose", "vault-secret".into())),
+            Some(id) => ctx.push(("envfs:file", hex::encode(id))),
+        }
+        ctx
+    }
+}
+
+/// A holder of one key-encryption key.
+///
+/// Errors: a slot that is this provider's but does not unwrap (tampered, or bound to another
+/// context) is `Error::WrongKey`; a service that refuses or cannot be reached is
+/// `Error::KeyService`. Callers turn the first into "corrupt" where that is what it means.
+pub trait KeyProvider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+
+    /// The identifier stored in slots this provider writes.
+    fn key_id(&self) -> &str;
+
+    /// Wrap an existing secret.
+    fn wrap(&self, secret: &Secret32, ctx: &KeyContext) -> Result<KeySlot>;
+
+    /// Unwrap a slot this provider recognises.
+    fn unwrap(&self, slot: &KeySlot, ctx: &KeyContext) -> Result<Secret32>;
+
+    /// A fresh random secret and its wrapped form. Key services that generate data keys
+    /// themselves (KMS GenerateDataKey) override this.
+    fn generate(&self, ctx: &KeyContext) -> Result<(Secret32, KeySlot)> {
+        let secret = Secret32::random();
+        let slot = self.wrap(&secret, ctx)?;
+        Ok((secret, slot))
+    }
+
+    /// Whether `slot` was written by this provider's key.
+    fn recognises(&self, slot: &KeySlot) -> bool {
+        slot.provider == self.kind() && slot.key_id == self.key_id()
+    }
+
+    /// How this key is described to people (`envfs info`, error messages).
+    fn describe(&self) -> String {
+        format!("{} key {}", self.kind().name(), self.key_id())
+    }
+}

@@ -1,0 +1,17 @@
+//! envfs: a FUSE filesystem that keeps a backing directory encrypted with per-file data keys
+//! wrapped by a key service (envelope encryption).
+//!
+//! Layers, each usable without the ones above it (see docs/ and design.md §3):
+//! `format` (bytes and size arithmetic) → `crypto` → `keys` (key providers) → `vault`
+//! (open/init, pinning) → `fs` (filesystem core over the backing directory) → `fuse` (thin
+//! fuser adapter) → `cli`.
+
+pub mod cli;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod fs;
+pub mod keys;
+pub mod vault;
+
+pub use error::{Error, Result};

@@ -1,0 +1,326 @@
+//! A vault: the backing directory's config, opened with the keys this host holds.
+//!
+//! Opening verifies the whole config: a slot one of our providers recognises must unwrap the
+//! vault secret, and the config MAC (keyed from that secret) must match, so no field can be
+//! edited on the backing store. From the vault secret come the name and xattr keys. The vault
+//! also makes and opens file headers, because that needs the providers and the vault id.
+
+use crate::crypto::kdf::{derive32, derive64, label};
+use crate::crypto::{FileKeys, Secret32, SivCipher, file_keys::hmac32, random};
+use crate::error::{Error, IntegrityKind, Result};
+use crate::format::config::{CONFIG_FILE_NAME, ConfigParseError};
+use crate::format::header::HeaderParseError;
+use crate::format::{FileHeader, Geometry, NameEncoding, VaultConfig};
+use crate::keys::{KeyContext, KeyProvider};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Choices made once, at `envfs init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunk_size: u32,
+    pub header_size: u32,
+    pub long_name_limit: u16,
+    pub plaintext_names: bool,
+    pub name_encoding: NameEncoding,
+    /// The new vault's id; random when `None`. (The CLI picks it first because the default
+    /// key file is named after it.)
+    pub vault_id: Option<[u8; 16]>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        use crate::format::config::*;
+        InitOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            header_size: DEFAULT_HEADER_SIZE,
+            long_name_limit: DEFAULT_LONG_NAME_LIMIT,
+            plaintext_names: false,
+            name_encoding: NameEncoding::Base64Url,
+            vault_id: None,
+        }
+    }
+}
+
+pub struct Vault {
+    root: PathBuf,
+    pub config: VaultConfig,
+    pub geometry: Geometry,
+    /// Deterministic cipher for names and symlink targets.
+    pub names: SivCipher,
+    /// Deterministic cipher for `user.*` xattr names and values.
+    pub xattrs: SivCipher,
+    /// The key providers this host holds that the vault lists, in the order given.
+    providers: Vec<Arc<dyn KeyProvider>>,
+}
+
+pub fn config_path(root: &Path) -> PathBuf {
+    root.join(CONFIG_FILE_NAME)
+}
+
+/// Read and parse the config without authenticating it: enough to learn the vault id (to
+/// find the default key file) and to describe the vault. Nothing from an unverified config
+/// is used to encrypt.
+pub fn read_config_unverified(root: &Path) -> Result<(VaultConfig, Vec<u8>)> {
+    let path = config_path(root);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NotAVault(root.to_path_buf()));
+        }
+        Err(e) => {
+            return Err(Error::Io(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            )));
+        }
+    };
+    let config = match VaultConfig::parse(&bytes) {
+        Ok((config, _, _)) => config,
+        Err(ConfigParseError::BadMagic) => {
+            return Err(Error::CorruptConfig(format!(
+                "{} is not an envfs vault config",
+                path.display()
+            )));
+        }
+        Err(ConfigParseError::Unsupported(msg)) => return Err(Error::UnsupportedVersion(msg)),
+        Err(ConfigParseError::Corrupt(msg)) => return Err(Error::CorruptConfig(msg)),
+    };
+    Ok((config, bytes))
+}
+
+impl Vault {
+    /// Create a new vault in `root`, an existing empty directory.
+    pub fn init(root: &Path, provider: Arc<dyn KeyProvider>, opts: &InitOptions) -> Result<Vault> {
+        let mut entries = fs::read_dir(root).map_err(|e| {
+            Error::Invalid(format!("cannot use {} as a vault: {e}", root.display()))
+        })?;
+        if config_path(root).exists() {
+            return Err(Error::AlreadyExists(format!(
+                "{} already holds an envfs vault",
+                root.display()
+            )));
+        }
+        if entries.next().is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "{} is not empty; envfs init needs an empty directory",
+                root.display()
+            )));
+        }
+        let vault_id: [u8; 16] = opts.vault_id.unwrap_or_else(random::array);
+        let secret = Secret32::random();
+        let slot = provider.wrap(&secret, &KeyContext::vault_secret(vault_id))?;
+        let config = VaultConfig {
+            vault_id,
+            plaintext_names: opts.plaintext_names,
+            name_encoding: opts.name_encoding,
+            chunk_size: opts.chunk_size,
+            header_size: opts.header_size,
+            long_name_limit: opts.long_name_limit,
+            slots: vec![slot],
+        };
+        config.validate().map_err(Error::Invalid)?;
+        let vault = Vault::from_secret(root, config, &secret, vec![provider])?;
+        // Every header must be able to hold this key's slot, or the first write would fail.
+        vault.new_file()?;
+        vault.write_config(&secret)?;
+        Ok(vault)
+    }
+
+    /// Open an existing vault with the key providers this host holds.
+    pub fn open(root: &Path, providers: Vec<Arc<dyn KeyProvider>>) -> Result<Vault> {
+        let (config, bytes) = read_config_unverified(root)?;
+        let (_, body, mac) = VaultConfig::parse(&bytes).expect("parsed above");
+        let ctx = KeyContext::vault_secret(config.vault_id);
+        let mut failure: Option<Error> = None;
+        for provider in &providers {
+            for slot in config.slots.iter().filter(|s| provider.recognises(s)) {
+                match provider.unwrap(slot, &ctx) {
+                    Ok(secret) => {
+                        let mac_key = derive32(&secret, &config.vault_id, label::CONFIG_MAC);
+                        if !bool::from(hmac32(&mac_key, &[body]).ct_eq(&mac)) {
+                            return Err(Error::CorruptConfig(
+                                "authentication failed: envfs.conf was modified".into(),
+                            ));
+                        }
+                        return Vault::from_secret(root, config.clone(), &secret, providers);
+                    }
+                    Err(Error::WrongKey(_)) => {
+                        failure = Some(Error::CorruptConfig(format!(
+                            "the key slot of {} does not unwrap: envfs.conf was modified",
+                            provider.describe()
+                        )));
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            let listed: Vec<String> = config
+                .slots
+                .iter()
+                .map(|s| format!("{} {}", s.provider.name(), s.key_id))
+                .collect();
+            let offered: Vec<String> = providers.iter().map(|p| p.describe()).collect();
+            Error::WrongKey(format!(
+                "wrong key: the vault is opened by {}, but the key given is {}",
+                listed.join(", "),
+                if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                }
+            ))
+        }))
+    }
+
+    fn from_secret(
+        root: &Path,
+        config: VaultConfig,
+        secret: &Secret32,
+        providers: Vec<Arc<dyn KeyProvider>>,
+    ) -> Result<Vault> {
+        let providers: Vec<_> = providers
+            .into_iter()
+            .filter(|p| config.slots.iter().any(|s| p.recognises(s)))
+            .collect();
+        Ok(Vault {
+            root: root.to_path_buf(),
+            geometry: Geometry::new(config.chunk_size, config.header_size),
+            names: SivCipher::new(derive64(secret, &config.vault_id, label::NAMES)),
+            xattrs: SivCipher::new(derive64(secret, &config.vault_id, label::XATTR)),
+            config,
+            providers,
+        })
+    }
+
+    /// Write the config with its MAC: to a temporary file, then hard-linked into place so an
+    /// existing config is never overwritten and a crash never leaves half a config.
+    fn write_config(&self, secret: &Secret32) -> Result<()> {
+        let body = self.config.encode_body();
+        let mac_key = derive32(secret, &self.config.vault_id, label::CONFIG_MAC);
+        let mac = hmac32(&mac_key, &[&body]);
+        let tmp = self.root.join(format!(
+            ".envfs-config-{}.tmp",
+            hex::encode(random::array::<8>())
+        ));
+        let result = (|| -> io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(&body)?;
+            f.write_all(&mac)?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, config_path(&self.root))?;
+            fs::File::open(&self.root)?.sync_all()
+        })();
+        let _ = fs::remove_file(&tmp);
+        result.map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists(format!(
+                    "{} already holds an envfs vault",
+                    self.root.display()
+                ))
+            } else {
+                Error::Io(io::Error::new(
+                    e.kind(),
+                    format!("cannot write the vault config: {e}"),
+                ))
+            }
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn vault_id(&self) -> &[u8; 16] {
+        &self.config.vault_id
+    }
+
+    /// A new file's header bytes (exactly `header_size`) and its keys. The DEK comes from
+    /// the first provider and is wrapped by every other provider this host holds.
+    pub fn new_file(&self) -> Result<(Vec<u8>, FileKeys)> {
+        let primary = self
+            .providers
+            .first()
+            .ok_or_else(|| Error::WrongKey("no key of this vault is available".into()))?;
+        let file_id: [u8; 16] = random::array();
+        let ctx = KeyContext::file(self.config.vault_id, file_id);
+        let (dek, first_slot) = primary.generate(&ctx)?;
+        let mut slots = vec![first_slot];
+        for p in &self.providers[1..] {
+            slots.push(p.wrap(&dek, &ctx)?);
+        }
+        let keys = FileKeys::derive(&dek, file_id);
+        let header = FileHeader {
+            file_id,
+            commitment: keys.commitment(),
+            slots,
+        };
+        let mut bytes = header
+            .encode_body(self.config.header_size as usize)
+            .map_err(Error::Invalid)?;
+        let mac = keys.header_mac(&self.config.vault_id, &bytes);
+        bytes.extend_from_slice(&mac);
+        Ok((bytes, keys))
+    }
+
+    /// Parse, unwrap and authenticate a file header. `backing_path` is for messages only.
+    pub fn open_file(&self, header_bytes: &[u8], backing_path: &Path) -> Result<FileKeys> {
+        let corrupt = || Error::Integrity {
+            path: backing_path.to_path_buf(),
+            chunk: None,
+            kind: IntegrityKind::Header,
+        };
+        let (header, mac) = match FileHeader::parse(header_bytes) {
+            Ok(parsed) => parsed,
+            Err(HeaderParseError::Unsupported(msg)) => {
+                return Err(Error::UnsupportedVersion(format!(
+                    "{}: {msg}",
+                    backing_path.display()
+                )));
+            }
+            Err(HeaderParseError::Corrupt(_)) => return Err(corrupt()),
+        };
+        let body = &header_bytes[..header_bytes.len() - 32];
+        let ctx = KeyContext::file(self.config.vault_id, header.file_id);
+        let mut failure = None;
+        for provider in &self.providers {
+            for slot in header.slots.iter().filter(|s| provider.recognises(s)) {
+                match provider.unwrap(slot, &ctx) {
+                    Ok(dek) => {
+                        let keys = FileKeys::derive(&dek, header.file_id);
+                        if !keys.verify_header(
+                            &self.config.vault_id,
+                            &header.commitment,
+                            body,
+                            &mac,
+                        ) {
+                            return Err(corrupt());
+                        }
+                        return Ok(keys);
+                    }
+                    Err(Error::WrongKey(_)) => failure = Some(corrupt()),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            let listed: Vec<String> = header
+                .slots
+                .iter()
+                .map(|s| format!("{} {}", s.provider.name(), s.key_id))
+                .collect();
+            Error::WrongKey(format!(
+                "{} is wrapped only by {}, none of which this host holds",
+                backing_path.display(),
+                listed.join(", ")
+            ))
+        }))
+    }
+}
