@@ -94,6 +94,18 @@ pub enum Error {
     #[error("not enough free space on the backing store")]
     NoSpace,
 
+    /// The mountpoint is missing, not a directory, busy or not empty, or mounting failed.
+    #[error("{0}")]
+    Mount(String),
+
+    /// FUSE is not available on this machine (/dev/fuse or fusermount3 missing).
+    #[error("{0}")]
+    FuseUnavailable(String),
+
+    /// A failure already reported by a child process (the mount daemon), with its exit code.
+    #[error("{1}")]
+    Reported(u8, String),
+
     /// The requested size is beyond the format's maximum file size.
     #[error("file too large for the envfs format")]
     FileTooBig,
@@ -115,6 +127,7 @@ impl Error {
             | Error::KeyService(_)
             | Error::KeyPinMismatch(_) => libc::EIO,
             Error::AlreadyExists(_) => libc::EEXIST,
+            Error::Mount(_) | Error::FuseUnavailable(_) | Error::Reported(..) => libc::EIO,
             Error::Invalid(_) => libc::EINVAL,
             Error::NameTooLong => libc::ENAMETOOLONG,
             Error::ReservedName => libc::EPERM,

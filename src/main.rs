@@ -6,7 +6,8 @@ use envfs::cli::{self, Cli, exit};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = cli::mount::rewrite_mount_helper_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -24,11 +25,23 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENVFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    if cli::mount::is_daemon_child() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(cli::syslog::Syslog::open())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .init();
+    } else {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init();
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {

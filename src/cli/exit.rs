@@ -16,6 +16,8 @@ pub const KEY_PIN_MISMATCH: u8 = 9;
 pub const ALREADY_EXISTS: u8 = 10;
 pub const NOT_FOUND: u8 = 11;
 pub const INTEGRITY: u8 = 12;
+pub const MOUNT: u8 = 13;
+pub const FUSE_UNAVAILABLE: u8 = 14;
 
 pub fn code_for(err: &Error) -> u8 {
     match err {
@@ -28,6 +30,9 @@ pub fn code_for(err: &Error) -> u8 {
         Error::KeyPinMismatch(_) => KEY_PIN_MISMATCH,
         Error::AlreadyExists(_) => ALREADY_EXISTS,
         Error::Integrity { .. } => INTEGRITY,
+        Error::Mount(_) => MOUNT,
+        Error::FuseUnavailable(_) => FUSE_UNAVAILABLE,
+        Error::Reported(code, _) => *code,
         Error::Invalid(_) => USAGE,
         e if e.is_not_found() => NOT_FOUND,
         _ => FAILURE,

@@ -2,6 +2,8 @@
 //! subcommand. Every failure ends as one line on stderr and a distinct exit code (exit.rs).
 
 pub mod exit;
+pub mod mount;
+pub mod syslog;
 
 use crate::error::{Error, Result};
 use crate::format::NameEncoding;
@@ -77,6 +79,21 @@ pub enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Mount a vault (as a daemon; returns once the mount is live).
+    Mount {
+        backing: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay in the foreground (logs go to stderr).
+        #[arg(short, long)]
+        foreground: bool,
+        /// Mount options, comma-separated (see docs/OPERATIONS.md).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Unmount an envfs mount, flushing everything to the backing store.
+    Umount { mountpoint: PathBuf },
     /// Decrypt one file to stdout without mounting.
     Cat {
         backing: PathBuf,
@@ -152,6 +169,21 @@ pub fn run(cli: Cli) -> Result<()> {
             path,
             keys,
         } => cat(&backing, &path, &keys),
+        Command::Mount {
+            backing,
+            mountpoint,
+            foreground,
+            options,
+            keys,
+        } => {
+            let mut config = mount::MountConfig {
+                foreground,
+                ..Default::default()
+            };
+            mount::parse_options(&options, &mut config)?;
+            mount::mount(&backing, &mountpoint, &config, &keys)
+        }
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
     }
 }
 

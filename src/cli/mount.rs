@@ -1,0 +1,623 @@
+//! `envfs mount` and `envfs umount`: option parsing (CLI flags and mount(8)'s `-o` list),
+//! preflight checks with clear errors, daemonizing, readiness, and clean shutdown.
+//!
+//! Daemon mode re-executes this binary in the foreground as a new session with a pipe on
+//! which the child reports "mounted" or the reason it failed. Re-exec rather than fork keeps
+//! us clear of forking a process that has threads (the FUSE workers, a key service runtime).
+
+use super::exit;
+use super::{KeyArgs, open_vault};
+use crate::error::{Error, Result};
+use crate::fs::Fs;
+use crate::fuse::{AdapterOptions, EnvFs};
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable naming the fd on which a daemon child reports readiness.
+const READY_FD_ENV: &str = "ENVFS_READY_FD";
+
+/// Whether this process is a mount daemon started by `envfs mount` (it logs to syslog).
+pub fn is_daemon_child() -> bool {
+    std::env::var_os(READY_FD_ENV).is_some()
+}
+
+/// Everything `-o` can say, plus what the CLI flags say.
+#[derive(Debug, Clone, Default)]
+pub struct MountConfig {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub nonempty: bool,
+    pub attr_timeout: Option<Duration>,
+    pub entry_timeout: Option<Duration>,
+    pub key_file: Option<PathBuf>,
+    pub foreground: bool,
+    /// Kernel mount flags passed through (nosuid, nodev, noexec, noatime, …).
+    pub passthrough: Vec<String>,
+}
+
+fn seconds(name: &str, value: &str) -> Result<Duration> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| Error::Invalid(format!("-o {name}={value}: expected seconds")))
+}
+
+/// Parse mount options (comma-separated, possibly from several `-o`).
+pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
+    for opt in lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        match (name, value) {
+            ("ro", None) => config.read_only = true,
+            ("rw", None) => config.read_only = false,
+            ("allow_other", None) => config.allow_other = true,
+            ("default_permissions", None) => config.default_permissions = true,
+            ("nonempty", None) => config.nonempty = true,
+            ("key_file", Some(v)) => config.key_file = Some(PathBuf::from(v)),
+            ("attr_timeout", Some(v)) => config.attr_timeout = Some(seconds(name, v)?),
+            ("entry_timeout", Some(v)) => config.entry_timeout = Some(seconds(name, v)?),
+            ("foreground", None) => config.foreground = true,
+            (
+                "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime"
+                | "dirsync" | "sync" | "async",
+                None,
+            ) => config.passthrough.push(name.to_string()),
+            // Options for mount(8), fstab and systemd, not for us.
+            (
+                "nofail" | "_netdev" | "auto" | "noauto" | "user" | "users" | "nouser" | "defaults"
+                | "relatime" | "norelatime" | "strictatime" | "lazytime" | "nolazytime" | "loop",
+                _,
+            ) => {}
+            (n, _) if n.starts_with("x-") || n == "comment" => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "unknown mount option '{opt}' (see docs/OPERATIONS.md)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount_error(msg: String) -> Error {
+    Error::Mount(msg)
+}
+
+/// Is `path` currently a mount point (per /proc/self/mountinfo)?
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|line| {
+        line.split(' ').nth(4).map(unescape_mount_path).as_deref()
+            == Some(canon.as_os_str().to_string_lossy().as_ref())
+    })
+}
+
+/// The filesystem type of the mount at `path`, if it is one.
+fn mount_fstype(path: &Path) -> Option<String> {
+    let canon = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let mount_point = unescape_mount_path(line.split(' ').nth(4)?);
+        if mount_point != canon.to_string_lossy() {
+            return None;
+        }
+        let after = line.split(" - ").nth(1)?;
+        after.split(' ').next().map(str::to_string)
+    })
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Checks that give a clear message instead of a FUSE error deep inside the mount.
+fn preflight(mountpoint: &Path, config: &MountConfig) -> Result<()> {
+    let meta = std::fs::metadata(mountpoint).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            mount_error(format!(
+                "mountpoint {} does not exist",
+                mountpoint.display()
+            ))
+        } else {
+            mount_error(format!("mountpoint {}: {e}", mountpoint.display()))
+        }
+    })?;
+    if !meta.is_dir() {
+        return Err(mount_error(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    if is_mount_point(mountpoint) {
+        return Err(mount_error(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            mountpoint.display()
+        )));
+    }
+    if !config.nonempty && std::fs::read_dir(mountpoint)?.next().is_some() {
+        return Err(mount_error(format!(
+            "mountpoint {} is not empty (use -o nonempty to mount over it anyway)",
+            mountpoint.display()
+        )));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::FuseUnavailable(
+            "/dev/fuse does not exist: load the fuse kernel module".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse to use the backing directory as (or inside) its own mountpoint, which would
+/// recurse forever.
+fn check_not_nested(backing: &Path, mountpoint: &Path) -> Result<()> {
+    let (Ok(b), Ok(m)) = (backing.canonicalize(), mountpoint.canonicalize()) else {
+        return Ok(());
+    };
+    if m.starts_with(&b) || b.starts_with(&m) {
+        return Err(mount_error(
+            "the mountpoint and the backing directory must not contain each other".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn mount(
+    backing: &Path,
+    mountpoint: &Path,
+    config: &MountConfig,
+    keys: &KeyArgs,
+) -> Result<()> {
+    preflight(mountpoint, config)?;
+    check_not_nested(backing, mountpoint)?;
+    let keys = KeyArgs {
+        key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
+    };
+    // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
+    // the command the user ran, with its exit code.
+    let vault = open_vault(backing, &keys)?;
+    if !config.foreground && std::env::var_os(READY_FD_ENV).is_none() {
+        drop(vault);
+        return daemonize();
+    }
+    serve(vault, mountpoint, backing, config)
+}
+
+/// Start ourselves again in the foreground, detached, and wait for its verdict.
+fn daemonize() -> Result<()> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a two-int array; O_CLOEXEC keeps the read end out of the child.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: pipe2 returned two fresh fds that we now own.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let write_fd = write_end.as_raw_fd();
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(READY_FD_ENV, write_fd.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Let the write end survive exec.
+            let flags = libc::fcntl(write_fd, libc::F_GETFD);
+            libc::fcntl(write_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(write_end);
+    let mut verdict = String::new();
+    std::fs::File::from(read_end).read_to_string(&mut verdict)?;
+    if verdict.starts_with("ok") {
+        return Ok(());
+    }
+    let _ = child.wait();
+    match verdict.split_once(' ') {
+        Some((code, msg)) => Err(Error::Reported(
+            code.parse().unwrap_or(exit::FAILURE),
+            msg.trim().to_string(),
+        )),
+        None => Err(mount_error(
+            "the mount daemon exited before the mount was ready (see the system log)".into(),
+        )),
+    }
+}
+
+/// Tell whoever waits (the `envfs mount` parent, systemd) how the mount went.
+fn notify_ready(result: std::result::Result<(), &Error>) {
+    if let Some(fd) = std::env::var_os(READY_FD_ENV).and_then(|v| v.to_str()?.parse::<i32>().ok()) {
+        // SAFETY: the parent passed us this fd for exactly this purpose; we own it now.
+        let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let msg = match result {
+            Ok(()) => "ok\n".to_string(),
+            Err(e) => format!("{} {e}\n", exit::code_for(e)),
+        };
+        let _ = pipe.write_all(msg.as_bytes());
+    }
+    if result.is_ok()
+        && let Some(socket) = std::env::var_os("NOTIFY_SOCKET")
+    {
+        sd_notify(&socket, "READY=1");
+    }
+}
+
+fn sd_notify(socket: &std::ffi::OsStr, msg: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(socket);
+    if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name) {
+            let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(msg.as_bytes(), Path::new(socket));
+    }
+}
+
+fn serve(
+    vault: std::sync::Arc<crate::vault::Vault>,
+    mountpoint: &Path,
+    backing: &Path,
+    config: &MountConfig,
+) -> Result<()> {
+    let result = start_session(vault, mountpoint, backing, config);
+    match result {
+        Err(e) => {
+            notify_ready(Err(&e));
+            Err(e)
+        }
+        Ok(session) => {
+            notify_ready(Ok(()));
+            run_until_unmounted(session, mountpoint)
+        }
+    }
+}
+
+fn start_session(
+    vault: std::sync::Arc<crate::vault::Vault>,
+    mountpoint: &Path,
+    backing: &Path,
+    config: &MountConfig,
+) -> Result<fuser::Session<EnvFs>> {
+    use fuser::MountOption as M;
+    let defaults = AdapterOptions::default();
+    let adapter = AdapterOptions {
+        attr_timeout: config.attr_timeout.unwrap_or(defaults.attr_timeout),
+        entry_timeout: config.entry_timeout.unwrap_or(defaults.entry_timeout),
+    };
+    let fs = EnvFs::new(Fs::new(vault), adapter)?;
+    let mut opts = vec![
+        M::FSName(
+            backing
+                .canonicalize()
+                .unwrap_or_else(|_| backing.to_path_buf())
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        M::Subtype("envfs".into()),
+    ];
+    if config.read_only {
+        opts.push(M::RO);
+    }
+    // allow_other lets other users in; only the kernel's permission checks keep them to
+    // what the mode bits allow.
+    if config.allow_other || config.default_permissions {
+        opts.push(M::DefaultPermissions);
+    }
+    for p in &config.passthrough {
+        opts.push(match p.as_str() {
+            "nosuid" => M::NoSuid,
+            "suid" => M::Suid,
+            "nodev" => M::NoDev,
+            "dev" => M::Dev,
+            "noexec" => M::NoExec,
+            "exec" => M::Exec,
+            "noatime" => M::NoAtime,
+            "atime" => M::Atime,
+            "dirsync" => M::DirSync,
+            "sync" => M::Sync,
+            _ => M::Async,
+        });
+    }
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.acl = if config.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    fuse_config.n_threads = Some((cores * 2).clamp(4, 16));
+    fuse_config.clone_fd = true;
+    // Signals must be blocked before the worker threads exist, so that only our signal
+    // thread receives them.
+    block_shutdown_signals();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root we mount(2) ourselves: fuser would mount as plain "fuse", but mount(8),
+        // fstab and `envfs umount` know us by the type "fuse.envfs".
+        let fd = kernel_mount(backing, mountpoint, config)?;
+        return fuser::Session::from_fd(fs, fd, fuse_config.acl, fuse_config.clone()).map_err(
+            |e| {
+                let _ = kernel_unmount(mountpoint);
+                mount_error(format!(
+                    "FUSE handshake on {} failed: {e}",
+                    mountpoint.display()
+                ))
+            },
+        );
+    }
+    fuse_config.mount_options = opts;
+    fuser::Session::new(fs, mountpoint, &fuse_config).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::FuseUnavailable(format!(
+                "cannot mount: {e} (is fuse3 installed? fusermount3 must be on PATH)"
+            ))
+        } else {
+            mount_error(format!("cannot mount on {}: {e}", mountpoint.display()))
+        }
+    })
+}
+
+/// mount(2) a FUSE filesystem of type fuse.envfs and return the /dev/fuse connection.
+fn kernel_mount(backing: &Path, mountpoint: &Path, config: &MountConfig) -> Result<OwnedFd> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| Error::FuseUnavailable(format!("cannot open /dev/fuse: {e}")))?;
+    let fd = OwnedFd::from(dev);
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
+        fd.as_raw_fd()
+    );
+    if config.allow_other {
+        data.push_str(",allow_other");
+    }
+    if config.allow_other || config.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if config.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    for p in &config.passthrough {
+        match p.as_str() {
+            "suid" => flags &= !libc::MS_NOSUID,
+            "dev" => flags &= !libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "dirsync" => flags |= libc::MS_DIRSYNC,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            _ => {}
+        }
+    }
+    let source = CString::new(
+        backing
+            .canonicalize()
+            .unwrap_or_else(|_| backing.to_path_buf())
+            .as_os_str()
+            .as_bytes(),
+    )
+    .map_err(|_| Error::Invalid("backing path contains a NUL byte".into()))?;
+    let target = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid("mountpoint contains a NUL byte".into()))?;
+    let fstype = CString::new("fuse.envfs").expect("no NUL");
+    let data = CString::new(data).expect("no NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let ret = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if ret != 0 {
+        return Err(mount_error(format!(
+            "cannot mount on {}: {}",
+            mountpoint.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(fd)
+}
+
+/// Unmount; if files are still open, detach lazily so the mount goes away once they close.
+fn kernel_unmount(mountpoint: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error())
+}
+
+fn shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+fn block_shutdown_signals() {
+    let set = shutdown_signals();
+    // SAFETY: valid set; blocking signals in this thread (inherited by threads it spawns).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Serve until the filesystem is unmounted (by `envfs umount`, `fusermount3 -u`, or a
+/// SIGTERM/SIGINT/SIGHUP, which unmount first so no request is cut off).
+fn run_until_unmounted(mut session: fuser::Session<EnvFs>, mountpoint: &Path) -> Result<()> {
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("envfs-signals".into())
+        .spawn(move || {
+            let set = shutdown_signals();
+            let mut sig = 0;
+            // SAFETY: valid set and out pointer.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            tracing::info!("signal {sig}: unmounting");
+            // fuser unmounts what it mounted; our own mount(2) we undo ourselves.
+            let result = unmounter.unmount().and_then(|_| {
+                if is_mount_point(&mountpoint) {
+                    kernel_unmount(&mountpoint)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = result {
+                tracing::error!("unmount on signal failed: {e}");
+            }
+        })?;
+    session.run()?;
+    Ok(())
+}
+
+/// `envfs umount MOUNTPOINT`: unmount an envfs mount and wait until its daemon has
+/// finished, so that when this returns everything has reached the backing store.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    match mount_fstype(mountpoint) {
+        None => {
+            return Err(mount_error(format!(
+                "{} is not mounted",
+                mountpoint.display()
+            )));
+        }
+        Some(t) if t != "fuse.envfs" => {
+            return Err(mount_error(format!(
+                "{} is not an envfs mount (it is {t})",
+                mountpoint.display()
+            )));
+        }
+        Some(_) => {}
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+            .map_err(|_| Error::Invalid("mountpoint contains a NUL byte".into()))?;
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(mount_error(format!(
+                "cannot unmount {}: {e}",
+                mountpoint.display()
+            )));
+        }
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .status()
+        .map_err(|e| Error::FuseUnavailable(format!("cannot run fusermount3: {e}")))?;
+    if !status.success() {
+        return Err(mount_error(format!(
+            "fusermount3 -u {} failed (is it busy?)",
+            mountpoint.display()
+        )));
+    }
+    Ok(())
+}
+
+/// mount(8) runs `envfs BACKING MOUNTPOINT -o OPTS` (via mount.fuse3). Rewrite that into
+/// `envfs mount …` so both spellings share one parser.
+pub fn rewrite_mount_helper_args(args: Vec<OsString>) -> Vec<OsString> {
+    const SUBCOMMANDS: &[&str] = &["init", "info", "cat", "mount", "umount", "help"];
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(first)
+            if !first.starts_with('-') && !SUBCOMMANDS.contains(&first) && args.len() >= 3 =>
+        {
+            let mut out = vec![args[0].clone(), OsString::from("mount")];
+            out.extend(args[1..].iter().cloned());
+            out
+        }
+        _ => args,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_reject_unknown() {
+        let mut c = MountConfig::default();
+        parse_options(
+            &[
+                "ro,allow_other,key_file=/k,attr_timeout=0.5,nofail,_netdev,x-systemd.automount"
+                    .into(),
+            ],
+            &mut c,
+        )
+        .unwrap();
+        assert!(c.read_only && c.allow_other);
+        assert_eq!(c.key_file.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.attr_timeout, Some(Duration::from_millis(500)));
+        assert!(parse_options(&["bogus".into()], &mut c).is_err());
+        assert!(parse_options(&["attr_timeout=x".into()], &mut c).is_err());
+    }
+
+    #[test]
+    fn mount_helper_form_is_rewritten() {
+        let args: Vec<OsString> = ["envfs", "/b", "/m", "-o", "rw"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = rewrite_mount_helper_args(args);
+        assert_eq!(out[1], "mount");
+        assert_eq!(out[2], "/b");
+        let args: Vec<OsString> = ["envfs", "info", "/b"].iter().map(OsString::from).collect();
+        assert_eq!(rewrite_mount_helper_args(args.clone()), args);
+    }
+}

@@ -1,0 +1,739 @@
+//! The thin fuser adapter: FUSE requests in, `fs::Fs` calls, replies out.
+//!
+//! Only this module imports fuser. It owns what is FUSE-specific — node ids, file and
+//! directory handles, TTLs, errno replies — and nothing else: every decision about data,
+//! names or keys is the filesystem core's.
+
+pub mod inodes;
+
+use crate::error::Error;
+use crate::fs::{Attr, FileKind, Fs, Handle, Owner, SetAttr, TimeSet};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use inodes::Inodes;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Largest write the kernel may send in one request (it caps this at its own maximum).
+const MAX_WRITE: u32 = 1 << 20;
+
+/// Mount-time behaviour of the adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterOptions {
+    /// How long the kernel may cache attributes and entries. Short, because the backing
+    /// directory is shared: changes made behind the mount's back must show up quickly.
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        AdapterOptions {
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+type DirSnapshot = Arc<Vec<(OsString, u64, FileKind)>>;
+
+pub struct EnvFs {
+    fs: Fs,
+    inodes: Inodes,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, DirSnapshot>>,
+    next_handle: AtomicU64,
+    opts: AdapterOptions,
+    /// When the daemon runs as root (allow_other), new nodes belong to the caller.
+    chown_new_nodes: bool,
+}
+
+fn errno(e: &Error) -> Errno {
+    if !matches!(e, Error::Io(_)) {
+        tracing::debug!("request failed: {e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(t),
+    })
+}
+
+impl EnvFs {
+    pub fn new(fs: Fs, opts: AdapterOptions) -> std::io::Result<EnvFs> {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata(fs.vault().root())?;
+        Ok(EnvFs {
+            fs,
+            inodes: Inodes::new(root.dev(), root.ino()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            opts,
+            // SAFETY: geteuid has no preconditions.
+            chown_new_nodes: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    fn fuse_attr(&self, attr: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(self.inodes.id_for(attr.dev, attr.ino)),
+            size: attr.size,
+            blocks: attr.blocks,
+            atime: attr.atime,
+            mtime: attr.mtime,
+            ctime: attr.ctime,
+            crtime: SystemTime::UNIX_EPOCH,
+            kind: file_type(attr.kind),
+            perm: attr.perm,
+            nlink: attr.nlink,
+            uid: attr.uid,
+            gid: attr.gid,
+            rdev: attr.rdev as u32,
+            blksize: attr.blksize,
+            flags: 0,
+        }
+    }
+
+    fn owner(&self, req: &Request) -> Option<Owner> {
+        self.chown_new_nodes.then(|| Owner {
+            uid: req.uid(),
+            gid: req.gid(),
+        })
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        self.inodes.path(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        self.inodes.child_path(parent.0, name).ok_or(Errno::ESTALE)
+    }
+
+    /// Reply with a new entry and count the lookup the kernel now holds.
+    fn reply_entry(&self, parent: INodeNo, name: &OsStr, attr: &Attr, reply: ReplyEntry) {
+        let fattr = self.fuse_attr(attr);
+        self.inodes.remember(fattr.ino.0, parent.0, name);
+        reply.entry_with_ttls(
+            &self.opts.entry_timeout,
+            &self.opts.attr_timeout,
+            &fattr,
+            Generation(0),
+        );
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+}
+
+/// Helper: run a fallible body and reply with its errno on failure.
+macro_rules! try_reply {
+    ($reply:expr, $body:expr) => {
+        match $body {
+            Ok(v) => v,
+            Err(e) => {
+                $reply.error(e);
+                return;
+            }
+        }
+    };
+}
+
+impl fuser::Filesystem for EnvFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_BIG_WRITES;
+        let supported = wanted & config.capabilities();
+        let _ = config.add_capabilities(supported);
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Writes go straight to the backing store; make them durable before we exit.
+        if let Ok(root) = std::fs::File::open(self.fs.vault().root()) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: valid fd.
+            unsafe { libc::syncfs(root.as_raw_fd()) };
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let path = try_reply!(reply, self.child(parent, name));
+        let attr = try_reply!(reply, self.fs.getattr(&path).map_err(|e| errno(&e)));
+        self.reply_entry(parent, name, &attr, reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let attr = match fh.and_then(|fh| self.handle(fh).ok()) {
+            Some(h) => self.fs.getattr_handle(&h),
+            None => {
+                let path = try_reply!(reply, self.path(ino));
+                self.fs.getattr(&path)
+            }
+        };
+        let attr = try_reply!(reply, attr.map_err(|e| errno(&e)));
+        reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let path = try_reply!(reply, self.path(ino));
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+        };
+        let attr = try_reply!(
+            reply,
+            self.fs
+                .setattr(&path, handle.as_deref(), &set)
+                .map_err(|e| errno(&e))
+        );
+        reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let path = try_reply!(reply, self.path(ino));
+        let target = try_reply!(reply, self.fs.readlink(&path).map_err(|e| errno(&e)));
+        reply.data(target.as_bytes());
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = try_reply!(reply, self.child(parent, name));
+        let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
+        let attr = try_reply!(
+            reply,
+            self.fs
+                .mknod(&path, mode, rdev as u64, self.owner(req))
+                .map_err(|e| errno(&e))
+        );
+        self.reply_entry(parent, name, &attr, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = try_reply!(reply, self.child(parent, name));
+        let attr = try_reply!(
+            reply,
+            self.fs
+                .mkdir(&path, mode & !umask & 0o7777, self.owner(req))
+                .map_err(|e| errno(&e))
+        );
+        self.reply_entry(parent, name, &attr, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = try_reply!(reply, self.child(parent, name));
+        try_reply!(reply, self.fs.unlink(&path).map_err(|e| errno(&e)));
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = try_reply!(reply, self.child(parent, name));
+        try_reply!(reply, self.fs.rmdir(&path).map_err(|e| errno(&e)));
+        reply.ok();
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let path = try_reply!(reply, self.child(parent, link_name));
+        let attr = try_reply!(
+            reply,
+            self.fs
+                .symlink(target.as_os_str(), &path, self.owner(req))
+                .map_err(|e| errno(&e))
+        );
+        self.reply_entry(parent, link_name, &attr, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let from = try_reply!(reply, self.child(parent, name));
+        let to = try_reply!(reply, self.child(newparent, newname));
+        try_reply!(
+            reply,
+            self.fs
+                .rename(&from, &to, flags.bits())
+                .map_err(|e| errno(&e))
+        );
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            self.inodes
+                .exchanged((parent.0, name), (newparent.0, newname));
+        } else {
+            self.inodes.renamed(parent.0, name, newparent.0, newname);
+        }
+        reply.ok();
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let existing = try_reply!(reply, self.path(ino));
+        let new = try_reply!(reply, self.child(newparent, newname));
+        let attr = try_reply!(reply, self.fs.link(&existing, &new).map_err(|e| errno(&e)));
+        self.reply_entry(newparent, newname, &attr, reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let path = try_reply!(reply, self.path(ino));
+        let handle = try_reply!(reply, self.fs.open(&path, flags.0).map_err(|e| errno(&e)));
+        // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
+        // backing store behind our back is never served stale after a reopen.
+        reply.opened(FileHandle(self.add_handle(handle)), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handle = try_reply!(reply, self.handle(fh));
+        let data = try_reply!(
+            reply,
+            self.fs
+                .read(&handle, offset, size as usize)
+                .map_err(|e| errno(&e))
+        );
+        reply.data(&data);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let handle = try_reply!(reply, self.handle(fh));
+        let n = try_reply!(
+            reply,
+            self.fs.write(&handle, offset, data).map_err(|e| errno(&e))
+        );
+        reply.written(n as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Every write reached the backing store before it was acknowledged.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = try_reply!(reply, self.handle(fh));
+        try_reply!(
+            reply,
+            self.fs.fsync(&handle, datasync).map_err(|e| errno(&e))
+        );
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = try_reply!(reply, self.path(ino));
+        let entries = try_reply!(reply, self.fs.readdir(&path).map_err(|e| errno(&e)));
+        let snapshot: Vec<_> = entries
+            .into_iter()
+            .map(|e| (e.name, e.ino, e.kind))
+            .collect();
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, Arc::new(snapshot));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let snapshot = try_reply!(
+            reply,
+            self.dirs
+                .lock()
+                .unwrap()
+                .get(&fh.0)
+                .cloned()
+                .ok_or(Errno::EBADF)
+        );
+        // Offsets: 1 is ".", 2 is "..", 3.. are the snapshot's entries.
+        let dots = [(OsStr::new("."), ino.0), (OsStr::new(".."), ino.0)];
+        for i in offset as usize..2 + snapshot.len() {
+            let full = if i < 2 {
+                reply.add(
+                    INodeNo(dots[i].1),
+                    i as u64 + 1,
+                    FileType::Directory,
+                    dots[i].0,
+                )
+            } else {
+                let (name, backing_ino, kind) = &snapshot[i - 2];
+                // Kernel readdir ids are advisory; the real id comes with lookup.
+                reply.add(
+                    INodeNo((*backing_ino).max(2)),
+                    i as u64 + 1,
+                    file_type(*kind),
+                    name,
+                )
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let snapshot = try_reply!(
+            reply,
+            self.dirs
+                .lock()
+                .unwrap()
+                .get(&fh.0)
+                .cloned()
+                .ok_or(Errno::EBADF)
+        );
+        let dir = try_reply!(reply, self.path(ino));
+        for i in offset as usize..2 + snapshot.len() {
+            // "." and ".." carry the directory's own attributes; the kernel does not count
+            // them as lookups.
+            let (name, path) = match i {
+                0 => (OsStr::new("."), dir.clone()),
+                1 => (OsStr::new(".."), dir.clone()),
+                _ => (snapshot[i - 2].0.as_os_str(), dir.join(&snapshot[i - 2].0)),
+            };
+            let attr = match self.fs.getattr(&path) {
+                Ok(a) => a,
+                // Gone since the listing was taken.
+                Err(_) => continue,
+            };
+            let fattr = self.fuse_attr(&attr);
+            if reply.add(
+                fattr.ino,
+                i as u64 + 1,
+                name,
+                &self.opts.entry_timeout,
+                &fattr,
+                Generation(0),
+            ) {
+                break;
+            }
+            if i >= 2 {
+                self.inodes.remember(fattr.ino.0, ino.0, name);
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let path = try_reply!(reply, self.path(ino));
+        let backing = try_reply!(reply, self.fs.backing_path(&path).map_err(|e| errno(&e)));
+        try_reply!(
+            reply,
+            std::fs::File::open(backing)
+                .and_then(|d| d.sync_all())
+                .map_err(Errno::from)
+        );
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let st = try_reply!(reply, self.fs.statfs().map_err(|e| errno(&e)));
+        reply.statfs(
+            st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namelen, st.frsize,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let path = try_reply!(reply, self.path(ino));
+        try_reply!(
+            reply,
+            self.fs
+                .setxattr(&path, name, value, flags)
+                .map_err(|e| errno(&e))
+        );
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let path = try_reply!(reply, self.path(ino));
+        let value = try_reply!(reply, self.fs.getxattr(&path, name).map_err(|e| errno(&e)));
+        xattr_reply(reply, &value, size);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let path = try_reply!(reply, self.path(ino));
+        let names = try_reply!(reply, self.fs.listxattr(&path).map_err(|e| errno(&e)));
+        let mut buf = Vec::new();
+        for n in names {
+            buf.extend_from_slice(n.as_bytes());
+            buf.push(0);
+        }
+        xattr_reply(reply, &buf, size);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = try_reply!(reply, self.path(ino));
+        try_reply!(
+            reply,
+            self.fs.removexattr(&path, name).map_err(|e| errno(&e))
+        );
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Only called without default_permissions, i.e. when only the mounting user can
+        // reach the mount: the backing store's own check, as that user, is the right one.
+        let path = try_reply!(reply, self.path(ino));
+        let backing = try_reply!(reply, self.fs.backing_path(&path).map_err(|e| errno(&e)));
+        let c = try_reply!(
+            reply,
+            std::ffi::CString::new(backing.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+        );
+        // SAFETY: valid C string.
+        if unsafe { libc::access(c.as_ptr(), mask.bits()) } == 0 {
+            reply.ok();
+        } else {
+            reply.error(Errno::from(std::io::Error::last_os_error()));
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = try_reply!(reply, self.child(parent, name));
+        let (handle, attr) = try_reply!(
+            reply,
+            self.fs
+                .create(&path, mode & !umask & 0o7777, flags, self.owner(req))
+                .map_err(|e| errno(&e))
+        );
+        let fattr = self.fuse_attr(&attr);
+        self.inodes.remember(fattr.ino.0, parent.0, name);
+        let fh = self.add_handle(handle);
+        reply.created(
+            &self.opts.entry_timeout,
+            &fattr,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let handle = try_reply!(reply, self.handle(fh));
+        try_reply!(
+            reply,
+            self.fs
+                .fallocate(&handle, offset, length, mode)
+                .map_err(|e| errno(&e))
+        );
+        reply.ok();
+    }
+}
+
+/// getxattr/listxattr protocol: size 0 asks for the length; too small a buffer is ERANGE.
+fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
