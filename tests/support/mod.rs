@@ -1,0 +1,234 @@
+//! Shared helpers for tests that run the real `envfs` binary and real FUSE mounts.
+//! Every mount is undone when its guard drops, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub fn envfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_envfs")
+}
+
+/// A vault in a temp dir, with its own key file and config home.
+pub struct TestVault {
+    pub dir: TempDir,
+    pub backing: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestVault {
+    pub fn new(init_args: &[&str]) -> TestVault {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        std::fs::create_dir(&backing).unwrap();
+        let key = dir.path().join("vault.key");
+        let out = Command::new(envfs_bin())
+            .arg("init")
+            .arg(&backing)
+            .arg("--key-file")
+            .arg(&key)
+            .args(init_args)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestVault { dir, backing, key }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(envfs_bin());
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        c
+    }
+
+    /// A new empty directory to mount on.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn mount(&self, name: &str, opts: &[&str]) -> Mount {
+        let mnt = self.mountpoint(name);
+        let out = self.try_mount(&mnt, opts);
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount { path: mnt }
+    }
+
+    pub fn try_mount(&self, mnt: &Path, opts: &[&str]) -> Output {
+        self.cmd()
+            .arg("mount")
+            .arg(&self.backing)
+            .arg(mnt)
+            .arg("--key-file")
+            .arg(&self.key)
+            .args(opts)
+            .output()
+            .unwrap()
+    }
+}
+
+/// A live mount; unmounted on drop.
+pub struct Mount {
+    pub path: PathBuf,
+}
+
+impl Mount {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmount now and wait until the kernel no longer lists the mount.
+    pub fn unmount(&mut self) {
+        if !is_mounted(&self.path) {
+            return;
+        }
+        let status = Command::new(envfs_bin())
+            .arg("umount")
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        if !status.success() {
+            // Something still holds a file open: detach so the test run never leaks a mount.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        wait_until(Duration::from_secs(10), || !is_mounted(&self.path));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+}
+
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Run a shell command, panicking with its output if it fails.
+pub fn sh(cwd: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every byte of every file and every name under `dir`, for plaintext searches.
+pub fn backing_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    for entry in walk(dir) {
+        if entry
+            .to_string_lossy()
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            return Some(entry);
+        }
+        let meta = std::fs::symlink_metadata(&entry).unwrap();
+        let bytes = if meta.file_type().is_symlink() {
+            std::fs::read_link(&entry)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else if meta.is_file() {
+            std::fs::read(&entry).unwrap()
+        } else {
+            Vec::new()
+        };
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            return Some(entry);
+        }
+        if let Ok(names) = xattr_names(&entry) {
+            if names.windows(needle.len()).any(|w| w == needle) {
+                return Some(entry);
+            }
+        }
+    }
+    None
+}
+
+fn xattr_names(path: &Path) -> std::io::Result<Vec<u8>> {
+    let out = Command::new("getfattr")
+        .arg("-h")
+        .arg("-d")
+        .arg("-m")
+        .arg("-")
+        .arg(path)
+        .output()?;
+    Ok(out.stdout)
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce from a seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
