@@ -358,9 +358,23 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
 
 fn cat(backing: &Path, path: &Path, keys: &KeyArgs) -> Result<()> {
     let fs = Fs::new(open_vault(backing, keys)?);
-    let handle = fs
-        .open(path, libc::O_RDONLY)
-        .map_err(|e| with_path(e, path))?;
+    let handle = fs.open(path, libc::O_RDONLY).map_err(|e| match e {
+        // The core opens with O_NOFOLLOW: ELOOP here means the path is a symlink, not a loop.
+        Error::Io(io) if io.raw_os_error() == Some(libc::ELOOP) => {
+            let target = fs
+                .readlink(path)
+                .map(|t| format!(" to {}", t.to_string_lossy()))
+                .unwrap_or_default();
+            Error::Io(std::io::Error::new(
+                io.kind(),
+                format!(
+                    "{}: is a symbolic link{target}; envfs cat reads regular files",
+                    path.display()
+                ),
+            ))
+        }
+        e => with_path(e, path),
+    })?;
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
     const STEP: usize = 1 << 20;

@@ -1,0 +1,93 @@
+//! Generates the golden-vector vault checked into `tests/golden/v1/`.
+//!
+//! ```text
+//! cargo run --example make_golden -- OUTDIR
+//! ```
+//!
+//! writes `OUTDIR/golden.key` (a fresh local key file) and `OUTDIR/vault/` (the backing
+//! directory). The output is random (keys, file ids, nonces), so it is generated once and
+//! frozen; tests/golden.rs checks the frozen copy. Do not regenerate `tests/golden/v1/`: a
+//! format change must keep reading it. A new format version gets a new `tests/golden/vN/`.
+//!
+//! The plaintext is deterministic and must match the table in tests/golden.rs.
+
+use envfs::fs::Fs;
+use envfs::keys::local::LocalKeyProvider;
+use envfs::vault::{InitOptions, Vault};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Byte `i` of the golden file with seed `seed`.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((i * 31 + 7 + seed * 13) % 251) as u8)
+        .collect()
+}
+
+fn long_name() -> String {
+    format!("long-name-{}.txt", "x".repeat(186))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(
+        std::env::args_os()
+            .nth(1)
+            .ok_or("usage: make_golden OUTDIR")?,
+    );
+    let root = out.join("vault");
+    let key_path = out.join("golden.key");
+    std::fs::create_dir_all(&root)?;
+    if std::fs::read_dir(&root)?.next().is_some() || key_path.exists() {
+        return Err(format!("{} already holds a golden vault", out.display()).into());
+    }
+
+    let vault_id: [u8; 16] = envfs::crypto::random::array();
+    let provider = LocalKeyProvider::create(&key_path, &hex::encode(vault_id))?;
+    let opts = InitOptions {
+        vault_id: Some(vault_id),
+        ..InitOptions::default()
+    };
+    assert_eq!((opts.chunk_size, opts.header_size), (4096, 1024));
+    let vault = Vault::init(&root, Arc::new(provider), &opts)?;
+    let fs = Fs::new(Arc::new(vault));
+
+    let files: Vec<(String, u64, usize)> = vec![
+        ("empty.txt".into(), 0, 0),
+        ("one-byte.bin".into(), 1, 1),
+        ("one-chunk.bin".into(), 2, 4096),
+        ("several-chunks.bin".into(), 3, 3 * 4096 + 100),
+        (long_name(), 4, 300),
+    ];
+    for (name, seed, len) in &files {
+        write_file(&fs, Path::new(name), &content(*seed, *len))?;
+    }
+    fs.mkdir(Path::new("docs"), 0o755, None)?;
+    write_file(&fs, Path::new("docs/nested.txt"), &content(5, 5000))?;
+    fs.symlink(OsStr::new("docs/nested.txt"), Path::new("link"), None)?;
+
+    println!(
+        "golden vault {} written to {}",
+        hex::encode(vault_id),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Create `path` and write `data` in uneven pieces (so the frozen files also went through
+/// the read-modify-write path).
+fn write_file(fs: &Fs, path: &Path, data: &[u8]) -> envfs::Result<()> {
+    let (handle, _) = fs.create(
+        path,
+        0o644,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        None,
+    )?;
+    let mut offset = 0;
+    for piece in data.chunks(1000) {
+        fs.write(&handle, offset as u64, piece)?;
+        offset += piece.len();
+    }
+    fs.fsync(&handle, false)?;
+    Ok(())
+}

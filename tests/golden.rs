@@ -1,0 +1,413 @@
+//! Golden vectors: a small vault written once by `examples/make_golden.rs` and frozen in
+//! `tests/golden/v1/` (backing directory `vault/`, key file `golden.key`).
+//!
+//! These tests must keep passing forever. A change to the on-disk format must either keep
+//! reading this vault byte for byte, or (for a new format version) refuse it with a clear
+//! message — never silently return different bytes. Never regenerate `tests/golden/v1/`; a new
+//! format version gets its own `tests/golden/vN/` next to it.
+
+use envfs::Error;
+use envfs::crypto::Secret32;
+use envfs::format::config::{CONFIG_FILE_NAME, CONFIG_MAGIC};
+use envfs::format::{FileHeader, NameEncoding, ProviderKind, VaultConfig};
+use envfs::fs::{FileKind, Fs};
+use envfs::keys::KeyProvider;
+use envfs::keys::local::LocalKeyProvider;
+use envfs::vault::Vault;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const VAULT_ID: &str = "6f3dc55c835b73de43e7175ea0909acd";
+const KEY_ID: &str = "local:7d2f316c5d0dda9a";
+const CONFIG_LEN: u64 = 158;
+
+/// Byte `i` of the golden file with seed `seed` (same function as examples/make_golden.rs).
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((i * 31 + 7 + seed * 13) % 251) as u8)
+        .collect()
+}
+
+fn long_name() -> String {
+    format!("long-name-{}.txt", "x".repeat(186))
+}
+
+struct GoldenFile {
+    path: String,
+    seed: u64,
+    len: usize,
+    /// The frozen backing path, relative to the backing root.
+    backing: &'static str,
+    /// The frozen backing size (header 1024 + plaintext + 28 per chunk).
+    backing_len: u64,
+}
+
+fn golden_files() -> Vec<GoldenFile> {
+    let f = |path: &str, seed, len, backing, backing_len| GoldenFile {
+        path: path.to_string(),
+        seed,
+        len,
+        backing,
+        backing_len,
+    };
+    vec![
+        f("empty.txt", 0, 0, "jpUkM6edqzq7xtGCu4LDCmypsg_-5AVx3w", 0),
+        f(
+            "one-byte.bin",
+            1,
+            1,
+            "TQD-okHYv0z99mC2iSHJrFvytId8DyXe5DWp8A",
+            1053,
+        ),
+        f(
+            "one-chunk.bin",
+            2,
+            4096,
+            "-pV86Kb7C6w1Owx_yQom5t_WiVDSyOv4asKCvCc",
+            5148,
+        ),
+        f(
+            "several-chunks.bin",
+            3,
+            3 * 4096 + 100,
+            "FTJeSbTgch1OGREBTaA_-cp2mmqtwwpOinekuloRFAg1VQ",
+            13524,
+        ),
+        f(
+            &long_name(),
+            4,
+            300,
+            "vOWw_5XPEmAZdhRT7f4fBlfxSOFKc6Rs7FAyxT1DXdk.envfs-ln",
+            1352,
+        ),
+        f(
+            "docs/nested.txt",
+            5,
+            5000,
+            "PwcNynwh09H-SCQyxl4g_1YpeuY/_R175s3Mddyjna_qdS2TCKky7BogBxZhnJA",
+            6080,
+        ),
+    ]
+}
+
+const LINK: &str = "link";
+const LINK_BACKING: &str = "c6jG0zCnu-4ose97dU5U3Roitd4";
+const LINK_TARGET: &str = "docs/nested.txt";
+const DIR: &str = "docs";
+const DIR_BACKING: &str = "PwcNynwh09H-SCQyxl4g_1YpeuY";
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+}
+
+fn golden_root() -> PathBuf {
+    golden_dir().join("vault")
+}
+
+fn golden_key() -> Arc<dyn KeyProvider> {
+    Arc::new(LocalKeyProvider::load(&golden_dir().join("golden.key")).expect("fixture key"))
+}
+
+fn open_golden(root: &Path) -> Fs {
+    Fs::new(Arc::new(
+        Vault::open(root, vec![golden_key()]).expect("golden vault opens"),
+    ))
+}
+
+/// Every byte, name and link target under `root`, to prove reading changes nothing.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            if meta.is_dir() {
+                out.insert(rel, b"<dir>".to_vec());
+                stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, target.into_os_string().into_encoded_bytes());
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Copy a backing directory (files, directories, symlinks as symlinks).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&src).unwrap();
+        if meta.is_dir() {
+            copy_tree(&src, &dst);
+        } else if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn read_all(fs: &Fs, path: &Path, step: usize) -> Vec<u8> {
+    let handle = fs.open(path, libc::O_RDONLY).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let data = fs.read(&handle, out.len() as u64, step).unwrap();
+        if data.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&data);
+    }
+}
+
+#[test]
+fn every_plaintext_reads_back_byte_for_byte() {
+    let root = golden_root();
+    let before = snapshot(&root);
+    let fs = open_golden(&root);
+    for f in golden_files() {
+        let path = Path::new(&f.path);
+        let want = content(f.seed, f.len);
+        let attr = fs.getattr(path).unwrap();
+        assert_eq!(attr.kind, FileKind::File, "{}", f.path);
+        assert_eq!(attr.size, f.len as u64, "size of {}", f.path);
+        for step in [1 << 20, 4096, 1000, 777, 1] {
+            if step == 1 && f.len > 300 {
+                continue;
+            }
+            assert!(
+                read_all(&fs, path, step) == want,
+                "{} read in steps of {step} differs from the golden plaintext",
+                f.path
+            );
+        }
+        // Reads that start and end inside chunks, across chunk boundaries, and past EOF.
+        let handle = fs.open(path, libc::O_RDONLY).unwrap();
+        for (offset, len) in [(0, 10), (4090, 12), (4096, 4096), (8000, 5000), (12380, 50)] {
+            let start = offset.min(f.len);
+            let end = (offset + len).min(f.len);
+            assert_eq!(
+                fs.read(&handle, offset as u64, len).unwrap(),
+                want[start..end],
+                "{} at {offset}+{len}",
+                f.path
+            );
+        }
+        assert!(
+            fs.read(&handle, f.len as u64 + 1, 10).unwrap().is_empty(),
+            "{} past EOF",
+            f.path
+        );
+    }
+    drop(fs);
+    assert!(
+        before == snapshot(&root),
+        "reading the golden vault modified its backing directory"
+    );
+}
+
+#[test]
+fn backing_layout_is_frozen() {
+    let root = golden_root();
+    let fs = open_golden(&root);
+    for f in golden_files() {
+        let backing = fs.backing_path(Path::new(&f.path)).unwrap();
+        assert_eq!(backing, root.join(f.backing), "backing name of {}", f.path);
+        assert_eq!(
+            std::fs::metadata(&backing).unwrap().len(),
+            f.backing_len,
+            "backing size of {}",
+            f.path
+        );
+        assert_eq!(
+            fs.vault().geometry.backing_size(f.len as u64),
+            f.backing_len,
+            "size arithmetic for {}",
+            f.path
+        );
+    }
+    assert_eq!(
+        fs.backing_path(Path::new(DIR)).unwrap(),
+        root.join(DIR_BACKING)
+    );
+    assert_eq!(
+        fs.backing_path(Path::new(LINK)).unwrap(),
+        root.join(LINK_BACKING)
+    );
+    assert_eq!(
+        std::fs::metadata(root.join(CONFIG_FILE_NAME))
+            .unwrap()
+            .len(),
+        CONFIG_LEN
+    );
+}
+
+#[test]
+fn directory_listings_match() {
+    let fs = open_golden(&golden_root());
+    let list = |dir: &str| -> BTreeMap<OsString, FileKind> {
+        let entries = fs.readdir(Path::new(dir)).unwrap();
+        let map: BTreeMap<_, _> = entries.iter().map(|e| (e.name.clone(), e.kind)).collect();
+        assert_eq!(map.len(), entries.len(), "duplicate names in {dir:?}");
+        map
+    };
+    let mut want_root: BTreeMap<OsString, FileKind> = golden_files()
+        .iter()
+        .filter(|f| !f.path.contains('/'))
+        .map(|f| (OsString::from(&f.path), FileKind::File))
+        .collect();
+    want_root.insert(DIR.into(), FileKind::Dir);
+    want_root.insert(LINK.into(), FileKind::Symlink);
+    // envfs.conf and the long name's sidecar are not shown.
+    assert_eq!(list(""), want_root);
+    assert_eq!(
+        list(DIR),
+        BTreeMap::from([(OsString::from("nested.txt"), FileKind::File)])
+    );
+
+    // readdir_plus reports plaintext sizes without opening anything.
+    let plus: BTreeMap<_, _> = fs
+        .readdir_plus(Path::new(""))
+        .unwrap()
+        .into_iter()
+        .collect();
+    for f in golden_files().iter().filter(|f| !f.path.contains('/')) {
+        assert_eq!(
+            plus[&OsString::from(&f.path)].size,
+            f.len as u64,
+            "{}",
+            f.path
+        );
+    }
+    assert_eq!(plus[&OsString::from(LINK)].size, LINK_TARGET.len() as u64);
+    assert_eq!(fs.getattr(Path::new(DIR)).unwrap().kind, FileKind::Dir);
+}
+
+#[test]
+fn symlink_target_decrypts() {
+    let fs = open_golden(&golden_root());
+    assert_eq!(fs.readlink(Path::new(LINK)).unwrap(), LINK_TARGET);
+    let attr = fs.getattr(Path::new(LINK)).unwrap();
+    assert_eq!(attr.kind, FileKind::Symlink);
+    assert_eq!(attr.size, LINK_TARGET.len() as u64);
+    // The stored target is encrypted, not the plaintext.
+    let stored = std::fs::read_link(golden_root().join(LINK_BACKING)).unwrap();
+    assert_ne!(stored, Path::new(LINK_TARGET));
+    assert!(!stored.to_string_lossy().contains("nested"));
+}
+
+#[test]
+fn long_name_uses_hash_entry_and_sidecar() {
+    let root = golden_root();
+    let fs = open_golden(&root);
+    let name = long_name();
+    assert_eq!(name.len(), 200);
+    let backing = fs.backing_path(Path::new(&name)).unwrap();
+    let entry = backing.file_name().unwrap().to_str().unwrap();
+    assert!(entry.ends_with(".envfs-ln"), "{entry}");
+    let sidecar = std::fs::read_to_string(root.join(format!("{entry}.name"))).unwrap();
+    // The sidecar holds the full encrypted name: SIV (16 + 200 bytes) in base64url.
+    assert_eq!(sidecar.len(), (16 + 200usize).div_ceil(3) * 4);
+    assert!(!sidecar.contains("long-name"));
+    let names: Vec<OsString> = fs
+        .readdir(Path::new(""))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&OsString::from(&name)));
+    assert_eq!(read_all(&fs, Path::new(&name), 4096), content(4, 300));
+}
+
+#[test]
+fn frozen_config_bytes_parse() {
+    let bytes = std::fs::read(golden_root().join(CONFIG_FILE_NAME)).unwrap();
+    assert_eq!(bytes.len() as u64, CONFIG_LEN);
+    assert_eq!(&bytes[..8], CONFIG_MAGIC);
+    assert_eq!(&bytes[8..10], &[0, 1], "format version 1");
+    assert_eq!(&bytes[10..12], &[0, 0], "no flags");
+    assert_eq!(hex::encode(&bytes[12..28]), VAULT_ID);
+    let (config, body, _mac) = VaultConfig::parse(&bytes).unwrap();
+    assert_eq!(body.len(), bytes.len() - 32);
+    assert_eq!(config.vault_id_hex(), VAULT_ID);
+    assert_eq!(config.chunk_size, 4096);
+    assert_eq!(config.header_size, 1024);
+    assert_eq!(config.long_name_limit, 220);
+    assert!(!config.plaintext_names);
+    assert_eq!(config.name_encoding, NameEncoding::Base64Url);
+    assert_eq!(config.slots.len(), 1);
+    assert_eq!(config.slots[0].provider, ProviderKind::Local);
+    assert_eq!(config.slots[0].key_id, KEY_ID);
+    assert_eq!(config.slots[0].wrapped.len(), 60);
+    assert_eq!(golden_key().key_id(), KEY_ID);
+
+    let vault = Vault::open(&golden_root(), vec![golden_key()]).unwrap();
+    assert_eq!(hex::encode(vault.vault_id()), VAULT_ID);
+    assert_eq!(vault.config, config);
+}
+
+#[test]
+fn frozen_file_headers_parse_and_authenticate() {
+    let root = golden_root();
+    let fs = open_golden(&root);
+    let mut file_ids = Vec::new();
+    for f in golden_files().iter().filter(|f| f.len > 0) {
+        let backing = root.join(f.backing);
+        let bytes = std::fs::read(&backing).unwrap();
+        let header = &bytes[..1024];
+        assert_eq!(&header[..4], b"ENVF", "{}", f.path);
+        assert_eq!(&header[4..6], &[0, 1], "header version 1 in {}", f.path);
+        let (parsed, _) = FileHeader::parse(header).unwrap();
+        assert_eq!(parsed.slots.len(), 1);
+        assert_eq!(parsed.slots[0].provider, ProviderKind::Local);
+        assert_eq!(parsed.slots[0].key_id, KEY_ID);
+        fs.vault().open_file(header, &backing).unwrap();
+        file_ids.push(parsed.file_id);
+    }
+    file_ids.sort();
+    file_ids.dedup();
+    assert_eq!(file_ids.len(), 5, "every file has its own id");
+}
+
+#[test]
+fn bumped_config_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("vault");
+    copy_tree(&golden_root(), &root);
+    // The untouched copy opens (so the refusal below is the version's doing).
+    Vault::open(&root, vec![golden_key()]).unwrap();
+
+    let conf = root.join(CONFIG_FILE_NAME);
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[8..10].copy_from_slice(&2u16.to_be_bytes());
+    std::fs::write(&conf, &bytes).unwrap();
+    match Vault::open(&root, vec![golden_key()]) {
+        Err(Error::UnsupportedVersion(msg)) => {
+            assert!(msg.contains("version 2"), "{msg}");
+            assert!(msg.contains("upgrade"), "{msg}");
+        }
+        Err(other) => panic!("expected UnsupportedVersion, got {other:?}"),
+        Ok(_) => panic!("a version 2 vault must not open"),
+    }
+}
+
+#[test]
+fn golden_vault_refuses_another_key() {
+    let other = Arc::new(LocalKeyProvider::from_kek(&Secret32::from_bytes(
+        [0x42; 32],
+    )));
+    match Vault::open(&golden_root(), vec![other]) {
+        Err(Error::WrongKey(msg)) => assert!(msg.contains(KEY_ID), "{msg}"),
+        Err(other) => panic!("expected WrongKey, got {other:?}"),
+        Ok(_) => panic!("the golden vault opened with a wrong key"),
+    }
+}
