@@ -810,7 +810,8 @@ fn cat_on_a_corrupt_config_exits_4() {
     let conf = vault.join("envfs.conf");
     let original = std::fs::read(&conf).unwrap();
     let len = original.len();
-    let edits: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let edits: Vec<(&str, Edit)> = vec![
         ("MAC bit", Box::new(move |b| b[len - 1] ^= 1)),
         // long-name limit 220 -> 221: still valid, so only the MAC catches it
         ("long-name limit", Box::new(|b| b[39] ^= 1)),

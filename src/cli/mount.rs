@@ -191,13 +191,13 @@ pub fn mount(
     keys: &KeyArgs,
 ) -> Result<()> {
     preflight(mountpoint, config)?;
-    check_not_nested(backing, mountpoint)?;
     let keys = KeyArgs {
         key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
     };
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.
     let vault = open_vault(backing, &keys)?;
+    check_not_nested(backing, mountpoint)?;
     if !config.foreground && std::env::var_os(READY_FD_ENV).is_none() {
         drop(vault);
         return daemonize();

@@ -37,8 +37,11 @@ pub struct OpenFile {
     /// Backing path at open time, for log messages only (the file may be renamed since).
     backing_path: Mutex<PathBuf>,
     io: RwLock<FileIo>,
-    table: Weak<Mutex<HashMap<(u64, u64), Weak<OpenFile>>>>,
+    table: Weak<Table>,
 }
+
+/// Open files by backing (device, inode); weak, so an entry dies with its last handle.
+type Table = Mutex<HashMap<(u64, u64), Weak<OpenFile>>>;
 
 impl Drop for OpenFile {
     fn drop(&mut self) {
@@ -54,7 +57,7 @@ impl Drop for OpenFile {
 /// The table of open backing inodes, keyed by (device, inode).
 #[derive(Default)]
 pub struct OpenFiles {
-    table: Arc<Mutex<HashMap<(u64, u64), Weak<OpenFile>>>>,
+    table: Arc<Table>,
 }
 
 impl OpenFiles {

@@ -580,7 +580,7 @@ impl Fs {
         self.vault
             .xattrs
             .decrypt(&[domain::XATTR_VALUE, name.as_bytes()], &value)
-            .ok_or_else(|| Error::Integrity {
+            .ok_or(Error::Integrity {
                 path: backing,
                 chunk: None,
                 kind: IntegrityKind::Name,

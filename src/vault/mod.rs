@@ -158,6 +158,16 @@ impl Vault {
                 }
             }
         }
+        // A slot that carries one of our key ids under another provider kind was edited.
+        if failure.is_none()
+            && providers
+                .iter()
+                .any(|p| config.slots.iter().any(|s| s.key_id == p.key_id()))
+        {
+            failure = Some(Error::CorruptConfig(
+                "a key slot was modified: envfs.conf is not authentic".into(),
+            ));
+        }
         Err(failure.unwrap_or_else(|| {
             let listed: Vec<String> = config
                 .slots

@@ -63,7 +63,7 @@ impl TestVault {
             "mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Mount { path: mnt }
+        Mount::adopt(mnt)
     }
 
     pub fn try_mount(&self, mnt: &Path, opts: &[&str]) -> Output {
@@ -79,19 +79,25 @@ impl TestVault {
     }
 }
 
-/// A live mount; unmounted on drop.
+/// A live mount; unmounted on drop (unless already unmounted through this guard).
 pub struct Mount {
     pub path: PathBuf,
+    done: bool,
 }
 
 impl Mount {
+    /// Take responsibility for unmounting whatever gets mounted at `path`.
+    pub fn adopt(path: PathBuf) -> Mount {
+        Mount { path, done: false }
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
     }
 
     /// Unmount now and wait until the kernel no longer lists the mount.
     pub fn unmount(&mut self) {
-        if !is_mounted(&self.path) {
+        if std::mem::replace(&mut self.done, true) || !is_mounted(&self.path) {
             return;
         }
         let status = Command::new(envfs_bin())
@@ -178,10 +184,10 @@ pub fn backing_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
         if bytes.windows(needle.len()).any(|w| w == needle) {
             return Some(entry);
         }
-        if let Ok(names) = xattr_names(&entry) {
-            if names.windows(needle.len()).any(|w| w == needle) {
-                return Some(entry);
-            }
+        if let Ok(names) = xattr_names(&entry)
+            && names.windows(needle.len()).any(|w| w == needle)
+        {
+            return Some(entry);
         }
     }
     None
