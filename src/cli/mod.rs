@@ -250,12 +250,32 @@ fn init(backing: &Path, key_file: Option<PathBuf>, opts: &InitOptions) -> Result
     Ok(())
 }
 
+/// A path inside the vault as the user typed it: "/docs/a" and "docs/a" are the same file.
+fn vault_path(path: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "{}: paths inside the vault cannot contain '..'",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
+    let path = path.map(vault_path).transpose()?;
+    let path = path.as_deref();
     let (config, _) = read_config_unverified(backing)?;
     let opened = match providers(backing, keys) {
         Ok(p) => Some(Vault::open(backing, p)?),
         // Without a key the vault can still be described, but not verified.
-        Err(Error::KeyFile(msg)) if path.is_none() => {
+        Err(Error::KeyFile(msg)) if path.is_none() && keys.key_file.is_none() => {
             eprintln!("envfs: {msg}");
             None
         }
@@ -357,6 +377,7 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
 }
 
 fn cat(backing: &Path, path: &Path, keys: &KeyArgs) -> Result<()> {
+    let path = &vault_path(path)?;
     let fs = Fs::new(open_vault(backing, keys)?);
     let handle = fs.open(path, libc::O_RDONLY).map_err(|e| match e {
         // The core opens with O_NOFOLLOW: ELOOP here means the path is a symlink, not a loop.

@@ -69,9 +69,11 @@ pub enum BackingName<'a> {
 }
 
 pub fn classify(name: &str) -> BackingName<'_> {
-    if name.ends_with(SIDECAR_SUFFIX) {
+    // Suffixes match in any case: base32 vaults live on backends that may change case.
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(SIDECAR_SUFFIX) {
         BackingName::Sidecar
-    } else if name.ends_with(LONG_NAME_SUFFIX) {
+    } else if lower.ends_with(LONG_NAME_SUFFIX) {
         BackingName::Long(name)
     } else if !name.contains('.') && !name.is_empty() {
         BackingName::Encrypted(name)

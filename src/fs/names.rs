@@ -7,7 +7,7 @@
 
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
-use crate::format::config::CONFIG_FILE_NAME;
+use crate::format::config::{CONFIG_FILE_NAME, NameEncoding};
 use crate::format::names::{self as spelling, BackingName, RESERVED_PREFIX};
 use crate::vault::Vault;
 use std::ffi::{OsStr, OsString};
@@ -163,7 +163,12 @@ impl<'v> NameMap<'v> {
             }
         })?;
         let encoded = String::from_utf8(bytes).map_err(|_| bad())?;
-        if spelling::long_name_entry(self.vault.config.name_encoding, &encoded) != entry {
+        let expected = spelling::long_name_entry(self.vault.config.name_encoding, &encoded);
+        let matches = match self.vault.config.name_encoding {
+            NameEncoding::Base64Url => expected == entry,
+            NameEncoding::Base32 => expected.eq_ignore_ascii_case(entry),
+        };
+        if !matches {
             return Err(bad());
         }
         Ok(encoded)
