@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: envfs against the plain backing directory, a FUSE passthrough
+# (bindfs: the floor any FUSE filesystem pays), gocryptfs and securefs, on the same disk, in
+# one invocation. Contenders are interleaved within each run so machine drift hits all
+# alike; the table reports the median of the runs, and ratios to each peer.
+#
+#   bash scripts/bench.sh [--runs N] [--size-mb MB] [--files N] [--out FILE] [--only a,b]
+#
+# Needs root (drop_caches, mounts). Installs fio, bindfs, gocryptfs and securefs from
+# Debian if missing. Work happens in $BENCH_DIR (default /var/tmp/envfs-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNS=3
+SIZE_MB=1024
+FILES=10000
+OUT=docs/BENCHMARKS.md
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --size-mb) SIZE_MB=$2; shift 2 ;;
+    --files) FILES=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drop_caches, mounts)" >&2; exit 1; }
+missing=()
+for p in fio bindfs gocryptfs securefs fuse3; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release -q
+ENVFS=$ROOT/target/release/envfs
+
+W=${BENCH_DIR:-/var/tmp/envfs-bench}
+rm -rf "$W"; mkdir -p "$W"
+RESULTS=$W/results.tsv
+: > "$RESULTS"
+CONTENDERS=(plain bindfs gocryptfs securefs envfs)
+if [ -n "$ONLY" ]; then IFS=, read -r -a CONTENDERS <<< "$ONLY"; fi
+
+# --- inputs prepared once, on the plain disk ------------------------------------------------
+SMALL_SRC=$W/small-src
+mkdir -p "$SMALL_SRC"
+python3 - "$SMALL_SRC" "$FILES" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(1)
+for i in range(n):
+    d = os.path.join(root, f"d{i % 100:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
+PY
+ARCHIVE=$W/source.tar
+CRATES=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -1)
+# A real source tree: the vendored sources of the crates this project builds with.
+tar -C "$CRATES" -cf "$ARCHIVE" $(ls "$CRATES" | grep -E '^(libc|syn|proptest|clap_builder|aes|tracing-subscriber)-' )
+ARCHIVE_FILES=$(tar -tf "$ARCHIVE" | grep -vc '/$')
+
+# --- contenders ------------------------------------------------------------------------------
+# setup NAME: create backing + mountpoint, mount; echo the directory to benchmark in.
+mount_contender() {
+  local name=$1 b=$W/$1-backing m=$W/$1-mnt
+  mkdir -p "$b" "$m"
+  case $name in
+    plain) echo "$b"; return ;;
+    bindfs) bindfs "$b" "$m" ;;
+    gocryptfs)
+      [ -f "$b/gocryptfs.conf" ] || gocryptfs -q -init -passfile <(echo benchpass) "$b" >/dev/null 2>&1
+      gocryptfs -q -passfile <(echo benchpass) "$b" "$m" 2>/dev/null ;;
+    securefs)
+      [ -f "$b/.securefs.json" ] || securefs create --pass benchpass "$b" >/dev/null 2>&1
+      securefs mount -b --pass benchpass "$b" "$m" >/dev/null 2>&1
+      for _ in $(seq 50); do mountpoint -q "$m" && break; sleep 0.1; done ;;
+    envfs)
+      [ -f "$b/envfs.conf" ] || "$ENVFS" init "$b" --key-file "$W/envfs.key" >/dev/null
+      "$ENVFS" mount "$b" "$m" --key-file "$W/envfs.key" ;;
+  esac
+  echo "$m"
+}
+
+unmount_contender() {
+  local name=$1 m=$W/$1-mnt
+  [ "$name" = plain ] && return
+  for _ in $(seq 50); do
+    fusermount3 -u "$m" 2>/dev/null && break
+    umount "$m" 2>/dev/null && break
+    sleep 0.2
+  done
+  for _ in $(seq 50); do mountpoint -q "$m" || break; sleep 0.1; done
+}
+
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+now() { date +%s.%N; }
+
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; }  # contender workload run value
+
+daemon_pid() { pgrep -n -f "envfs mount $W/envfs-backing" || true; }
+
+bench_one() {
+  local name=$1 run=$2 dir t0 t1 pid
+  # Sequential write, 1 MiB blocks, fsync at the end.
+  dir=$(mount_contender "$name")
+  cold
+  t0=$(now); dd if=/dev/zero of="$dir/big" bs=1M count="$SIZE_MB" conv=fsync status=none; t1=$(now)
+  record "$name" seq_write_MBps "$run" "$(echo "$SIZE_MB / ($t1 - $t0)" | bc -l)"
+  if [ "$name" = envfs ]; then
+    pid=$(daemon_pid)
+    [ -n "$pid" ] && record "$name" daemon_peak_rss_MiB "$run" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$pid"/status)"
+  fi
+  unmount_contender "$name"; cold
+  # Sequential read with cold caches (remounted).
+  dir=$(mount_contender "$name")
+  t0=$(now); dd if="$dir/big" of=/dev/null bs=1M status=none; t1=$(now)
+  record "$name" seq_read_cold_MBps "$run" "$(echo "$SIZE_MB / ($t1 - $t0)" | bc -l)"
+  rm -f "$dir/big"
+  # Random 4 KiB reads and writes in a 256 MiB file.
+  fio --name=prep --directory="$dir" --filename=rand.bin --size=256M --rw=write --bs=1M --end_fsync=1 --output=/dev/null
+  cold
+  for rw in randread randwrite; do
+    fio --name=$rw --directory="$dir" --filename=rand.bin --size=256M --rw=$rw --bs=4k --ioengine=psync \
+        --runtime=10 --time_based --end_fsync=1 --output-format=json --output="$W/fio.json"
+    record "$name" "${rw}_4k_IOPS" "$run" "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j["read"]["iops"]+j["write"]["iops"])' "$W/fio.json")"
+  done
+  rm -f "$dir/rand.bin"
+  # Small files: create, read back cold, ls -lR, rm -rf.
+  t0=$(now); cp -r "$SMALL_SRC" "$dir/small"; sync -f "$dir/small/d00" 2>/dev/null || true; t1=$(now)
+  record "$name" small_create_s "$run" "$(echo "$t1 - $t0" | bc -l)"
+  unmount_contender "$name"; cold
+  dir=$(mount_contender "$name")
+  t0=$(now); find "$dir/small" -type f -exec cat {} + > /dev/null; t1=$(now)
+  record "$name" small_read_cold_s "$run" "$(echo "$t1 - $t0" | bc -l)"
+  unmount_contender "$name"; cold
+  dir=$(mount_contender "$name")
+  t0=$(now); ls -lR "$dir/small" > /dev/null; t1=$(now)
+  record "$name" ls_lR_cold_s "$run" "$(echo "$t1 - $t0" | bc -l)"
+  t0=$(now); rm -rf "$dir/small"; t1=$(now)
+  record "$name" rm_rf_s "$run" "$(echo "$t1 - $t0" | bc -l)"
+  # Untar a real source archive.
+  mkdir -p "$dir/untar"
+  t0=$(now); tar -C "$dir/untar" -xf "$ARCHIVE"; sync; t1=$(now)
+  record "$name" untar_s "$run" "$(echo "$t1 - $t0" | bc -l)"
+  rm -rf "$dir/untar"
+  unmount_contender "$name"
+}
+
+for run in $(seq "$RUNS"); do
+  for c in "${CONTENDERS[@]}"; do
+    echo "bench: run $run/$RUNS: $c" >&2
+    bench_one "$c" "$run"
+  done
+done
+
+python3 "$ROOT/scripts/bench_report.py" "$RESULTS" "$OUT" \
+  --runs "$RUNS" --size-mb "$SIZE_MB" --files "$FILES" --archive-files "$ARCHIVE_FILES" \
+  --versions "envfs $(git -C "$ROOT" rev-parse --short HEAD); $(gocryptfs -version 2>/dev/null | head -1); securefs $(securefs version 2>/dev/null | head -1 | awk '{print $NF}'); bindfs $(bindfs --version 2>/dev/null | head -1 | awk '{print $NF}'); fio $(fio --version)"
+echo "bench: wrote $OUT" >&2
