@@ -514,3 +514,69 @@ fn sigterm_unmounts_cleanly_and_keeps_acknowledged_data() {
     let m = v.mount("again", &[]);
     assert_eq!(fs::read(m.p("kept")).unwrap(), data);
 }
+
+#[test]
+fn foreground_mount_notifies_systemd_when_live() {
+    use std::os::unix::net::UnixDatagram;
+    let v = TestVault::new(&[]);
+    let mnt = v.mountpoint("mnt");
+    let socket_path = v.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = v
+        .cmd()
+        .arg("mount")
+        .arg("-f")
+        .arg(&v.backing)
+        .arg(&mnt)
+        .arg("--key-file")
+        .arg(&v.key)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .unwrap();
+    let _guard = Mount::adopt(mnt.clone());
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("no readiness notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    // READY=1 means live: the mount must already answer.
+    assert!(is_mounted(&mnt));
+    fs::write(mnt.join("f"), b"x").unwrap();
+    drop(_guard);
+    let _ = child.wait();
+}
+
+#[test]
+fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
+    let v = TestVault::new(&[]);
+    let m = v.mount("mnt", &["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(m.p("root-only"), b"secret").unwrap();
+    fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
+    let as_nobody = |script: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "bash",
+                "-c",
+                script,
+            ])
+            .current_dir(&m.path)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody("cat root-only");
+    assert!(!out.status.success(), "nobody read a 0600 root file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_nobody("echo mine > by-nobody && cat by-nobody");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = fs::metadata(m.p("by-nobody")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+}

@@ -489,6 +489,11 @@ fn posix_surface_through_the_mount() {
     );
     let listed = sh(&m.path, "getfattr -d hard");
     assert!(listed.contains("user.color=\"blue\""), "{listed}");
+    // POSIX ACLs pass through to the backing store.
+    sh(
+        &m.path,
+        "setfacl -m u:nobody:r hard && getfacl -p hard | grep -qx user:nobody:r--",
+    );
     // statfs, unlink, rmdir, fsync.
     sh(&m.path, "df . >/dev/null && sync");
     File::open(m.p("hard")).unwrap().sync_all().unwrap();
