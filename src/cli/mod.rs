@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 use crate::format::NameEncoding;
 use crate::format::config::*;
 use crate::fs::Fs;
-use crate::keys::KeyProvider;
+use crate::keys::kms::KmsKeyProvider;
 use crate::keys::local::{LocalKeyProvider, default_key_path};
+use crate::vault::pin::pin_kms_key;
+use crate::vault::keysource::{KeyOptions, providers_for};
 use crate::vault::{InitOptions, Vault, read_config_unverified};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -44,6 +46,18 @@ pub struct KeyArgs {
     /// Local key file (default: $XDG_CONFIG_HOME/envfs/keys/<vault-id>.key)
     #[arg(long, value_name = "PATH", env = "ENVFS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// AWS KMS key (id, ARN or alias/NAME) to open the vault with; pins it on this host
+    #[arg(long, value_name = "KEY", env = "ENVFS_KMS_KEY")]
+    pub kms_key: Option<String>,
+}
+
+impl KeyArgs {
+    fn options(&self) -> KeyOptions {
+        KeyOptions {
+            key_file: self.key_file.clone(),
+            kms_key: self.kms_key.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,8 +67,11 @@ pub enum Command {
         /// The backing directory (must exist and be empty).
         backing: PathBuf,
         /// Where to create the key file (or an existing key file to reuse).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "kms_key")]
         key_file: Option<PathBuf>,
+        /// Create a KMS vault: DEKs come from this AWS KMS key (id, ARN or alias/NAME).
+        #[arg(long, value_name = "KEY")]
+        kms_key: Option<String>,
         /// Plaintext bytes per chunk: a power of two from 1024 to 1048576.
         #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
@@ -104,35 +121,10 @@ pub enum Command {
     },
 }
 
-/// The key providers for a vault from the command line, or the default key file.
-pub fn providers(backing: &Path, keys: &KeyArgs) -> Result<Vec<Arc<dyn KeyProvider>>> {
-    let path = match &keys.key_file {
-        Some(p) => p.clone(),
-        None => {
-            let (config, _) = read_config_unverified(backing)?;
-            let id = config.vault_id_hex();
-            let path = default_key_path(&id).ok_or_else(|| {
-                Error::KeyFile(
-                    "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file"
-                        .into(),
-                )
-            })?;
-            if !path.exists() {
-                return Err(Error::KeyFile(format!(
-                    "no key file given and none at {} (the default for vault {id}); use --key-file",
-                    path.display()
-                )));
-            }
-            path
-        }
-    };
-    Ok(vec![Arc::new(LocalKeyProvider::load(&path)?)])
-}
-
-pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Arc<Vault>> {
+pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Vault> {
     // Not a vault is a clearer answer than "no key file" when both are true.
     read_config_unverified(backing)?;
-    Ok(Arc::new(Vault::open(backing, providers(backing, keys)?)?))
+    Vault::open(backing, providers_for(backing, &keys.options())?)
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -140,6 +132,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init {
             backing,
             key_file,
+            kms_key,
             chunk_size,
             header_size,
             long_name_limit,
@@ -157,7 +150,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 vault_id: None,
             };
-            init(&backing, key_file, &opts)
+            init(&backing, key_file, kms_key, &opts)
         }
         Command::Info {
             backing,
@@ -187,7 +180,12 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn init(backing: &Path, key_file: Option<PathBuf>, opts: &InitOptions) -> Result<()> {
+fn init(
+    backing: &Path,
+    key_file: Option<PathBuf>,
+    kms_key: Option<String>,
+    opts: &InitOptions,
+) -> Result<()> {
     // Validate everything before creating a key file, so a bad flag leaves nothing behind.
     let probe = VaultConfig {
         vault_id: [0; 16],
@@ -221,6 +219,22 @@ fn init(backing: &Path, key_file: Option<PathBuf>, opts: &InitOptions) -> Result
     // The vault id names the default key file, so it is chosen first.
     let vault_id: [u8; 16] = crate::crypto::random::array();
     let id = hex::encode(vault_id);
+    let opts = InitOptions {
+        vault_id: Some(vault_id),
+        ..opts.clone()
+    };
+    if let Some(key) = kms_key {
+        let kms = Arc::new(KmsKeyProvider::connect(&key)?);
+        Vault::init(backing, kms.clone(), &opts)?;
+        let pin = pin_kms_key(&id, kms.arn())?;
+        println!("Created envfs vault {id} in {}", backing.display());
+        println!(
+            "DEKs come from AWS KMS key {}; pinned for this host in {}.",
+            kms.arn(),
+            pin.display()
+        );
+        return Ok(());
+    }
     let (provider, key_path, created) = match key_file {
         Some(path) if path.exists() => (LocalKeyProvider::load(&path)?, path, false),
         Some(path) => (LocalKeyProvider::create(&path, &id)?, path, true),
@@ -230,10 +244,6 @@ fn init(backing: &Path, key_file: Option<PathBuf>, opts: &InitOptions) -> Result
             })?;
             (LocalKeyProvider::create(&path, &id)?, path, true)
         }
-    };
-    let opts = InitOptions {
-        vault_id: Some(vault_id),
-        ..opts.clone()
     };
     if let Err(e) = Vault::init(backing, Arc::new(provider), &opts) {
         if created {
@@ -272,7 +282,7 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
     let path = path.map(vault_path).transpose()?;
     let path = path.as_deref();
     let (config, _) = read_config_unverified(backing)?;
-    let opened = match providers(backing, keys) {
+    let opened = match providers_for(backing, &keys.options()) {
         Ok(p) => Some(Vault::open(backing, p)?),
         // Without a key the vault can still be described, but not verified.
         Err(Error::KeyFile(msg)) if path.is_none() && keys.key_file.is_none() => {
@@ -378,7 +388,7 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
 
 fn cat(backing: &Path, path: &Path, keys: &KeyArgs) -> Result<()> {
     let path = &vault_path(path)?;
-    let fs = Fs::new(open_vault(backing, keys)?);
+    let fs = Fs::new(Arc::new(open_vault(backing, keys)?));
     let handle = fs.open(path, libc::O_RDONLY).map_err(|e| match e {
         // The core opens with O_NOFOLLOW: ELOOP here means the path is a symlink, not a loop.
         Error::Io(io) if io.raw_os_error() == Some(libc::ELOOP) => {

@@ -9,6 +9,7 @@ use super::exit;
 use super::{KeyArgs, open_vault};
 use crate::error::{Error, Result};
 use crate::fs::Fs;
+use crate::keys::cache::CacheLimits;
 use crate::fuse::{AdapterOptions, EnvFs};
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -16,6 +17,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// New-file DEKs kept ready for key-service vaults, and the calls in flight to refill them.
+const DEFAULT_PREFETCH: usize = 32;
+const PREFETCH_CONCURRENCY: usize = 4;
 
 /// Environment variable naming the fd on which a daemon child reports readiness.
 const READY_FD_ENV: &str = "ENVFS_READY_FD";
@@ -35,6 +40,11 @@ pub struct MountConfig {
     pub attr_timeout: Option<Duration>,
     pub entry_timeout: Option<Duration>,
     pub key_file: Option<PathBuf>,
+    pub kms_key: Option<String>,
+    /// DEK cache bounds (entries, seconds) and how many new-file DEKs to keep ready.
+    pub dek_cache_entries: Option<usize>,
+    pub dek_cache_ttl: Option<Duration>,
+    pub prefetch: Option<usize>,
     pub foreground: bool,
     /// Kernel mount flags passed through (nosuid, nodev, noexec, noatime, …).
     pub passthrough: Vec<String>,
@@ -68,6 +78,18 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             ("default_permissions", None) => config.default_permissions = true,
             ("nonempty", None) => config.nonempty = true,
             ("key_file", Some(v)) => config.key_file = Some(PathBuf::from(v)),
+            ("kms_key", Some(v)) => config.kms_key = Some(v.to_string()),
+            ("dek_cache_size", Some(v)) => {
+                config.dek_cache_entries = Some(v.parse().map_err(|_| {
+                    Error::Invalid(format!("-o dek_cache_size={v}: expected a number of entries"))
+                })?)
+            }
+            ("dek_cache_ttl", Some(v)) => config.dek_cache_ttl = Some(seconds(name, v)?),
+            ("prefetch", Some(v)) => {
+                config.prefetch = Some(v.parse().map_err(|_| {
+                    Error::Invalid(format!("-o prefetch={v}: expected a number of DEKs"))
+                })?)
+            }
             ("attr_timeout", Some(v)) => config.attr_timeout = Some(seconds(name, v)?),
             ("entry_timeout", Some(v)) => config.entry_timeout = Some(seconds(name, v)?),
             ("foreground", None) => config.foreground = true,
@@ -191,18 +213,31 @@ pub fn mount(
     keys: &KeyArgs,
 ) -> Result<()> {
     preflight(mountpoint, config)?;
+    let serving = config.foreground || is_daemon_child();
+    if serving {
+        // Before any thread exists (the KMS client's, the DEK prefetchers', the FUSE
+        // workers'): blocked here, shutdown signals reach only our signal thread.
+        block_shutdown_signals();
+    }
     let keys = KeyArgs {
         key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
+        kms_key: config.kms_key.clone().or_else(|| keys.kms_key.clone()),
     };
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.
-    let vault = open_vault(backing, &keys)?;
+    let mut vault = open_vault(backing, &keys)?;
     check_not_nested(backing, mountpoint)?;
-    if !config.foreground && std::env::var_os(READY_FD_ENV).is_none() {
+    if !serving {
         drop(vault);
         return daemonize();
     }
-    serve(vault, mountpoint, backing, config)
+    let defaults = CacheLimits::default();
+    vault.set_cache_limits(CacheLimits {
+        max_entries: config.dek_cache_entries.unwrap_or(defaults.max_entries),
+        ttl: config.dek_cache_ttl.unwrap_or(defaults.ttl),
+    });
+    vault.enable_prefetch(config.prefetch.unwrap_or(DEFAULT_PREFETCH), PREFETCH_CONCURRENCY);
+    serve(std::sync::Arc::new(vault), mountpoint, backing, config)
 }
 
 /// Start ourselves again in the foreground, detached, and wait for its verdict.
@@ -362,9 +397,6 @@ fn start_session(
         .unwrap_or(2);
     fuse_config.n_threads = Some((cores * 2).clamp(4, 16));
     fuse_config.clone_fd = true;
-    // Signals must be blocked before the worker threads exist, so that only our signal
-    // thread receives them.
-    block_shutdown_signals();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         // As root we mount(2) ourselves: fuser would mount as plain "fuse", but mount(8),

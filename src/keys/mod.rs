@@ -5,7 +5,10 @@
 //! kind and key id), so a header or config with several slots is opened by whichever
 //! provider is present, and `info` can describe slots without any key material.
 
+pub mod cache;
+pub mod kms;
 pub mod local;
+pub mod prefetch;
 
 use crate::crypto::Secret32;
 use crate::error::Result;
@@ -93,6 +96,12 @@ pub trait KeyProvider: Send + Sync {
     /// Whether `slot` was written by this provider's key.
     fn recognises(&self, slot: &KeySlot) -> bool {
         slot.provider == self.kind() && slot.key_id == self.key_id()
+    }
+
+    /// Whether each call is a network round trip (a key service), which makes caching and
+    /// prefetching DEKs worthwhile.
+    fn remote(&self) -> bool {
+        false
     }
 
     /// How this key is described to people (`envfs info`, error messages).

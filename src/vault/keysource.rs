@@ -1,0 +1,100 @@
+//! Which key providers open a vault on this host: from the command line (`--key-file`,
+//! `--kms-key`), the default key file, or the pinned KMS key.
+
+use super::pin;
+use super::read_config_unverified;
+use crate::error::{Error, Result};
+use crate::format::{ProviderKind, VaultConfig};
+use crate::keys::KeyProvider;
+use crate::keys::kms::KmsKeyProvider;
+use crate::keys::local::{LocalKeyProvider, default_key_path};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How the user asked to open a vault.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    pub key_file: Option<PathBuf>,
+    pub kms_key: Option<String>,
+}
+
+fn kms_keys_of(config: &VaultConfig) -> Vec<&str> {
+    config
+        .slots
+        .iter()
+        .filter(|s| s.provider == ProviderKind::AwsKms)
+        .map(|s| s.key_id.as_str())
+        .collect()
+}
+
+/// Refuse a config that does not name the pinned key: whoever can write the backing store
+/// must not be able to point new DEKs at a key they control.
+fn check_pin(config: &VaultConfig, arn: &str, source: &str) -> Result<()> {
+    let named = kms_keys_of(config);
+    if named.contains(&arn) {
+        return Ok(());
+    }
+    Err(Error::KeyPinMismatch(format!(
+        "refusing to open vault {}: its config names KMS key {}, but this host pins {arn} ({source}). \
+         If the vault's key was changed on purpose, pass --kms-key with the new key",
+        config.vault_id_hex(),
+        if named.is_empty() {
+            "none".to_string()
+        } else {
+            named.join(", ")
+        }
+    )))
+}
+
+pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn KeyProvider>>> {
+    let (config, _) = read_config_unverified(backing)?;
+    let id = config.vault_id_hex();
+    let mut providers: Vec<Arc<dyn KeyProvider>> = Vec::new();
+    if let Some(path) = &opts.key_file {
+        providers.push(Arc::new(LocalKeyProvider::load(path)?));
+    }
+    if let Some(key) = &opts.kms_key {
+        let kms = KmsKeyProvider::connect(key)?;
+        check_pin(&config, kms.arn(), "given with --kms-key")?;
+        if pin::pinned_kms_key(&id)?.is_none() {
+            pin::pin_kms_key(&id, kms.arn())?;
+        }
+        providers.push(Arc::new(kms));
+    }
+    if !providers.is_empty() {
+        return Ok(providers);
+    }
+    let has_local = config.slots.iter().any(|s| s.provider == ProviderKind::Local);
+    let default_local = default_key_path(&id);
+    if has_local
+        && let Some(path) = default_local.as_ref().filter(|p| p.exists())
+    {
+        return Ok(vec![Arc::new(LocalKeyProvider::load(path)?)]);
+    }
+    let kms_keys = kms_keys_of(&config);
+    if !kms_keys.is_empty() {
+        let (arn, source) = match pin::pinned_kms_key(&id)? {
+            Some((arn, path)) => (arn, format!("pinned in {}", path.display())),
+            None => {
+                // First use on this host: trust the key the vault names, and remember it.
+                let arn = kms_keys[0].to_string();
+                let path = pin::pin_kms_key(&id, &arn)?;
+                tracing::warn!(
+                    "first use of vault {id} on this host: pinned KMS key {arn} in {}",
+                    path.display()
+                );
+                (arn, format!("pinned in {}", path.display()))
+            }
+        };
+        check_pin(&config, &arn, &source)?;
+        return Ok(vec![Arc::new(KmsKeyProvider::connect(&arn)?)]);
+    }
+    Err(Error::KeyFile(match default_local {
+        Some(path) => format!(
+            "no key file given and none at {} (the default for vault {id}); use --key-file",
+            path.display()
+        ),
+        None => "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file"
+            .into(),
+    }))
+}
