@@ -9,8 +9,8 @@ use super::exit;
 use super::{KeyArgs, open_vault};
 use crate::error::{Error, Result};
 use crate::fs::Fs;
-use crate::keys::cache::CacheLimits;
 use crate::fuse::{AdapterOptions, EnvFs};
+use crate::keys::cache::CacheLimits;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -81,7 +81,9 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             ("kms_key", Some(v)) => config.kms_key = Some(v.to_string()),
             ("dek_cache_size", Some(v)) => {
                 config.dek_cache_entries = Some(v.parse().map_err(|_| {
-                    Error::Invalid(format!("-o dek_cache_size={v}: expected a number of entries"))
+                    Error::Invalid(format!(
+                        "-o dek_cache_size={v}: expected a number of entries"
+                    ))
                 })?)
             }
             ("dek_cache_ttl", Some(v)) => config.dek_cache_ttl = Some(seconds(name, v)?),
@@ -236,7 +238,10 @@ pub fn mount(
         max_entries: config.dek_cache_entries.unwrap_or(defaults.max_entries),
         ttl: config.dek_cache_ttl.unwrap_or(defaults.ttl),
     });
-    vault.enable_prefetch(config.prefetch.unwrap_or(DEFAULT_PREFETCH), PREFETCH_CONCURRENCY);
+    vault.enable_prefetch(
+        config.prefetch.unwrap_or(DEFAULT_PREFETCH),
+        PREFETCH_CONCURRENCY,
+    );
     serve(std::sync::Arc::new(vault), mountpoint, backing, config)
 }
 

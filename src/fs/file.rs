@@ -118,11 +118,14 @@ impl OpenFiles {
     }
 }
 
-/// Remembers which (file, chunk) integrity failures were already logged, so a damaged chunk
-/// read again and again by the page cache logs one line, not thousands. Bounded.
+/// Remembers which failures were already logged, so a damaged chunk (or a key service
+/// refusing one file) read again and again by the page cache logs one line, not thousands.
+/// Integrity failures are keyed by file and chunk; key failures by file and message, so a
+/// different failure of the same file is logged again. Bounded.
 #[derive(Default)]
 pub struct IntegrityLog {
     seen: Mutex<HashSet<(u64, u64, Option<u64>)>>,
+    key_errors: Mutex<HashSet<(u64, u64, String)>>,
 }
 
 impl IntegrityLog {
@@ -144,6 +147,18 @@ impl IntegrityLog {
                     }
                 }
             }
+        }
+    }
+
+    /// A file's keys could not be unwrapped (key service down or refusing, no key held).
+    fn report_key_error(&self, file: (u64, u64), backing_path: &Path, err: &Error) {
+        let message = err.to_string();
+        let mut seen = self.key_errors.lock().unwrap();
+        if seen.len() >= Self::MAX {
+            seen.clear();
+        }
+        if seen.insert((file.0, file.1, message.clone())) {
+            tracing::error!(backing_path = %backing_path.display(), "cannot open file keys: {message}");
         }
     }
 }
@@ -191,8 +206,12 @@ impl<'a> Engine<'a> {
         let path = file.backing_path.lock().unwrap().clone();
         match self.vault.open_file(&header, &path) {
             Ok(keys) => Ok(Arc::new(keys)),
-            Err(e) => {
+            Err(e @ Error::Integrity { .. }) => {
                 self.log.report(file.id, &e);
+                Err(e)
+            }
+            Err(e) => {
+                self.log.report_key_error(file.id, &path, &e);
                 Err(e)
             }
         }

@@ -55,9 +55,9 @@ where
                 _ => Error::KeyService(format!("KMS {op} with {key}: {code}: {message}")),
             }
         }
-        SdkError::TimeoutError(_) => {
-            Error::KeyService(format!("KMS {op} with {key}: timed out talking to {endpoint}"))
-        }
+        SdkError::TimeoutError(_) => Error::KeyService(format!(
+            "KMS {op} with {key}: timed out talking to {endpoint}"
+        )),
         SdkError::DispatchFailure(d) => Error::KeyService(format!(
             "KMS {op} with {key}: cannot reach {endpoint}: {}",
             if d.is_io() {
@@ -105,9 +105,9 @@ impl KmsKeyProvider {
                 "no AWS region configured: set AWS_REGION (or a region in the AWS profile)".into(),
             ));
         }
-        let creds = config.credentials_provider().ok_or_else(|| {
-            Error::KeyService("no AWS credentials provider is configured".into())
-        })?;
+        let creds = config
+            .credentials_provider()
+            .ok_or_else(|| Error::KeyService("no AWS credentials provider is configured".into()))?;
         runtime
             .block_on(async {
                 use aws_credential_types::provider::ProvideCredentials;

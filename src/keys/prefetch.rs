@@ -24,7 +24,9 @@ pub struct Prepared {
 type Generate = dyn Fn() -> Result<Prepared> + Send + Sync;
 
 struct Shared {
-    pool: Mutex<VecDeque<Prepared>>,
+    /// Ready DEKs, and how many workers are generating one right now (so that together
+    /// they never overshoot the target and waste key-service calls).
+    pool: Mutex<(VecDeque<Prepared>, usize)>,
     /// Signalled when the pool shrinks (workers refill) or the prefetcher stops.
     wanted: Condvar,
     target: usize,
@@ -40,7 +42,7 @@ impl Prefetcher {
     /// Keep `target` DEKs ready using `concurrency` worker threads.
     pub fn start(target: usize, concurrency: usize, generate: Arc<Generate>) -> Prefetcher {
         let shared = Arc::new(Shared {
-            pool: Mutex::new(VecDeque::with_capacity(target)),
+            pool: Mutex::new((VecDeque::with_capacity(target), 0)),
             wanted: Condvar::new(),
             target,
             stop: AtomicBool::new(false),
@@ -60,13 +62,13 @@ impl Prefetcher {
 
     /// A ready DEK, if one is in the pool.
     pub fn take(&self) -> Option<Prepared> {
-        let item = self.shared.pool.lock().unwrap().pop_front();
+        let item = self.shared.pool.lock().unwrap().0.pop_front();
         self.shared.wanted.notify_one();
         item
     }
 
     pub fn ready(&self) -> usize {
-        self.shared.pool.lock().unwrap().len()
+        self.shared.pool.lock().unwrap().0.len()
     }
 }
 
@@ -75,26 +77,26 @@ fn worker(shared: &Shared, generate: &Generate) {
     loop {
         {
             let mut pool = shared.pool.lock().unwrap();
-            while pool.len() >= shared.target && !shared.stop.load(Ordering::Relaxed) {
+            while pool.0.len() + pool.1 >= shared.target && !shared.stop.load(Ordering::Relaxed) {
                 pool = shared.wanted.wait(pool).unwrap();
             }
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            pool.1 += 1;
         }
-        if shared.stop.load(Ordering::Relaxed) {
-            return;
-        }
-        match generate() {
+        let result = generate();
+        let mut pool = shared.pool.lock().unwrap();
+        pool.1 -= 1;
+        match result {
             Ok(p) => {
                 backoff = Duration::from_millis(100);
-                let mut pool = shared.pool.lock().unwrap();
-                if pool.len() < shared.target {
-                    pool.push_back(p);
-                }
+                pool.0.push_back(p);
             }
             Err(e) => {
                 // The key service is down or refusing: creating files will report it; the
                 // pool retries quietly, slower and slower.
                 tracing::debug!("DEK prefetch failed: {e}");
-                let pool = shared.pool.lock().unwrap();
                 let _ = shared.wanted.wait_timeout(pool, backoff).unwrap();
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }

@@ -64,11 +64,12 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
     if !providers.is_empty() {
         return Ok(providers);
     }
-    let has_local = config.slots.iter().any(|s| s.provider == ProviderKind::Local);
+    let has_local = config
+        .slots
+        .iter()
+        .any(|s| s.provider == ProviderKind::Local);
     let default_local = default_key_path(&id);
-    if has_local
-        && let Some(path) = default_local.as_ref().filter(|p| p.exists())
-    {
+    if has_local && let Some(path) = default_local.as_ref().filter(|p| p.exists()) {
         return Ok(vec![Arc::new(LocalKeyProvider::load(path)?)]);
     }
     let kms_keys = kms_keys_of(&config);
@@ -94,7 +95,8 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
             "no key file given and none at {} (the default for vault {id}); use --key-file",
             path.display()
         ),
-        None => "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file"
-            .into(),
+        None => {
+            "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file".into()
+        }
     }))
 }

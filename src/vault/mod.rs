@@ -11,12 +11,12 @@ use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::{CONFIG_FILE_NAME, ConfigParseError};
 use crate::format::header::HeaderParseError;
 use crate::format::{FileHeader, Geometry, NameEncoding, VaultConfig};
+use crate::keys::cache::{CacheLimits, DekCache};
+use crate::keys::prefetch::{Prefetcher, Prepared};
 use crate::keys::{KeyContext, KeyProvider};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use crate::keys::cache::{CacheLimits, DekCache};
-use crate::keys::prefetch::{Prepared, Prefetcher};
 use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
@@ -228,7 +228,9 @@ impl Vault {
     /// is a key service. Does nothing for local keys (generation is free) or when called
     /// twice.
     pub fn enable_prefetch(&self, target: usize, concurrency: usize) {
-        let Some(primary) = self.providers.first() else { return };
+        let Some(primary) = self.providers.first() else {
+            return;
+        };
         if !primary.remote() || target == 0 || concurrency == 0 {
             return;
         }
@@ -293,7 +295,11 @@ impl Vault {
             Some(p) => p,
             None => prepare_file_keys(&self.providers, self.config.vault_id)?,
         };
-        let Prepared { file_id, dek, slots } = prepared;
+        let Prepared {
+            file_id,
+            dek,
+            slots,
+        } = prepared;
         let keys = FileKeys::derive(&dek, file_id);
         let header = FileHeader {
             file_id,
@@ -387,5 +393,9 @@ fn prepare_file_keys(providers: &[Arc<dyn KeyProvider>], vault_id: [u8; 16]) -> 
     for p in &providers[1..] {
         slots.push(p.wrap(&dek, &ctx)?);
     }
-    Ok(Prepared { file_id, dek, slots })
+    Ok(Prepared {
+        file_id,
+        dek,
+        slots,
+    })
 }

@@ -51,7 +51,9 @@ pub fn pinned_kms_key(vault_id_hex: &str) -> Result<Option<(String, PathBuf)>> {
 /// Record `arn` as the pinned KMS key of the vault (first use). Never overwrites a pin.
 pub fn pin_kms_key(vault_id_hex: &str, arn: &str) -> Result<PathBuf> {
     let path = trust_path(vault_id_hex).ok_or_else(|| {
-        Error::KeyFile("neither XDG_CONFIG_HOME nor HOME is set: cannot record the KMS key pin".into())
+        Error::KeyFile(
+            "neither XDG_CONFIG_HOME nor HOME is set: cannot record the KMS key pin".into(),
+        )
     })?;
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -64,7 +66,10 @@ pub fn pin_kms_key(vault_id_hex: &str, arn: &str) -> Result<PathBuf> {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        writeln!(f, "# envfs: the KMS key that wraps new DEKs of vault {vault_id_hex}")?;
+        writeln!(
+            f,
+            "# envfs: the KMS key that wraps new DEKs of vault {vault_id_hex}"
+        )?;
         writeln!(f, "aws-kms {arn}")?;
         f.sync_all()
     };

@@ -1,0 +1,446 @@
+//! The AWS KMS provider against a real KMS-compatible server (moto) over HTTP, through a
+//! proxy that counts requests and injects faults: init, mount, remount, pinning, request
+//! counts with the DEK cache, retries, service errors and outages.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use support::kms::{Fault, Kms};
+use support::*;
+
+struct KmsVault {
+    dir: tempfile::TempDir,
+    backing: PathBuf,
+}
+
+impl KmsVault {
+    fn new(kms: &Kms, key: &str) -> KmsVault {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        fs::create_dir(&backing).unwrap();
+        let v = KmsVault { dir, backing };
+        let out = v
+            .cmd(kms)
+            .arg("init")
+            .arg(&v.backing)
+            .arg("--kms-key")
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        v
+    }
+
+    fn cmd(&self, kms: &Kms) -> Command {
+        let mut c = Command::new(envfs_bin());
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        kms.env(&mut c);
+        c
+    }
+
+    fn try_mount(&self, kms: &Kms, name: &str, opts: &[&str]) -> (PathBuf, Output) {
+        let mnt = self.dir.path().join(name);
+        fs::create_dir_all(&mnt).unwrap();
+        let out = self
+            .cmd(kms)
+            .arg("mount")
+            .arg(&self.backing)
+            .arg(&mnt)
+            .args(opts)
+            .output()
+            .unwrap();
+        (mnt, out)
+    }
+
+    fn mount(&self, kms: &Kms, name: &str, opts: &[&str]) -> Mount {
+        let (mnt, out) = self.try_mount(kms, name, opts);
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount::adopt(mnt)
+    }
+
+    /// A foreground mount whose log goes to a file.
+    fn mount_logged(
+        &self,
+        kms: &Kms,
+        name: &str,
+        opts: &[&str],
+    ) -> (Mount, std::process::Child, PathBuf) {
+        let mnt = self.dir.path().join(name);
+        fs::create_dir_all(&mnt).unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = self
+            .cmd(kms)
+            .arg("mount")
+            .arg("-f")
+            .arg(&self.backing)
+            .arg(&mnt)
+            .args(opts)
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(20), || is_mounted(&mnt)),
+            "foreground mount did not come up"
+        );
+        (Mount::adopt(mnt), child, log)
+    }
+}
+
+const MARKER: &[u8] = b"ENVFS-KMS-PLAINTEXT-MARKER";
+
+#[test]
+fn kms_vault_init_mount_write_remount_read() {
+    let kms = Kms::start();
+    let arn = kms.create_key("alias/envfs-roundtrip");
+    let v = KmsVault::new(&kms, "alias/envfs-roundtrip");
+    let info = v.cmd(&kms).arg("info").arg(&v.backing).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains(&format!("aws-kms  {arn}")), "{info}");
+    assert!(info.contains("authenticated:  yes"));
+    let data: Vec<u8> = MARKER.iter().copied().cycle().take(100_000).collect();
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        fs::create_dir(m.p("docs")).unwrap();
+        fs::write(m.p("docs/report.bin"), &data).unwrap();
+        fs::write(m.p("small"), b"tiny").unwrap();
+    }
+    assert_eq!(backing_contains(&v.backing, MARKER), None);
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        assert_eq!(fs::read(m.p("docs/report.bin")).unwrap(), data);
+        assert_eq!(fs::read(m.p("small")).unwrap(), b"tiny");
+    }
+    let out = v
+        .cmd(&kms)
+        .arg("cat")
+        .arg(&v.backing)
+        .arg("small")
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"tiny");
+    // Every header names the KMS key.
+    let info = v
+        .cmd(&kms)
+        .arg("info")
+        .arg(&v.backing)
+        .arg("small")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains(&arn));
+}
+
+#[test]
+fn reads_while_cached_cost_one_decrypt_and_stat_ls_touch_cost_nothing() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-counts");
+    let v = KmsVault::new(&kms, "alias/envfs-counts");
+    {
+        let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+        for d in 0..5 {
+            fs::create_dir(m.p(&format!("d{d}"))).unwrap();
+            for f in 0..10 {
+                fs::write(m.p(&format!("d{d}/f{f}")), format!("file {d}/{f}")).unwrap();
+            }
+        }
+    }
+    let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+    kms.reset_counts();
+    sh(
+        &m.path,
+        "ls -lR > /dev/null && stat d0/f0 > /dev/null && find . -type f | wc -l | grep -qx 50",
+    );
+    assert_eq!(kms.total(), 0, "ls -lR / stat called KMS");
+    sh(
+        &m.path,
+        "touch new-empty-file && ls -l new-empty-file > /dev/null",
+    );
+    assert_eq!(kms.total(), 0, "touch called KMS");
+    assert_eq!(fs::read(m.p("d1/f1")).unwrap(), b"file 1/1");
+    assert_eq!(fs::read(m.p("d1/f1")).unwrap(), b"file 1/1");
+    sh(&m.path, "cat d1/f1 > /dev/null");
+    assert_eq!(
+        kms.count("Decrypt"),
+        1,
+        "re-reading a cached file called KMS again"
+    );
+    assert_eq!(kms.total(), 1);
+    // Writing to the empty file is its first DEK: one GenerateDataKey.
+    fs::write(m.p("new-empty-file"), b"now with content").unwrap();
+    assert_eq!(kms.count("GenerateDataKey"), 1);
+}
+
+#[test]
+fn prefetch_keeps_new_file_deks_ready() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-prefetch");
+    let v = KmsVault::new(&kms, "alias/envfs-prefetch");
+    kms.reset_counts();
+    let m = v.mount(&kms, "mnt", &["-o", "prefetch=8"]);
+    assert!(wait_until(Duration::from_secs(20), || kms
+        .count("GenerateDataKey")
+        >= 8));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        kms.count("GenerateDataKey"),
+        8,
+        "the pool must stop at its target"
+    );
+    kms.reset_counts();
+    // With 200 ms per KMS call, five new files from the ready pool take no round trip each.
+    kms.set(Fault::Latency(Duration::from_millis(200)));
+    let start = Instant::now();
+    for i in 0..5 {
+        fs::write(m.p(&format!("f{i}")), b"content").unwrap();
+    }
+    let elapsed = start.elapsed();
+    kms.set(Fault::Pass);
+    for i in 0..5 {
+        assert_eq!(fs::read(m.p(&format!("f{i}"))).unwrap(), b"content");
+    }
+    // Not a speed assertion: five synchronous round trips would take at least a second.
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "file creation waited for KMS: {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_config_naming_another_kms_key_is_refused() {
+    let kms = Kms::start();
+    let arn1 = kms.create_key("alias/envfs-owner");
+    let arn2 = kms.create_key("alias/envfs-attacker");
+    let v = KmsVault::new(&kms, "alias/envfs-owner");
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        fs::write(m.p("f"), b"owner data").unwrap();
+    }
+    let original = fs::read(v.backing.join("envfs.conf")).unwrap();
+
+    // An attacker replaces the config with one for their key, with a valid MAC.
+    let attacker_dir = tempfile::tempdir().unwrap();
+    let attacker = attacker_dir.path().join("b");
+    fs::create_dir(&attacker).unwrap();
+    let mut c = Command::new(envfs_bin());
+    kms.env(&mut c);
+    let out = c
+        .env("XDG_CONFIG_HOME", attacker_dir.path().join("cfg"))
+        .arg("init")
+        .arg(&attacker)
+        .arg("--kms-key")
+        .arg("alias/envfs-attacker")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut forged = fs::read(attacker.join("envfs.conf")).unwrap();
+    forged[12..28].copy_from_slice(&original[12..28]); // keep our vault id, so our pin applies
+    fs::write(v.backing.join("envfs.conf"), &forged).unwrap();
+    let (mnt, out) = v.try_mount(&kms, "mnt2", &[]);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{msg}");
+    assert!(
+        msg.contains(&arn2) && msg.contains(&arn1),
+        "the refusal must say what changed: {msg}"
+    );
+    assert!(!is_mounted(&mnt));
+
+    // The same with a config whose MAC no longer verifies.
+    let mut edited = original.clone();
+    let pos = edited
+        .windows(arn1.len())
+        .position(|w| w == arn1.as_bytes())
+        .unwrap();
+    edited[pos + arn1.len() - 1] ^= 1;
+    fs::write(v.backing.join("envfs.conf"), &edited).unwrap();
+    let (_, out) = v.try_mount(&kms, "mnt3", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An explicit --kms-key that the vault does not name is refused too.
+    fs::write(v.backing.join("envfs.conf"), &original).unwrap();
+    let (_, out) = v.try_mount(&kms, "mnt4", &["--kms-key", "alias/envfs-attacker"]);
+    assert_eq!(out.status.code(), Some(9));
+    // And the untouched vault still mounts and reads.
+    let m = v.mount(&kms, "mnt5", &[]);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"owner data");
+}
+
+fn backing_file_of(v: &KmsVault, mnt: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(mnt.join(name)).unwrap().ino();
+    walk(&v.backing)
+        .into_iter()
+        .find(|p| fs::metadata(p).unwrap().ino() == ino)
+        .unwrap()
+}
+
+#[test]
+fn a_wrapped_dek_moved_to_another_file_is_refused() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-context");
+    let v = KmsVault::new(&kms, "alias/envfs-context");
+    let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+    fs::write(m.p("a"), b"file a").unwrap();
+    fs::write(m.p("b"), b"file b").unwrap();
+    let a = backing_file_of(&v, &m.path, "a");
+    let b = backing_file_of(&v, &m.path, "b");
+    drop(m);
+    // Splice a's key slot (wrapped under a's encryption context) into b's header, keeping
+    // b's file id: KMS must refuse to decrypt it under b's context.
+    let header_a = fs::read(&a).unwrap()[..1024].to_vec();
+    let mut bytes_b = fs::read(&b).unwrap();
+    bytes_b[56..1024 - 32].copy_from_slice(&header_a[56..1024 - 32]);
+    fs::write(&b, &bytes_b).unwrap();
+    let m = v.mount(&kms, "mnt", &[]);
+    kms.reset_counts();
+    let err = fs::read(m.p("b")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(
+        kms.count("Decrypt") >= 1,
+        "the refusal must come from KMS itself"
+    );
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"file a");
+}
+
+#[test]
+fn throttling_is_retried_and_service_errors_fail_only_the_affected_open() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-faults");
+    let v = KmsVault::new(&kms, "alias/envfs-faults");
+    {
+        let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+        for name in ["one", "two", "three", "four"] {
+            fs::write(m.p(name), name.repeat(1000)).unwrap();
+        }
+    }
+    let (m, mut child, log) = v.mount_logged(&kms, "mnt", &["-o", "prefetch=0,dek_cache_size=0"]);
+
+    // Throttled twice, then fine: the read succeeds after the SDK's retries.
+    kms.reset_counts();
+    kms.set(Fault::Error {
+        op: Some("Decrypt".into()),
+        status: 400,
+        code: "ThrottlingException".into(),
+        times: Some(2),
+    });
+    assert_eq!(fs::read(m.p("one")).unwrap(), "one".repeat(1000).as_bytes());
+    assert_eq!(
+        kms.count("Decrypt"),
+        3,
+        "expected two throttled attempts and one success"
+    );
+
+    // A file opened before the outage keeps working through it.
+    let open = fs::File::open(m.p("two")).unwrap();
+    let mut buf = [0u8; 3];
+    open.read_exact_at(&mut buf, 0).unwrap();
+
+    for code in [
+        "DisabledException",
+        "KMSInvalidStateException",
+        "AccessDeniedException",
+    ] {
+        kms.set(Fault::Error {
+            op: Some("Decrypt".into()),
+            status: 400,
+            code: code.into(),
+            times: None,
+        });
+        let err = fs::read(m.p("three")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{code}");
+        open.read_exact_at(&mut buf, 3).unwrap();
+        assert_eq!(&buf, b"two");
+    }
+
+    // KMS unreachable: EIO within the retry budget, the mount survives, then recovers.
+    kms.set(Fault::Drop);
+    let start = Instant::now();
+    let err = fs::read(m.p("four")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "outage took {:?} to surface",
+        start.elapsed()
+    );
+    open.read_exact_at(&mut buf, 6).unwrap();
+    kms.set(Fault::Pass);
+    assert_eq!(
+        fs::read(m.p("four")).unwrap(),
+        "four".repeat(1000).as_bytes()
+    );
+    assert_eq!(
+        fs::read(m.p("three")).unwrap(),
+        "three".repeat(1000).as_bytes()
+    );
+    drop(open);
+    drop(m);
+    let _ = child.wait();
+    let log = fs::read_to_string(&log).unwrap();
+    for code in [
+        "DisabledException",
+        "KMSInvalidStateException",
+        "AccessDeniedException",
+    ] {
+        assert!(log.contains(code), "no log line for {code}: {log}");
+    }
+    assert!(
+        !log.contains("/three") && !log.contains("threethree"),
+        "plaintext in log: {log}"
+    );
+}
+
+#[test]
+fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-creds");
+    let v = KmsVault::new(&kms, "alias/envfs-creds");
+    let mnt = v.dir.path().join("m");
+    fs::create_dir(&mnt).unwrap();
+    let out = v
+        .cmd(&kms)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .arg("mount")
+        .arg(&v.backing)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("region"));
+    let start = Instant::now();
+    let out = v
+        .cmd(&kms)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .arg("mount")
+        .arg(&v.backing)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials"));
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(!is_mounted(&mnt));
+}
