@@ -857,6 +857,11 @@ fn long_names_use_a_sidecar_and_tampering_hides_them() {
         "the full encoded name is over the limit"
     );
     assert_eq!(
+        envfs::format::names::long_name_entry(NameEncoding::Base64Url, &encoded),
+        entry_name,
+        "the entry is named after the hash of the full name"
+    );
+    assert_eq!(
         listed(&tv.fs, ""),
         os(&[&long_a, &long_b, "short"]),
         "long names listed"
@@ -1081,4 +1086,122 @@ fn no_plaintext_reaches_the_backing_store() {
         scan(tv.root(), &mut seen);
         assert!(seen >= 10, "scanned {seen} entries");
     }
+}
+
+// ---- writes never launder tampered data -------------------------------------------------
+
+/// A write, truncate or grow that would have to decrypt a tampered chunk (to merge into it,
+/// trim it or reseal it without its last flag) fails and leaves the backing file as it was:
+/// it must never re-encrypt unauthenticated bytes into authentic ones.
+#[test]
+fn writes_never_launder_tampered_data() {
+    type Op = Box<dyn Fn(&Fs, &envfs::fs::Handle, u64) -> envfs::Result<()>>;
+    let write = |at: fn(u64) -> u64, len: usize| -> Op {
+        Box::new(move |fs, h, cs| fs.write(h, at(cs), &vec![7u8; len]).map(|_| ()))
+    };
+    let truncate = |to: fn(u64) -> u64| -> Op { Box::new(move |fs, h, cs| fs.truncate(h, to(cs))) };
+    // (file, tampered chunk, what, operation, expected failure)
+    let cases: Vec<(&str, u64, &str, Op, Expect)> = vec![
+        (
+            "five",
+            2,
+            "write inside",
+            write(|cs| 2 * cs + 5, 10),
+            Expect::Chunk(2),
+        ),
+        (
+            "five",
+            2,
+            "write across into it",
+            write(|cs| 2 * cs - 5, 10),
+            Expect::Chunk(2),
+        ),
+        (
+            "five",
+            2,
+            "shrink into it",
+            truncate(|cs| 2 * cs + 100),
+            Expect::Chunk(2),
+        ),
+        ("five", 4, "append", write(|cs| 5 * cs, 1), Expect::Chunk(4)),
+        ("five", 4, "grow", truncate(|cs| 6 * cs), Expect::Chunk(4)),
+        (
+            "five",
+            4,
+            "write far past the end",
+            write(|cs| 8 * cs, 3),
+            Expect::Chunk(4),
+        ),
+        (
+            "three-half",
+            3,
+            "write inside",
+            write(|cs| 3 * cs + 1, 1),
+            Expect::Chunk(3),
+        ),
+        (
+            "three-half",
+            3,
+            "extend it",
+            write(|cs| 3 * cs + cs / 2, 1),
+            Expect::Chunk(3),
+        ),
+        // "one" holds 1 byte: writing at 1 extends (so reseals) the tampered last chunk.
+        ("one", 0, "append to it", write(|_| 1, 1), Expect::Chunk(0)),
+    ];
+    for (name, chunk, what, op, expect) in cases {
+        let mut fx = Fixture::new(&common::small());
+        let range = fx.chunk_range(name, chunk);
+        fx.flip(name, range.start as u64 + NONCE_LEN + 1, 2);
+        fx.tv.reopen();
+        let before = fx.bytes(name);
+        let h = fx.tv.fs.open(Path::new(name), libc::O_RDWR).unwrap();
+        let cs = fx.g.chunk_size;
+        let result = op(&fx.tv.fs, &h, cs);
+        let case = format!("{name}: chunk {chunk} tampered, {what}");
+        match result {
+            Ok(()) => panic!("{case}: succeeded"),
+            Err(err) => check_error(&err, expect, &fx.backing(name), &case),
+        }
+        assert!(fx.bytes(name) == before, "{case}: backing file changed");
+    }
+
+    // A tampered header refuses every write that needs the file's keys.
+    let mut fx = Fixture::new(&common::small());
+    fx.flip("five", fx.g.header_size - 1, 0);
+    fx.tv.reopen();
+    let before = fx.bytes("five");
+    let h = fx.tv.fs.open(Path::new("five"), libc::O_RDWR).unwrap();
+    let cs = fx.g.chunk_size;
+    let attempts = [
+        fx.tv.fs.write(&h, 0, &vec![1; cs as usize]).map(|_| ()),
+        fx.tv.fs.write(&h, 5 * cs, b"x").map(|_| ()),
+        fx.tv.fs.truncate(&h, cs),
+        fx.tv.fs.truncate(&h, 6 * cs),
+    ];
+    for result in attempts {
+        check_error(
+            &result.unwrap_err(),
+            Expect::Header,
+            &fx.backing("five"),
+            "tampered header, write",
+        );
+    }
+    assert!(fx.bytes("five") == before);
+
+    // What needs no tampered byte still works: replacing a whole chunk, or cutting the
+    // file back to before the damage.
+    let mut fx = Fixture::new(&common::small());
+    let range = fx.chunk_range("five", 2);
+    fx.flip("five", range.start as u64 + NONCE_LEN + 1, 2);
+    fx.tv.reopen();
+    let fs = &fx.tv.fs;
+    let h = fs.open(Path::new("five"), libc::O_RDWR).unwrap();
+    let fresh = pattern(99, cs as usize);
+    fs.write(&h, 2 * cs, &fresh).unwrap();
+    let mut expected = fx.content("five");
+    expected[2 * cs as usize..3 * cs as usize].copy_from_slice(&fresh);
+    assert!(fs.read(&h, 0, expected.len()).unwrap() == expected);
+    fs.truncate(&h, cs + 1).unwrap();
+    assert!(fs.read(&h, 0, expected.len()).unwrap() == expected[..cs as usize + 1]);
 }
