@@ -153,6 +153,28 @@ fn long_named_directories_keep_their_sidecar_until_removed() {
 }
 
 #[test]
+fn names_just_under_and_over_the_long_name_limit() {
+    // 149 bytes + 16 of SIV encode to exactly 220 base64url characters (the default
+    // limit): stored as is. One more byte needs 222: a long name with a sidecar.
+    let tv = TestVault::new(&common::small());
+    let fs = &tv.fs;
+    let (at, over) = ("a".repeat(149), "b".repeat(150));
+    write_file(fs, &at, b"at");
+    write_file(fs, &over, b"over");
+    let at_backing = tv.backing(&at);
+    let at_name = at_backing.file_name().unwrap().to_str().unwrap();
+    assert_eq!(at_name.len(), 220);
+    assert!(!at_name.contains('.'));
+    let over_backing = tv.backing(&over);
+    let over_name = over_backing.file_name().unwrap().to_str().unwrap();
+    assert!(over_name.ends_with(".envfs-ln"), "{over_name}");
+    assert_eq!(sidecars(tv.root()), vec![format!("{over_name}.name")]);
+    assert_eq!(listed(fs, ""), names(&[&at, &over]));
+    assert_eq!(read_file(fs, &at).unwrap(), b"at");
+    assert_eq!(read_file(fs, &over).unwrap(), b"over");
+}
+
+#[test]
 fn names_are_checked() {
     let tv = TestVault::new(&common::small());
     let fs = &tv.fs;
@@ -664,7 +686,7 @@ fn o_trunc_empties_and_the_next_write_gets_a_new_header() {
         fs.write(&h, 5, b"x").unwrap();
         assert_ne!(file_id(&backing), new_id);
         assert_eq!(fs.read(&h, 0, 100).unwrap(), b"\0\0\0\0\0x");
-        // O_TRUNC on a read-only open does nothing.
+        // A read-only open leaves the content alone.
         drop(fs.open(p("f"), libc::O_RDONLY).unwrap());
         assert_eq!(read_file(fs, "f").unwrap(), b"\0\0\0\0\0x");
     }

@@ -1205,3 +1205,49 @@ fn writes_never_launder_tampered_data() {
     fs.truncate(&h, cs + 1).unwrap();
     assert!(fs.read(&h, 0, expected.len()).unwrap() == expected[..cs as usize + 1]);
 }
+
+// ---- logging ----------------------------------------------------------------------------
+
+/// A log sink for one test thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn integrity_failures_are_logged_once_with_path_and_chunk() {
+    let mut fx = Fixture::new(&common::small());
+    let range = fx.chunk_range("five", 2);
+    fx.flip("five", range.start as u64 + NONCE_LEN, 0);
+    fx.tv.reopen();
+    let sink = Captured::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let fs = &fx.tv.fs;
+    let h = fs.open(Path::new("five"), libc::O_RDONLY).unwrap();
+    let cs = fx.g.chunk_size;
+    fs.read(&h, 3 * cs, cs as usize).unwrap();
+    for _ in 0..3 {
+        fs.read(&h, 2 * cs, cs as usize).unwrap_err();
+        fs.read(&h, 0, 5 * cs as usize).unwrap_err();
+    }
+    let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("integrity")).collect();
+    assert_eq!(lines.len(), 1, "logged once, not on every read: {log}");
+    let backing = fx.backing("five").display().to_string();
+    assert!(lines[0].contains(&backing), "names the backing path: {log}");
+    assert!(lines[0].contains("chunk=2"), "names the chunk: {log}");
+    assert!(lines[0].contains("ERROR"), "{log}");
+}
