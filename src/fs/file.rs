@@ -225,39 +225,45 @@ impl<'a> Engine<'a> {
     }
 
     /// Read `size` plaintext bytes at `plain_offset` (fewer at end of file).
+    ///
+    /// The lock is held for the whole read: a writer running between our fstat and pread
+    /// would otherwise hand us chunks resealed or cut for a size we never saw (a false EIO).
     pub fn read(&self, file: &OpenFile, plain_offset: u64, size: usize) -> Result<Vec<u8>> {
-        let io = file.io.read().unwrap();
-        let fd = io.fd.clone();
-        let cached = io.keys.clone();
-        drop(io);
-        match self.read_with(file, &fd, cached.clone(), plain_offset, size) {
-            // A chunk that fails under cached keys may belong to a header rewritten by
-            // another mount since we loaded it (the file was emptied and rewritten). Reload
-            // once; a real corruption fails again.
-            Err(
-                err @ Error::Integrity {
-                    kind: IntegrityKind::Chunk,
-                    ..
-                },
-            ) if cached.is_some() => {
-                let on_disk = Self::file_id_on_disk(&fd);
-                if on_disk.as_ref() == cached.as_ref().map(|k| k.file_id()) {
-                    return Err(err);
+        {
+            let io = file.io.read().unwrap();
+            if let Some(cached) = io.keys.clone() {
+                let mut keys = Some(cached.clone());
+                match self.read_with(file, &io.fd, &mut keys, plain_offset, size) {
+                    // A chunk that fails under cached keys may belong to a header rewritten
+                    // by another mount since we loaded it (the file was emptied and
+                    // rewritten). Reload once, below; a real corruption fails again.
+                    Err(Error::Integrity {
+                        kind: IntegrityKind::Chunk,
+                        ..
+                    }) if Self::file_id_on_disk(&io.fd).as_ref() != Some(cached.file_id()) => {}
+                    other => return other,
                 }
-                let mut io = file.io.write().unwrap();
-                io.keys = None;
-                drop(io);
-                self.read_with(file, &fd, None, plain_offset, size)
             }
-            other => other,
         }
+        // No keys yet, or stale ones: (re)load them under the write lock and keep them.
+        let mut io = file.io.write().unwrap();
+        let on_disk = Self::file_id_on_disk(&io.fd);
+        let mut keys = io
+            .keys
+            .clone()
+            .filter(|k| on_disk.as_ref() == Some(k.file_id()));
+        let result = self.read_with(file, &io.fd, &mut keys, plain_offset, size);
+        if keys.is_some() {
+            io.keys = keys;
+        }
+        result
     }
 
     fn read_with(
         &self,
         file: &OpenFile,
         fd: &File,
-        keys: Option<Arc<FileKeys>>,
+        keys: &mut Option<Arc<FileKeys>>,
         plain_offset: u64,
         size: usize,
     ) -> Result<Vec<u8>> {
@@ -286,10 +292,10 @@ impl<'a> Engine<'a> {
                 IntegrityKind::Length,
             ));
         }
-        let keys = match keys {
-            Some(k) => k,
-            None => self.cached_or_load(file, fd)?,
-        };
+        if keys.is_none() {
+            *keys = Some(self.load_keys(file, fd)?);
+        }
+        let keys = keys.clone().expect("loaded above");
         let chunk_count = g.chunk_count(plain_size);
         let first = g.chunk_index(plain_offset);
         let last = g.chunk_index(plain_end - 1);
@@ -312,15 +318,6 @@ impl<'a> Engine<'a> {
             out.extend_from_slice(&plain[from..to]);
         }
         Ok(out)
-    }
-
-    /// The cached keys, or load them from the header and cache them.
-    fn cached_or_load(&self, file: &OpenFile, fd: &File) -> Result<Arc<FileKeys>> {
-        if let Some(k) = file.io.read().unwrap().keys.clone() {
-            return Ok(k);
-        }
-        let keys = self.load_keys(file, fd)?;
-        Ok(file.io.write().unwrap().keys.get_or_insert(keys).clone())
     }
 
     /// Keys for writing to a file whose backing size is `backing_size`, under the write lock.

@@ -316,10 +316,17 @@ impl Fs {
             fs::symlink_metadata(&from_backing)?;
             return Ok(());
         }
+        let to_existed = fs::symlink_metadata(&to_backing).is_ok();
         self.names().ensure_sidecar(&to_dir, &to_entry)?;
-        sys::rename(&from_backing, &to_backing, flags)?;
-        // After an exchange both names still exist, each with its own sidecar.
-        if flags & RENAME_EXCHANGE == 0 {
+        if let Err(e) = sys::rename(&from_backing, &to_backing, flags) {
+            if !to_existed {
+                self.names().remove_sidecar(&to_dir, &to_entry);
+            }
+            return Err(e.into());
+        }
+        // After an exchange both names still exist, each with its own sidecar; so do both
+        // after a rename between two hard links of one file, which rename(2) leaves alone.
+        if flags & RENAME_EXCHANGE == 0 && fs::symlink_metadata(&from_backing).is_err() {
             self.names().remove_sidecar(&from_dir, &from_entry);
         }
         Ok(())
