@@ -679,9 +679,10 @@ fn config_edits_refuse_to_open() {
             set(38, 254u16.to_be_bytes().to_vec()),
             Corrupt,
         ),
-        // The slot then names a key this host does not hold: without the vault secret
+        // Our key id under another provider kind can only be an edit of our slot.
+        ("slot provider", flip(slot, 0), Corrupt),
+        // A changed key id names a key this host does not hold: without the vault secret
         // nothing tells that apart from a vault opened by someone else's key.
-        ("slot provider", flip(slot, 0), WrongKey),
         ("slot key id", flip(slot + 2 + id_len - 1, 0), WrongKey),
         ("slot key id length", flip(slot + 1, 0), Corrupt),
         ("wrapped length", flip(wrapped_len_at + 1, 0), Corrupt),

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -145,10 +144,11 @@ impl Drop for Kms {
     }
 }
 
+/// Head bytes, lower-cased header map, body.
+type Message = (Vec<u8>, HashMap<String, String>, Vec<u8>);
+
 /// Read one HTTP/1.1 message head and body (Content-Length framing).
-fn read_message(
-    reader: &mut BufReader<TcpStream>,
-) -> Option<(Vec<u8>, HashMap<String, String>, Vec<u8>)> {
+fn read_message(reader: &mut BufReader<TcpStream>) -> Option<Message> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
