@@ -50,6 +50,13 @@ def main():
         lines.append("| " + " | ".join(row) + " |")
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     fs = subprocess.run(["sh", "-c", "df -T /var/tmp | tail -1 | awk '{print $2}'"], capture_output=True, text=True).stdout.strip()
+    kms_section = ""
+    try:
+        old = open(a.out).read()
+        if "<!-- kms:begin -->" in old:
+            kms_section = old[old.index("<!-- kms:begin -->"):old.index("<!-- kms:end -->") + len("<!-- kms:end -->")] + "\n"
+    except FileNotFoundError:
+        pass
     with open(a.out, "w") as f:
         f.write(f"""# Benchmarks
 
@@ -73,7 +80,8 @@ directories: create (`cp -r`), read back cold, `ls -lR` cold, `rm -rf`; `tar x` 
 Contenders: `plain` is the backing directory itself (the ceiling); `bindfs` is a FUSE
 passthrough (the floor any FUSE filesystem pays); gocryptfs and securefs are the peers, with
 default settings. envfs runs with its defaults (4 KiB chunks, local key file).
-""")
+
+{kms_section}""")
 
 if __name__ == "__main__":
     main()
