@@ -45,7 +45,9 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("envfs: {e}");
+            if !cli::mount::outcome_reported() {
+                eprintln!("envfs: {e}");
+            }
             ExitCode::from(exit::code_for(&e))
         }
     }

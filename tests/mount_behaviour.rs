@@ -580,3 +580,128 @@ fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     let meta = fs::metadata(m.p("by-nobody")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
 }
+
+#[test]
+fn a_removed_hard_link_name_never_aliases_the_file_that_takes_it() {
+    let v = TestVault::new(&[]);
+    let m = v.mount("mnt", &[]);
+    fs::write(m.p("f"), b"original").unwrap();
+    fs::set_permissions(m.p("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    sh(
+        &m.path,
+        "ln f g && cat g > /dev/null && rm g && echo new > g && chmod 600 f",
+    );
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"original");
+    assert_eq!(fs::read(m.p("g")).unwrap(), b"new\n");
+    assert_eq!(fs::metadata(m.p("f")).unwrap().mode() & 0o777, 0o600);
+    assert_ne!(
+        fs::metadata(m.p("g")).unwrap().mode() & 0o777,
+        0o600,
+        "chmod of f landed on g"
+    );
+    assert_ne!(
+        fs::metadata(m.p("f")).unwrap().ino(),
+        fs::metadata(m.p("g")).unwrap().ino()
+    );
+}
+
+/// A read-only bind mount of the backing directory, undone on drop.
+struct ReadOnlyView(PathBuf);
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_backing_store_can_be_read_and_mounted_read_only() {
+    let v = TestVault::new(&[]);
+    {
+        let m = v.mount("rw", &[]);
+        fs::write(m.p("f"), b"from a snapshot").unwrap();
+    }
+    let ro = v.dir.path().join("ro-backing");
+    fs::create_dir(&ro).unwrap();
+    sh(
+        v.dir.path(),
+        &format!(
+            "mount --bind {0} {1} && mount -o remount,bind,ro {1}",
+            v.backing.display(),
+            ro.display()
+        ),
+    );
+    let _view = ReadOnlyView(ro.clone());
+    let out = v
+        .cmd()
+        .arg("cat")
+        .arg(&ro)
+        .arg("f")
+        .arg("--key-file")
+        .arg(&v.key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"from a snapshot");
+    let mnt = v.mountpoint("ro-mnt");
+    let out = v
+        .cmd()
+        .arg("mount")
+        .arg(&ro)
+        .arg(&mnt)
+        .arg("--key-file")
+        .arg(&v.key)
+        .args(["-o", "ro"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mount::adopt(mnt);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"from a snapshot");
+}
+
+#[test]
+fn umount_returns_only_after_the_daemon_has_exited() {
+    let v = TestVault::new(&[]);
+    let mut m = v.mount("mnt", &[]);
+    fs::write(m.p("f"), b"x").unwrap();
+    // Live (not zombie) envfs processes serving this backing directory.
+    let daemons = || {
+        let backing = v.backing.to_str().unwrap().as_bytes().to_vec();
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .filter(|e| {
+                let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                let state = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let zombie = state
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'));
+                !zombie
+                    && args.first().is_some_and(|a| a.ends_with(b"envfs"))
+                    && args.contains(&backing.as_slice())
+            })
+            .count()
+    };
+    assert_eq!(daemons(), 1, "no daemon found");
+    m.unmount();
+    assert_eq!(
+        daemons(),
+        0,
+        "daemon still running after envfs umount returned"
+    );
+}

@@ -215,7 +215,16 @@ pub fn mount(
     keys: &KeyArgs,
 ) -> Result<()> {
     preflight(mountpoint, config)?;
+    // Absolute paths from here on: the daemon leaves the caller's working directory (so it
+    // does not keep it busy), and log lines name backing paths in full.
+    let backing = &backing
+        .canonicalize()
+        .map_err(|_| Error::NotAVault(backing.to_path_buf()))?;
+    let mountpoint = &mountpoint.canonicalize()?;
     let serving = config.foreground || is_daemon_child();
+    if is_daemon_child() {
+        std::env::set_current_dir("/")?;
+    }
     if serving {
         // Before any thread exists (the KMS client's, the DEK prefetchers', the FUSE
         // workers'): blocked here, shutdown signals reach only our signal thread.
@@ -261,8 +270,9 @@ fn daemonize() -> Result<()> {
     cmd.args(std::env::args_os().skip(1))
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null());
+    // stderr stays the caller's until the mount is live, so a daemon that dies early
+    // (before it can report through the pipe) is still heard; then it goes to /dev/null.
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -287,9 +297,43 @@ fn daemonize() -> Result<()> {
             msg.trim().to_string(),
         )),
         None => Err(mount_error(
-            "the mount daemon exited before the mount was ready (see the system log)".into(),
+            "the mount daemon exited before the mount was ready".into(),
         )),
     }
+}
+
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this daemon already reported its outcome to the waiting parent (which prints
+/// the error itself, so the daemon must not print it twice).
+pub fn outcome_reported() -> bool {
+    REPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Point stderr at /dev/null: the daemon's caller has gone; logs go to syslog.
+fn detach_stderr() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto fd 2 with a valid fd.
+        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+    }
+}
+
+/// Where a mount daemon records its pid, so `envfs umount` can wait for it to finish.
+fn pid_file(mountpoint: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let digest = Sha256::digest(mountpoint.as_os_str().as_bytes());
+    // SAFETY: geteuid has no preconditions.
+    let dir = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/run/envfs")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("envfs"))
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("envfs-{}", unsafe { libc::geteuid() }))
+            })
+    };
+    dir.join(format!("{}.pid", hex::encode(&digest[..8])))
 }
 
 /// Tell whoever waits (the `envfs mount` parent, systemd) how the mount went.
@@ -302,6 +346,10 @@ fn notify_ready(result: std::result::Result<(), &Error>) {
             Err(e) => format!("{} {e}\n", exit::code_for(e)),
         };
         let _ = pipe.write_all(msg.as_bytes());
+        REPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        if result.is_ok() {
+            detach_stderr();
+        }
     }
     if result.is_ok()
         && let Some(socket) = std::env::var_os("NOTIFY_SOCKET")
@@ -533,7 +581,16 @@ fn block_shutdown_signals() {
 
 /// Serve until the filesystem is unmounted (by `envfs umount`, `fusermount3 -u`, or a
 /// SIGTERM/SIGINT/SIGHUP, which unmount first so no request is cut off).
-fn run_until_unmounted(mut session: fuser::Session<EnvFs>, mountpoint: &Path) -> Result<()> {
+fn run_until_unmounted(session: fuser::Session<EnvFs>, mountpoint: &Path) -> Result<()> {
+    let pid_path = pid_file(mountpoint);
+    let _ = std::fs::create_dir_all(pid_path.parent().expect("has parent"));
+    let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
+    let result = serve_session(session, mountpoint);
+    let _ = std::fs::remove_file(&pid_path);
+    result
+}
+
+fn serve_session(mut session: fuser::Session<EnvFs>, mountpoint: &Path) -> Result<()> {
     let mut unmounter = session.unmount_callable();
     let mountpoint = mountpoint.to_path_buf();
     std::thread::Builder::new()
@@ -563,6 +620,33 @@ fn run_until_unmounted(mut session: fuser::Session<EnvFs>, mountpoint: &Path) ->
 /// `envfs umount MOUNTPOINT`: unmount an envfs mount and wait until its daemon has
 /// finished, so that when this returns everything has reached the backing store.
 pub fn umount(mountpoint: &Path) -> Result<()> {
+    let canonical = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let daemon = std::fs::read_to_string(pid_file(&canonical))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    unmount_now(mountpoint)?;
+    // The daemon syncs the backing store and exits once the kernel lets go of the mount.
+    if let Some(pid) = daemon {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie has finished; its parent (not us) reaps it.
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+fn unmount_now(mountpoint: &Path) -> Result<()> {
     match mount_fstype(mountpoint) {
         None => {
             return Err(mount_error(format!(

@@ -521,6 +521,13 @@ impl<'a> Engine<'a> {
 
     /// Set the plaintext size (truncate or grow).
     pub fn set_size(&self, file: &OpenFile, new_plain: u64) -> Result<()> {
+        self.resize(file, new_plain, false)
+    }
+
+    /// Set the plaintext size; with `grow_only`, leave a file that is already at least
+    /// that long alone. The size check and the resize happen under one lock, so a
+    /// concurrent write that extends the file is never cut back.
+    fn resize(&self, file: &OpenFile, new_plain: u64, grow_only: bool) -> Result<()> {
         let g = self.geometry();
         let mut io = file.io.write().unwrap();
         if !io.writable {
@@ -530,6 +537,9 @@ impl<'a> Engine<'a> {
             return Err(Error::FileTooBig);
         }
         let backing_size = io.fd.metadata()?.len();
+        if grow_only && new_plain <= g.plain_size_lossy(backing_size) {
+            return Ok(());
+        }
         if new_plain == 0 {
             // An empty file has no header; the next write starts over with a new file id
             // and DEK.
@@ -599,10 +609,7 @@ impl<'a> Engine<'a> {
                 backing_end,
             )?);
         }
-        if end > self.size(file)? {
-            self.set_size(file, end)?;
-        }
-        Ok(())
+        self.resize(file, end, true)
     }
 }
 

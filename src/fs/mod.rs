@@ -152,7 +152,12 @@ impl Fs {
     // ---- attributes -------------------------------------------------------------------
 
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
-        let meta = fs::symlink_metadata(self.backing_path(path)?)?;
+        let backing = match self.backing_path(path) {
+            // envfs' own files in a plaintext-names vault do not exist for the mount.
+            Err(Error::ReservedName) => return Err(Error::from_errno(libc::ENOENT)),
+            other => other?,
+        };
+        let meta = fs::symlink_metadata(backing)?;
         Ok(self.sizes.attr(&meta))
     }
 
@@ -474,7 +479,13 @@ impl Fs {
         }
         let (fd, writable) = match opts.open(backing) {
             Ok(fd) => (fd, true),
-            Err(e) if !wants_write && !create && e.raw_os_error() == Some(libc::EACCES) => {
+            // Read-only access to a file we may not (EACCES) or cannot (EROFS: a snapshot,
+            // a read-only backup) write.
+            Err(e)
+                if !wants_write
+                    && !create
+                    && matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) =>
+            {
                 let fd = fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)

@@ -1,10 +1,12 @@
 //! The inode table: FUSE node ids ↔ mount-relative plaintext paths.
 //!
 //! Node ids are the backing inode numbers (the root is 1), so they survive remounts and hard
-//! links share one id. Each node remembers its parent and name, not its full path, so renaming
-//! a directory moves its whole subtree by updating one entry. Lookup counts follow the FUSE
-//! protocol (every entry reply is one lookup; `forget` gives them back) so the table stays
-//! bounded by what the kernel caches.
+//! links share one id. Each node remembers the (parent, name) links it is known by, not full
+//! paths, so renaming a directory moves its whole subtree by updating one entry. A hard-linked
+//! file keeps every name it was looked up by, and unlinking one name leaves the others: an
+//! operation on the node must never land on whatever new file later takes a removed name.
+//! Lookup counts follow the FUSE protocol (every entry reply is one lookup; `forget` gives
+//! them back) so the table stays bounded by what the kernel caches.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -14,8 +16,8 @@ use std::sync::RwLock;
 pub const ROOT: u64 = 1;
 
 struct Node {
-    parent: u64,
-    name: OsString,
+    /// Known links, most recent last.
+    links: Vec<(u64, OsString)>,
     lookups: u64,
 }
 
@@ -33,14 +35,22 @@ struct Table {
     next_foreign: u64,
 }
 
+impl Table {
+    /// Forget the link `parent/name` wherever it is recorded (it was removed or replaced).
+    fn drop_link(&mut self, parent: u64, name: &OsStr) {
+        for node in self.nodes.values_mut() {
+            node.links.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+}
+
 impl Inodes {
     pub fn new(root_dev: u64, root_ino: u64) -> Inodes {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
             Node {
-                parent: ROOT,
-                name: OsString::new(),
+                links: Vec::new(),
                 lookups: 1,
             },
         );
@@ -73,19 +83,25 @@ impl Inodes {
         id
     }
 
-    /// Record one lookup of `id` as `parent/name` (the most recent name wins for hard links).
+    /// Record one lookup of `id` as `parent/name`.
     pub fn remember(&self, id: u64, parent: u64, name: &OsStr) {
         if id == ROOT {
             return;
         }
         let mut t = self.nodes.write().unwrap();
+        // A name belongs to one node at a time: if another node still claims it, that
+        // node's file was replaced behind our back.
+        for (other, node) in t.nodes.iter_mut() {
+            if *other != id {
+                node.links.retain(|(p, n)| !(*p == parent && n == name));
+            }
+        }
         let node = t.nodes.entry(id).or_insert_with(|| Node {
-            parent,
-            name: name.to_os_string(),
+            links: Vec::new(),
             lookups: 0,
         });
-        node.parent = parent;
-        node.name = name.to_os_string();
+        node.links.retain(|(p, n)| !(*p == parent && n == name));
+        node.links.push((parent, name.to_os_string()));
         node.lookups += 1;
     }
 
@@ -103,14 +119,21 @@ impl Inodes {
         }
     }
 
-    /// A node was renamed from `parent/name` to `new_parent/new_name`.
+    /// `parent/name` was unlinked or removed.
+    pub fn unlinked(&self, parent: u64, name: &OsStr) {
+        self.nodes.write().unwrap().drop_link(parent, name);
+    }
+
+    /// A node was renamed from `parent/name` to `new_parent/new_name` (replacing whatever
+    /// was there).
     pub fn renamed(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         let mut t = self.nodes.write().unwrap();
+        t.drop_link(new_parent, new_name);
         for node in t.nodes.values_mut() {
-            if node.parent == parent && node.name == name {
-                node.parent = new_parent;
-                node.name = new_name.to_os_string();
-                break;
+            for link in node.links.iter_mut() {
+                if link.0 == parent && link.1 == name {
+                    *link = (new_parent, new_name.to_os_string());
+                }
             }
         }
     }
@@ -119,26 +142,26 @@ impl Inodes {
     pub fn exchanged(&self, a: (u64, &OsStr), b: (u64, &OsStr)) {
         let mut t = self.nodes.write().unwrap();
         for node in t.nodes.values_mut() {
-            if node.parent == a.0 && node.name == a.1 {
-                node.parent = b.0;
-                node.name = b.1.to_os_string();
-            } else if node.parent == b.0 && node.name == b.1 {
-                node.parent = a.0;
-                node.name = a.1.to_os_string();
+            for link in node.links.iter_mut() {
+                if link.0 == a.0 && link.1 == a.1 {
+                    *link = (b.0, b.1.to_os_string());
+                } else if link.0 == b.0 && link.1 == b.1 {
+                    *link = (a.0, a.1.to_os_string());
+                }
             }
         }
     }
 
-    /// The mount-relative plaintext path of a node, or `None` if the kernel asks about a
-    /// node we no longer know (which it should not).
+    /// The mount-relative plaintext path of a node, or `None` if no link of it is known
+    /// (the kernel asks about a node whose every name was removed).
     pub fn path(&self, id: u64) -> Option<PathBuf> {
         let t = self.nodes.read().unwrap();
         let mut parts = Vec::new();
         let mut current = id;
         while current != ROOT {
-            let node = t.nodes.get(&current)?;
-            parts.push(node.name.clone());
-            current = node.parent;
+            let (parent, name) = t.nodes.get(&current)?.links.last()?;
+            parts.push(name.clone());
+            current = *parent;
             if parts.len() > 4096 {
                 return None;
             }
@@ -180,5 +203,25 @@ mod tests {
         t.forget(101, 1);
         assert!(t.path(101).is_none());
         assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
+    }
+
+    #[test]
+    fn hard_links_survive_unlinking_one_name_and_never_alias_a_new_file() {
+        let t = Inodes::new(5, 2);
+        t.remember(10, ROOT, OsStr::new("f"));
+        t.remember(10, ROOT, OsStr::new("g"));
+        t.unlinked(ROOT, OsStr::new("g"));
+        assert_eq!(t.path(10).unwrap(), PathBuf::from("f"));
+        // A new file takes the name g: node 10 must not reach it.
+        t.remember(11, ROOT, OsStr::new("g"));
+        assert_eq!(t.path(10).unwrap(), PathBuf::from("f"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("g"));
+        // Renaming over an existing name drops the replaced node's link.
+        t.remember(12, ROOT, OsStr::new("h"));
+        t.renamed(ROOT, OsStr::new("g"), ROOT, OsStr::new("h"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("h"));
+        assert!(t.path(12).is_none());
+        t.unlinked(ROOT, OsStr::new("f"));
+        assert!(t.path(10).is_none());
     }
 }

@@ -130,6 +130,19 @@ impl EnvFs {
         self.inodes.path(ino.0).ok_or(Errno::ESTALE)
     }
 
+    /// The node's path, checked to still lead to the node's own backing inode, for
+    /// operations that change or open it: never act on a file that replaced it.
+    fn verified_path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        let path = self.path(ino)?;
+        if ino.0 != inodes::ROOT {
+            let attr = self.fs.getattr(&path).map_err(|e| errno(&e))?;
+            if self.inodes.id_for(attr.dev, attr.ino) != ino.0 {
+                return Err(Errno::ESTALE);
+            }
+        }
+        Ok(path)
+    }
+
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
         self.inodes.child_path(parent.0, name).ok_or(Errno::ESTALE)
     }
@@ -223,7 +236,14 @@ impl fuser::Filesystem for EnvFs {
             }
         };
         let attr = try_reply!(reply, attr.map_err(|e| errno(&e)));
-        reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+        let fattr = self.fuse_attr(&attr);
+        if fattr.ino != ino && ino.0 != inodes::ROOT {
+            // The name now holds another file (replaced behind our back): the kernel drops
+            // its stale entry and looks the name up again.
+            reply.error(Errno::ESTALE);
+            return;
+        }
+        reply.attr(&self.opts.attr_timeout, &fattr);
     }
 
     fn setattr(
@@ -244,7 +264,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let path = try_reply!(reply, self.path(ino));
+        let path = try_reply!(reply, self.verified_path(ino));
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let set = SetAttr {
             mode,
@@ -312,12 +332,14 @@ impl fuser::Filesystem for EnvFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let path = try_reply!(reply, self.child(parent, name));
         try_reply!(reply, self.fs.unlink(&path).map_err(|e| errno(&e)));
+        self.inodes.unlinked(parent.0, name);
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let path = try_reply!(reply, self.child(parent, name));
         try_reply!(reply, self.fs.rmdir(&path).map_err(|e| errno(&e)));
+        self.inodes.unlinked(parent.0, name);
         reply.ok();
     }
 
@@ -381,7 +403,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let path = try_reply!(reply, self.path(ino));
+        let path = try_reply!(reply, self.verified_path(ino));
         let handle = try_reply!(reply, self.fs.open(&path, flags.0).map_err(|e| errno(&e)));
         // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
         // backing store behind our back is never served stale after a reopen.
