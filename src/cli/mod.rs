@@ -61,6 +61,41 @@ impl KeyArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// One line per key, oldest first: KEY-ID, provider, key id.
+    List {
+        backing: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Add a key: a recovery key file (created if PATH does not exist) or an AWS KMS key.
+    Add {
+        backing: PathBuf,
+        /// A recovery key file (X25519); created when it does not exist.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with = "new_kms_key",
+            required_unless_present = "new_kms_key"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// An AWS KMS key (id, ARN or alias/NAME).
+        #[arg(long, value_name = "KEY")]
+        new_kms_key: Option<String>,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Remove a key (refuses the last one). Run `envfs rewrap` afterwards.
+    Remove {
+        backing: PathBuf,
+        /// The KEY-ID from `envfs key list` (or the full key id).
+        key_id: String,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new vault in an empty backing directory.
     Init {
@@ -106,6 +141,29 @@ pub enum Command {
         /// Mount options, comma-separated (see docs/OPERATIONS.md).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// List, add or remove the vault's keys (KEKs).
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+    /// Bring every file header in line with the vault's keys (no content is re-encrypted).
+    Rewrap {
+        backing: PathBuf,
+        /// Files processed in parallel.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Re-encrypt files under fresh DEKs (for a suspected DEK compromise).
+    Rekey {
+        backing: PathBuf,
+        /// Plaintext paths inside the vault.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -177,6 +235,17 @@ pub fn run(cli: Cli) -> Result<()> {
             mount::mount(&backing, &mountpoint, &config, &keys)
         }
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Key { action } => key_command(action),
+        Command::Rewrap {
+            backing,
+            jobs,
+            keys,
+        } => rewrap(&backing, jobs, &keys),
+        Command::Rekey {
+            backing,
+            paths,
+            keys,
+        } => rekey(&backing, &paths, &keys),
     }
 }
 
@@ -450,5 +519,138 @@ fn with_path(err: Error, path: &Path) -> Error {
             format!("{}: {e}", path.display()),
         )),
         other => other,
+    }
+}
+
+fn key_command(action: KeyCommand) -> Result<()> {
+    match action {
+        KeyCommand::List { backing, keys } => {
+            let vault = open_vault(&backing, &keys)?;
+            for slot in &vault.config.slots {
+                println!(
+                    "{}  {:<8} {}",
+                    crate::vault::short_key_id(slot),
+                    slot.provider.name(),
+                    slot.key_id
+                );
+            }
+            Ok(())
+        }
+        KeyCommand::Add {
+            backing,
+            new_key_file,
+            new_kms_key,
+            keys,
+        } => {
+            let mut vault = open_vault(&backing, &keys)?;
+            let provider: Arc<dyn crate::keys::KeyProvider> = match (new_key_file, new_kms_key) {
+                (Some(path), _) if path.exists() => crate::vault::keysource::load_key_file(&path)?,
+                (Some(path), _) => {
+                    let key = crate::keys::x25519::X25519KeyProvider::create(&path)?;
+                    println!(
+                        "Created recovery key file {} (keep it offline).",
+                        path.display()
+                    );
+                    Arc::new(key)
+                }
+                (None, Some(kms)) => Arc::new(KmsKeyProvider::connect(&kms)?),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            vault.add_key(provider.as_ref())?;
+            let slot = vault.config.slots.last().expect("just added");
+            println!(
+                "Added {} key {} as {}. New files are wrapped by it; run `envfs rewrap {}` for existing files.",
+                slot.provider.name(),
+                slot.key_id,
+                crate::vault::short_key_id(slot),
+                backing.display()
+            );
+            Ok(())
+        }
+        KeyCommand::Remove {
+            backing,
+            key_id,
+            keys,
+        } => {
+            let mut vault = open_vault(&backing, &keys)?;
+            let removed = vault.remove_key(&key_id)?;
+            println!(
+                "Removed {} key {}. Run `envfs rewrap {}` to drop its wrapped copies from every file.",
+                removed.provider.name(),
+                removed.key_id,
+                backing.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A progress line on stderr when it is a terminal, at most ~10 updates a second.
+fn progress_reporter(what: &'static str) -> impl Fn(usize, usize) + Sync {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let last = std::sync::Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1));
+    move |done, total| {
+        if !terminal {
+            return;
+        }
+        let mut last = last.lock().unwrap();
+        if done == total || last.elapsed() >= std::time::Duration::from_millis(100) {
+            *last = std::time::Instant::now();
+            eprint!("\r{what}: {done}/{total} files");
+            if done == total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn rewrap(backing: &Path, jobs: usize, keys: &KeyArgs) -> Result<()> {
+    let vault = open_vault(backing, keys)?;
+    let report = crate::fs::rewrap::rewrap(&vault, jobs, &progress_reporter("rewrap"))?;
+    println!(
+        "rewrap: {} files: {} rewrapped, {} already current, {} restored from an interrupted run, {} failed",
+        report.files,
+        report.rewrapped,
+        report.already_current,
+        report.recovered,
+        report.failed.len()
+    );
+    for (path, why) in &report.failed {
+        eprintln!("envfs: {}: {why}", path.display());
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Reported(
+            exit::INCOMPLETE,
+            format!(
+                "{} files could not be rewrapped; fix the cause and run rewrap again",
+                report.failed.len()
+            ),
+        ))
+    }
+}
+
+fn rekey(backing: &Path, paths: &[PathBuf], keys: &KeyArgs) -> Result<()> {
+    let fs = Fs::new(Arc::new(open_vault(backing, keys)?));
+    let mut failed = 0;
+    for path in paths {
+        let vault_path = vault_path(path)?;
+        match fs.rekey(&vault_path) {
+            Ok(()) => println!("rekeyed {}", vault_path.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("envfs: {}: {}", path.display(), with_path(e, path));
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(Error::Reported(
+            exit::INCOMPLETE,
+            format!("{failed} of {} files were not rekeyed", paths.len()),
+        ))
     }
 }

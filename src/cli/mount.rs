@@ -214,6 +214,24 @@ pub fn mount(
     config: &MountConfig,
     keys: &KeyArgs,
 ) -> Result<()> {
+    let result = mount_or_serve(backing, mountpoint, config, keys);
+    // A daemon that fails before it could report (a key file the parent read but the
+    // daemon cannot, say) still owes the waiting parent its verdict and exit code.
+    if is_daemon_child()
+        && !outcome_reported()
+        && let Err(e) = &result
+    {
+        notify_ready(Err(e));
+    }
+    result
+}
+
+fn mount_or_serve(
+    backing: &Path,
+    mountpoint: &Path,
+    config: &MountConfig,
+    keys: &KeyArgs,
+) -> Result<()> {
     preflight(mountpoint, config)?;
     // Absolute paths from here on: the daemon leaves the caller's working directory (so it
     // does not keep it busy), and log lines name backing paths in full.
@@ -222,9 +240,6 @@ pub fn mount(
         .map_err(|_| Error::NotAVault(backing.to_path_buf()))?;
     let mountpoint = &mountpoint.canonicalize()?;
     let serving = config.foreground || is_daemon_child();
-    if is_daemon_child() {
-        std::env::set_current_dir("/")?;
-    }
     if serving {
         // Before any thread exists (the KMS client's, the DEK prefetchers', the FUSE
         // workers'): blocked here, shutdown signals reach only our signal thread.
@@ -238,6 +253,10 @@ pub fn mount(
     // the command the user ran, with its exit code.
     let mut vault = open_vault(backing, &keys)?;
     check_not_nested(backing, mountpoint)?;
+    if is_daemon_child() {
+        // Key files are read by now (relative paths resolved against the caller's cwd).
+        std::env::set_current_dir("/")?;
+    }
     if !serving {
         drop(vault);
         return daemonize();
@@ -694,7 +713,9 @@ fn unmount_now(mountpoint: &Path) -> Result<()> {
 /// mount(8) runs `envfs BACKING MOUNTPOINT -o OPTS` (via mount.fuse3). Rewrite that into
 /// `envfs mount …` so both spellings share one parser.
 pub fn rewrite_mount_helper_args(args: Vec<OsString>) -> Vec<OsString> {
-    const SUBCOMMANDS: &[&str] = &["init", "info", "cat", "mount", "umount", "help"];
+    const SUBCOMMANDS: &[&str] = &[
+        "init", "info", "cat", "mount", "umount", "key", "rewrap", "rekey", "fsck", "help",
+    ];
     match args.get(1).and_then(|a| a.to_str()) {
         Some(first)
             if !first.starts_with('-') && !SUBCOMMANDS.contains(&first) && args.len() >= 3 =>

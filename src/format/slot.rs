@@ -14,6 +14,9 @@ pub enum ProviderKind {
     Local,
     /// An AWS KMS key.
     AwsKms,
+    /// An X25519 key pair in a key file (a recovery key): wrappable with the public key
+    /// alone, which is the slot's key id.
+    X25519,
     /// A provider this version does not know; kept so that such a slot is not an error when
     /// another slot can open the file.
     Unknown(u8),
@@ -24,6 +27,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => 1,
             ProviderKind::AwsKms => 2,
+            ProviderKind::X25519 => 3,
             ProviderKind::Unknown(c) => c,
         }
     }
@@ -32,6 +36,7 @@ impl ProviderKind {
         match code {
             1 => ProviderKind::Local,
             2 => ProviderKind::AwsKms,
+            3 => ProviderKind::X25519,
             c => ProviderKind::Unknown(c),
         }
     }
@@ -40,6 +45,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => "local".into(),
             ProviderKind::AwsKms => "aws-kms".into(),
+            ProviderKind::X25519 => "x25519".into(),
             ProviderKind::Unknown(c) => format!("unknown-{c}"),
         }
     }

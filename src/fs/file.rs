@@ -320,6 +320,19 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
+    /// The backing size, and — when the file is empty, so that this write will create its
+    /// header — the header lock, with the size read again under it: another mount (or
+    /// `envfs rewrap`) on the same backing store may have created the header meanwhile,
+    /// and two headers for one file would make one writer's chunks unreadable.
+    fn size_for_header_creation(fd: &File) -> Result<(u64, Option<super::sys::HeaderLock<'_>>)> {
+        let size = fd.metadata()?.len();
+        if size != 0 {
+            return Ok((size, None));
+        }
+        let lock = super::sys::HeaderLock::acquire(fd)?;
+        Ok((fd.metadata()?.len(), Some(lock)))
+    }
+
     /// Keys for writing to a file whose backing size is `backing_size`, under the write lock.
     /// An empty file gets a new header (returned, to be written together with the first
     /// chunk); otherwise the cached keys are checked against the file id on disk, so that we
@@ -362,7 +375,8 @@ impl<'a> Engine<'a> {
         if !io.writable {
             return Err(Error::from_errno(libc::EBADF));
         }
-        let backing_size = io.fd.metadata()?.len();
+        let fd = io.fd.clone();
+        let (backing_size, _header_lock) = Self::size_for_header_creation(&fd)?;
         let old_plain = if backing_size == 0 {
             0
         } else {
@@ -536,7 +550,8 @@ impl<'a> Engine<'a> {
         if new_plain > g.max_plain_size() {
             return Err(Error::FileTooBig);
         }
-        let backing_size = io.fd.metadata()?.len();
+        let fd = io.fd.clone();
+        let (backing_size, _header_lock) = Self::size_for_header_creation(&fd)?;
         if grow_only && new_plain <= g.plain_size_lossy(backing_size) {
             return Ok(());
         }

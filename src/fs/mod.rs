@@ -8,6 +8,7 @@
 pub mod attr;
 pub mod file;
 pub mod names;
+pub mod rewrap;
 pub mod sys;
 
 use crate::crypto::siv::domain;
@@ -637,6 +638,73 @@ impl Fs {
             &backing,
             &self.xattr_backing_name(name)?,
         )?)
+    }
+
+    /// Re-encrypt a file under a fresh DEK and file id (for a suspected DEK compromise):
+    /// the content is copied into a new backing file beside it, which then replaces the old
+    /// one with a rename, keeping mode, owner, times and xattrs. Refuses hard-linked files,
+    /// whose other names the rename would leave behind on the old DEK.
+    pub fn rekey(&self, path: &Path) -> Result<()> {
+        let backing = self.backing_path(path)?;
+        let meta = fs::symlink_metadata(&backing)?;
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!(
+                "{}: only regular files have a DEK",
+                path.display()
+            )));
+        }
+        if meta.nlink() > 1 {
+            return Err(Error::Invalid(format!(
+                "{}: has {} hard links; rekey would leave the other names on the old key",
+                path.display(),
+                meta.nlink()
+            )));
+        }
+        if meta.len() == 0 {
+            return Ok(()); // no content, no DEK
+        }
+        let tmp = rewrap::temp_beside(&backing, "rekey");
+        let result = (|| -> Result<()> {
+            let source = self.open_backing(&backing, libc::O_RDONLY, false, 0)?;
+            let target = self.open_backing(
+                &tmp,
+                libc::O_RDWR | libc::O_EXCL,
+                true,
+                meta.mode() & 0o7777,
+            )?;
+            let mut offset = 0u64;
+            loop {
+                let data = self.read(&source, offset, 1 << 20)?;
+                if data.is_empty() {
+                    break;
+                }
+                self.write(&target, offset, &data)?;
+                offset += data.len() as u64;
+            }
+            self.fsync(&target, false)?;
+            for name in sys::llistxattr(&backing)? {
+                let name = OsString::from_vec(name);
+                let value = sys::lgetxattr(&backing, &name)?;
+                sys::lsetxattr(&tmp, &name, &value, 0)?;
+            }
+            sys::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            let times = self.sizes.attr(&meta);
+            sys::set_times(
+                &tmp,
+                Some(TimeSet::At(times.atime)),
+                Some(TimeSet::At(times.mtime)),
+            )?;
+            fs::rename(&tmp, &backing)?;
+            if let Some(dir) = backing.parent() {
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     pub fn statfs(&self) -> Result<StatFs> {

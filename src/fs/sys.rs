@@ -208,3 +208,54 @@ pub fn lremovexattr(path: &Path, name: &OsStr) -> io::Result<()> {
     // SAFETY: valid C strings.
     check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
 }
+
+/// An exclusive open-file-description lock on a backing file's first byte: held while a
+/// header is created or replaced, so two mounts (or a mount and `envfs rewrap`) never write
+/// a file's header at once. Released when dropped (or when the fd closes).
+pub struct HeaderLock<'a> {
+    file: &'a std::fs::File,
+}
+
+fn ofd_lock(file: &std::fs::File, kind: libc::c_short) -> io::Result<()> {
+    // SAFETY: zeroed flock is valid; we set every field F_OFD_SETLKW reads.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    loop {
+        // SAFETY: valid fd and flock pointer.
+        let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+        if ret == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+impl<'a> HeaderLock<'a> {
+    pub fn acquire(file: &'a std::fs::File) -> io::Result<HeaderLock<'a>> {
+        match ofd_lock(file, libc::F_WRLCK as libc::c_short) {
+            Ok(()) => Ok(HeaderLock { file }),
+            // Backing stores without lock support: carry on unlocked, as before.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOLCK) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                Ok(HeaderLock { file })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for HeaderLock<'_> {
+    fn drop(&mut self) {
+        let _ = ofd_lock(self.file, libc::F_UNLCK as libc::c_short);
+    }
+}

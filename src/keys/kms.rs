@@ -231,4 +231,28 @@ impl KeyProvider for KmsKeyProvider {
     fn remote(&self) -> bool {
         true
     }
+
+    fn rewrap_from(&self, source: &KeySlot, ctx: &KeyContext) -> Option<Result<KeySlot>> {
+        if source.provider != ProviderKind::AwsKms {
+            return None;
+        }
+        let result = self
+            .run(
+                self.client
+                    .re_encrypt()
+                    .ciphertext_blob(Blob::new(source.wrapped.clone()))
+                    .source_key_id(&source.key_id)
+                    .set_source_encryption_context(Some(Self::context(ctx)))
+                    .destination_key_id(&self.arn)
+                    .set_destination_encryption_context(Some(Self::context(ctx)))
+                    .send(),
+            )
+            .map_err(|e| service_error("ReEncrypt", &self.arn, &self.endpoint, e))
+            .and_then(|out| {
+                out.ciphertext_blob()
+                    .map(|b| self.slot(b))
+                    .ok_or_else(|| Error::KeyService("KMS ReEncrypt returned no ciphertext".into()))
+            });
+        Some(result)
+    }
 }

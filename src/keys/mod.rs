@@ -9,6 +9,7 @@ pub mod cache;
 pub mod kms;
 pub mod local;
 pub mod prefetch;
+pub mod x25519;
 
 use crate::crypto::Secret32;
 use crate::error::Result;
@@ -96,6 +97,19 @@ pub trait KeyProvider: Send + Sync {
     /// Whether `slot` was written by this provider's key.
     fn recognises(&self, slot: &KeySlot) -> bool {
         slot.provider == self.kind() && slot.key_id == self.key_id()
+    }
+
+    /// Wrap for this key a secret that `source` (another key's slot) already wraps, without
+    /// the secret passing through this process, where the service can (KMS `ReEncrypt`).
+    /// `None` when this provider cannot do that for `source`.
+    fn rewrap_from(&self, _source: &KeySlot, _ctx: &KeyContext) -> Option<Result<KeySlot>> {
+        None
+    }
+
+    /// Whether this provider can unwrap (a recovery key known only by its public key can
+    /// wrap new DEKs for its holder, but not unwrap).
+    fn can_unwrap(&self) -> bool {
+        true
     }
 
     /// Whether each call is a network round trip (a key service), which makes caching and

@@ -8,6 +8,7 @@ use crate::format::{ProviderKind, VaultConfig};
 use crate::keys::KeyProvider;
 use crate::keys::kms::KmsKeyProvider;
 use crate::keys::local::{LocalKeyProvider, default_key_path};
+use crate::keys::x25519::X25519KeyProvider;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -46,12 +47,21 @@ fn check_pin(config: &VaultConfig, arn: &str, source: &str) -> Result<()> {
     )))
 }
 
+/// A key file of either kind: a symmetric vault key or an X25519 recovery key.
+pub fn load_key_file(path: &Path) -> Result<Arc<dyn KeyProvider>> {
+    if X25519KeyProvider::is_key_file(path) {
+        Ok(Arc::new(X25519KeyProvider::load(path)?))
+    } else {
+        Ok(Arc::new(LocalKeyProvider::load(path)?))
+    }
+}
+
 pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn KeyProvider>>> {
     let (config, _) = read_config_unverified(backing)?;
     let id = config.vault_id_hex();
     let mut providers: Vec<Arc<dyn KeyProvider>> = Vec::new();
     if let Some(path) = &opts.key_file {
-        providers.push(Arc::new(LocalKeyProvider::load(path)?));
+        providers.push(load_key_file(path)?);
     }
     if let Some(key) = &opts.kms_key {
         let kms = KmsKeyProvider::connect(key)?;

@@ -10,9 +10,11 @@ use crate::crypto::{FileKeys, Secret32, SivCipher, file_keys::hmac32, random};
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::{CONFIG_FILE_NAME, ConfigParseError};
 use crate::format::header::HeaderParseError;
-use crate::format::{FileHeader, Geometry, NameEncoding, VaultConfig};
+use crate::format::{FileHeader, Geometry, KeySlot, NameEncoding, ProviderKind, VaultConfig};
 use crate::keys::cache::{CacheLimits, DekCache};
+use crate::keys::kms::KmsKeyProvider;
 use crate::keys::prefetch::{Prefetcher, Prepared};
+use crate::keys::x25519::X25519KeyProvider;
 use crate::keys::{KeyContext, KeyProvider};
 use std::fs;
 use std::io::{self, Write};
@@ -65,6 +67,11 @@ pub struct Vault {
     dek_cache: DekCache,
     /// New-file DEKs generated ahead of need (started by `enable_prefetch`).
     prefetch: OnceLock<Prefetcher>,
+    /// One wrapper per config key that new DEKs can be wrapped for (built on first use:
+    /// it may connect to a key service).
+    wrappers: OnceLock<Vec<Arc<dyn KeyProvider>>>,
+    /// Kept for key management (adding a key wraps it; the config MAC is keyed from it).
+    secret: Secret32,
 }
 
 pub fn config_path(root: &Path) -> PathBuf {
@@ -136,7 +143,7 @@ impl Vault {
         let vault = Vault::from_secret(root, config, &secret, vec![provider])?;
         // Every header must be able to hold this key's slot, or the first write would fail.
         vault.new_file()?;
-        vault.write_config(&secret)?;
+        vault.write_config(&vault.config, false)?;
         Ok(vault)
     }
 
@@ -216,6 +223,8 @@ impl Vault {
             providers,
             dek_cache: DekCache::new(CacheLimits::default()),
             prefetch: OnceLock::new(),
+            wrappers: OnceLock::new(),
+            secret: secret.clone(),
         })
     }
 
@@ -234,20 +243,24 @@ impl Vault {
         if !primary.remote() || target == 0 || concurrency == 0 {
             return;
         }
-        let providers = self.providers.clone();
+        let primary = primary.clone();
+        let wrappers = self.wrappers().to_vec();
         let vault_id = self.config.vault_id;
         let _ = self.prefetch.set(Prefetcher::start(
             target,
             concurrency,
-            Arc::new(move || prepare_file_keys(&providers, vault_id)),
+            Arc::new(move || prepare_file_keys(&primary, &wrappers, vault_id)),
         ));
     }
 
     /// Write the config with its MAC: to a temporary file, then hard-linked into place so an
     /// existing config is never overwritten and a crash never leaves half a config.
-    fn write_config(&self, secret: &Secret32) -> Result<()> {
-        let body = self.config.encode_body();
-        let mac_key = derive32(secret, &self.config.vault_id, label::CONFIG_MAC);
+    /// Write `config` with its MAC: to a temporary file, fsynced, then moved into place —
+    /// hard-linked when creating (never overwriting an existing vault), renamed over the old
+    /// one when replacing — so a crash never leaves half a config.
+    fn write_config(&self, config: &VaultConfig, replace: bool) -> Result<()> {
+        let body = config.encode_body();
+        let mac_key = derive32(&self.secret, &config.vault_id, label::CONFIG_MAC);
         let mac = hmac32(&mac_key, &[&body]);
         let tmp = self.root.join(format!(
             ".envfs-config-{}.tmp",
@@ -261,7 +274,11 @@ impl Vault {
             f.write_all(&body)?;
             f.write_all(&mac)?;
             f.sync_all()?;
-            fs::hard_link(&tmp, config_path(&self.root))?;
+            if replace {
+                fs::rename(&tmp, config_path(&self.root))?;
+            } else {
+                fs::hard_link(&tmp, config_path(&self.root))?;
+            }
             fs::File::open(&self.root)?.sync_all()
         })();
         let _ = fs::remove_file(&tmp);
@@ -280,6 +297,114 @@ impl Vault {
         })
     }
 
+    /// Who new DEKs are wrapped for: every key in the config that this host can wrap for —
+    /// keys it holds, recovery keys (public), and KMS keys it can reach. A local key file this
+    /// host does not hold is skipped (logged once); `envfs rewrap` with that key file adds it.
+    pub fn wrappers(&self) -> &[Arc<dyn KeyProvider>] {
+        self.wrappers.get_or_init(|| {
+            let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
+            for slot in &self.config.slots {
+                if let Some(p) = self.providers.iter().find(|p| p.recognises(slot)) {
+                    out.push(p.clone());
+                    continue;
+                }
+                match slot.provider {
+                    ProviderKind::X25519 => match X25519KeyProvider::recipient(&slot.key_id) {
+                        Some(r) => out.push(Arc::new(r)),
+                        None => tracing::warn!("recovery key id {} is malformed", slot.key_id),
+                    },
+                    ProviderKind::AwsKms => match KmsKeyProvider::connect(&slot.key_id) {
+                        Ok(k) => out.push(Arc::new(k)),
+                        Err(e) => tracing::warn!(
+                            "new files will not be wrapped by KMS key {}: {e}; run envfs rewrap later",
+                            slot.key_id
+                        ),
+                    },
+                    _ => tracing::warn!(
+                        "new files will not be wrapped by {} key {} (not held by this host); \
+                         run envfs rewrap with its key file later",
+                        slot.provider.name(),
+                        slot.key_id
+                    ),
+                }
+            }
+            out
+        })
+    }
+
+    /// Add a key to the vault: it wraps the vault secret (so it opens the vault) and, from
+    /// now on, every new DEK. Existing files get it with `envfs rewrap`.
+    pub fn add_key(&mut self, provider: &dyn KeyProvider) -> Result<()> {
+        if self.config.slots.iter().any(|s| provider.recognises(s)) {
+            return Err(Error::AlreadyExists(format!(
+                "{} is already a key of this vault",
+                provider.describe()
+            )));
+        }
+        let slot = provider.wrap(
+            &self.secret,
+            &KeyContext::vault_secret(self.config.vault_id),
+        )?;
+        let mut config = self.config.clone();
+        config.slots.push(slot);
+        config.validate().map_err(Error::Invalid)?;
+        // Every header must still fit all the wrapped keys.
+        let probe: usize = config.slots.iter().map(|s| s.encoded_len()).sum::<usize>()
+            + crate::format::header::HEADER_FIXED_LEN
+            + crate::format::header::HEADER_MAC_LEN;
+        if probe > config.header_size as usize {
+            return Err(Error::Invalid(format!(
+                "the vault's {}-byte file headers cannot hold another wrapped key",
+                config.header_size
+            )));
+        }
+        self.write_config(&config, true)?;
+        self.config = config;
+        self.wrappers = OnceLock::new();
+        Ok(())
+    }
+
+    /// Remove a key (by the short id `envfs key list` prints, or its full key id). Refuses to
+    /// remove the last key. Files keep its wrapped copies until `envfs rewrap`.
+    pub fn remove_key(&mut self, key_ref: &str) -> Result<KeySlot> {
+        let index = self
+            .config
+            .slots
+            .iter()
+            .position(|s| short_key_id(s) == key_ref || s.key_id == key_ref)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{key_ref} is not a key of this vault (see envfs key list)"
+                ))
+            })?;
+        if self.config.slots.len() == 1 {
+            return Err(Error::Invalid(
+                "refusing to remove the vault's last key: nothing could open it".into(),
+            ));
+        }
+        let mut config = self.config.clone();
+        let removed = config.slots.remove(index);
+        self.write_config(&config, true)?;
+        self.config = config;
+        self.wrappers = OnceLock::new();
+        Ok(removed)
+    }
+
+    /// The providers this host holds (that can unwrap).
+    pub fn held_providers(&self) -> &[Arc<dyn KeyProvider>] {
+        &self.providers
+    }
+
+    /// Build a header for an existing file (same file id and DEK) with the given slots.
+    pub fn seal_header(&self, header: &FileHeader, keys: &FileKeys) -> Result<Vec<u8>> {
+        let mut bytes = header
+            .encode_body(self.config.header_size as usize)
+            .map_err(Error::Invalid)?;
+        let mac = keys.header_mac(&self.config.vault_id, &bytes);
+        bytes.extend_from_slice(&mac);
+        Ok(bytes)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -293,7 +418,13 @@ impl Vault {
     pub fn new_file(&self) -> Result<(Vec<u8>, FileKeys)> {
         let prepared = match self.prefetch.get().and_then(Prefetcher::take) {
             Some(p) => p,
-            None => prepare_file_keys(&self.providers, self.config.vault_id)?,
+            None => {
+                let primary = self
+                    .providers
+                    .first()
+                    .ok_or_else(|| Error::WrongKey("no key of this vault is available".into()))?;
+                prepare_file_keys(primary, self.wrappers(), self.config.vault_id)?
+            }
         };
         let Prepared {
             file_id,
@@ -316,6 +447,17 @@ impl Vault {
 
     /// Parse, unwrap and authenticate a file header. `backing_path` is for messages only.
     pub fn open_file(&self, header_bytes: &[u8], backing_path: &Path) -> Result<FileKeys> {
+        self.open_header(header_bytes, backing_path)
+            .map(|(_, _, keys)| keys)
+    }
+
+    /// Decrypt a header's DEK with any held key (using the DEK cache), authenticating the
+    /// header. Returns the parsed header, the DEK and the keys derived from it.
+    pub fn open_header(
+        &self,
+        header_bytes: &[u8],
+        backing_path: &Path,
+    ) -> Result<(FileHeader, Secret32, FileKeys)> {
         let corrupt = || Error::Integrity {
             path: backing_path.to_path_buf(),
             chunk: None,
@@ -359,7 +501,7 @@ impl Vault {
                         ) {
                             return Err(corrupt());
                         }
-                        return Ok(keys);
+                        return Ok((header, dek, keys));
                     }
                     Err(Error::WrongKey(_)) => failure = Some(corrupt()),
                     Err(e) => failure = Some(e),
@@ -381,21 +523,39 @@ impl Vault {
     }
 }
 
-/// A fresh DEK for a new file: generated by the first provider, wrapped by every other.
-fn prepare_file_keys(providers: &[Arc<dyn KeyProvider>], vault_id: [u8; 16]) -> Result<Prepared> {
-    let primary = providers
-        .first()
-        .ok_or_else(|| Error::WrongKey("no key of this vault is available".into()))?;
+/// A fresh DEK for a new file: generated by `primary`, wrapped by every other key of the
+/// vault that can be wrapped for, in config order.
+fn prepare_file_keys(
+    primary: &Arc<dyn KeyProvider>,
+    wrappers: &[Arc<dyn KeyProvider>],
+    vault_id: [u8; 16],
+) -> Result<Prepared> {
     let file_id: [u8; 16] = random::array();
     let ctx = KeyContext::file(vault_id, file_id);
     let (dek, first_slot) = primary.generate(&ctx)?;
-    let mut slots = vec![first_slot];
-    for p in &providers[1..] {
-        slots.push(p.wrap(&dek, &ctx)?);
+    let mut slots = Vec::with_capacity(wrappers.len().max(1));
+    let mut first_slot = Some(first_slot);
+    for w in wrappers {
+        if w.kind() == primary.kind() && w.key_id() == primary.key_id() {
+            slots.extend(first_slot.take());
+        } else {
+            slots.push(w.wrap(&dek, &ctx)?);
+        }
     }
+    slots.extend(first_slot);
     Ok(Prepared {
         file_id,
         dek,
         slots,
     })
+}
+
+/// The short id `envfs key list` prints for a config key: 8 hex digits of
+/// SHA-256(provider code || key id), stable for as long as the key is in the vault.
+pub fn short_key_id(slot: &KeySlot) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update([slot.provider.code()]);
+    h.update(slot.key_id.as_bytes());
+    hex::encode(&h.finalize()[..4])
 }

@@ -1,0 +1,250 @@
+//! `envfs rewrap`: bring every file header in line with the vault's current key set —
+//! add wrapped copies for added keys, drop copies for removed ones — without touching a
+//! single content chunk.
+//!
+//! Safe to interrupt and rerun: files already in line are skipped, and each header is
+//! replaced through a journal (the new header is written and fsynced to
+//! `.envfs-rewrap-<hash>` beside the file before it overwrites the old one in place), so a
+//! crash mid-write leaves either header intact or a journal the next run restores from.
+//! Safe while the vault is mounted elsewhere: the header keeps its file id and DEK, so open
+//! files are unaffected, and the header lock keeps a mount creating a header and rewrap
+//! replacing one from overlapping.
+
+use super::sys::HeaderLock;
+use crate::crypto::random;
+use crate::error::{Error, IntegrityKind, Result};
+use crate::format::config::CONFIG_FILE_NAME;
+use crate::format::names::{BackingName, RESERVED_PREFIX, classify};
+use crate::format::{FileHeader, KeySlot};
+use crate::keys::KeyContext;
+use crate::vault::Vault;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const JOURNAL_PREFIX: &str = ".envfs-rewrap-";
+
+#[derive(Debug, Default)]
+pub struct RewrapReport {
+    pub files: usize,
+    pub rewrapped: usize,
+    pub already_current: usize,
+    /// Headers restored from a journal left by an interrupted run.
+    pub recovered: usize,
+    /// Files that could not be brought in line: backing path and why.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Every backing path of a regular file with content, and every journal, under `root`.
+fn walk(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut files = Vec::new();
+    let mut journals = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let text = name.to_string_lossy();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if text.starts_with(JOURNAL_PREFIX) {
+                journals.push(entry.path());
+            } else if kind.is_file()
+                && !(dir == root && text == CONFIG_FILE_NAME)
+                && !text.starts_with(RESERVED_PREFIX)
+                && classify(&text) != BackingName::Sidecar
+            {
+                files.push(entry.path());
+            }
+        }
+    }
+    Ok((files, journals))
+}
+
+fn journal_for(file: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let name = file.file_name().expect("a file").as_bytes();
+    let digest = Sha256::digest(name);
+    file.with_file_name(format!("{JOURNAL_PREFIX}{}", hex::encode(&digest[..16])))
+}
+
+/// Journal: target file name (u16 length + bytes), then the new header.
+fn write_journal(path: &Path, target: &Path, header: &[u8]) -> std::io::Result<()> {
+    let name = target.file_name().expect("a file").as_bytes();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(&(name.len() as u16).to_be_bytes())?;
+    f.write_all(name)?;
+    f.write_all(header)?;
+    f.sync_all()?;
+    File::open(path.parent().expect("has parent"))?.sync_all()
+}
+
+/// Finish what an interrupted run started: if the journal's target no longer has an
+/// authentic header, put the journaled one (authentic on its own) in place.
+fn recover(vault: &Vault, journal: &Path) -> Result<bool> {
+    let bytes = fs::read(journal)?;
+    let h = vault.geometry.header_size as usize;
+    let restored = (|| -> Result<bool> {
+        if bytes.len() < 2 {
+            return Ok(false);
+        }
+        let name_len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+        if bytes.len() != 2 + name_len + h {
+            return Ok(false);
+        }
+        let name = std::ffi::OsStr::from_bytes(&bytes[2..2 + name_len]);
+        let target = journal.with_file_name(name);
+        let header = &bytes[2 + name_len..];
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&target) else {
+            return Ok(false);
+        };
+        let _lock = HeaderLock::acquire(&file)?;
+        let mut current = vec![0u8; h];
+        let current_ok = file.read_exact_at(&mut current, 0).is_ok()
+            && vault.open_header(&current, &target).is_ok();
+        if current_ok {
+            return Ok(false);
+        }
+        // Only a header for this very file: same file id as what is on disk.
+        if current.get(8..24) != header.get(8..24) || vault.open_header(header, &target).is_err() {
+            return Ok(false);
+        }
+        file.write_all_at(header, 0)?;
+        file.sync_all()?;
+        Ok(true)
+    })()?;
+    fs::remove_file(journal)?;
+    Ok(restored)
+}
+
+/// Identity of a slot: provider and key id.
+fn same_key(a: &KeySlot, b: &KeySlot) -> bool {
+    a.provider == b.provider && a.key_id == b.key_id
+}
+
+/// Bring one file's header in line. Returns whether it changed.
+fn rewrap_file(vault: &Vault, path: &Path) -> Result<bool> {
+    let h = vault.geometry.header_size as usize;
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let _lock = HeaderLock::acquire(&file)?;
+    if file.metadata()?.len() < h as u64 {
+        // Empty (no header) or damaged: nothing to rewrap; fsck reports damage.
+        if file.metadata()?.len() == 0 {
+            return Ok(false);
+        }
+        return Err(Error::Integrity {
+            path: path.to_path_buf(),
+            chunk: None,
+            kind: IntegrityKind::Header,
+        });
+    }
+    let mut bytes = vec![0u8; h];
+    file.read_exact_at(&mut bytes, 0)?;
+    let wanted = &vault.config.slots;
+    if let Ok((parsed, _)) = FileHeader::parse(&bytes)
+        && parsed.slots.len() == wanted.len()
+        && parsed.slots.iter().zip(wanted).all(|(a, b)| same_key(a, b))
+    {
+        return Ok(false);
+    }
+    let (header, dek, keys) = vault.open_header(&bytes, path)?;
+    let ctx = KeyContext::file(*vault.vault_id(), header.file_id);
+    let wrappers = vault.wrappers();
+    let mut slots = Vec::with_capacity(wanted.len());
+    for want in wanted {
+        if let Some(existing) = header.slots.iter().find(|s| same_key(s, want)) {
+            slots.push(existing.clone());
+            continue;
+        }
+        let wrapper = wrappers.iter().find(|w| w.recognises(want)).ok_or_else(|| {
+            Error::WrongKey(format!(
+                "cannot wrap for {} key {}: this host does not hold it (give its key file with --key-file)",
+                want.provider.name(),
+                want.key_id
+            ))
+        })?;
+        // Where the service can re-wrap from a copy it made, the DEK never leaves it.
+        let rewrapped = header
+            .slots
+            .iter()
+            .find_map(|s| wrapper.rewrap_from(s, &ctx))
+            .transpose()?;
+        slots.push(match rewrapped {
+            Some(slot) => slot,
+            None => wrapper.wrap(&dek, &ctx)?,
+        });
+    }
+    let new_header = FileHeader { slots, ..header };
+    let new_bytes = vault.seal_header(&new_header, &keys)?;
+    let journal = journal_for(path);
+    write_journal(&journal, path, &new_bytes)?;
+    file.write_all_at(&new_bytes, 0)?;
+    file.sync_all()?;
+    fs::remove_file(&journal)?;
+    Ok(true)
+}
+
+/// Rewrap every file of the vault with `workers` threads; `progress(done, total)` is called
+/// as files finish.
+pub fn rewrap(
+    vault: &Vault,
+    workers: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<RewrapReport> {
+    let (files, journals) = walk(vault.root())?;
+    let mut report = RewrapReport {
+        files: files.len(),
+        ..Default::default()
+    };
+    for j in &journals {
+        if recover(vault, j)? {
+            report.recovered += 1;
+        }
+    }
+    // Build the wrappers (which may connect to KMS) once, before the workers start.
+    vault.wrappers();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let rewrapped = AtomicUsize::new(0);
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = files.get(i) else { break };
+                    match rewrap_file(vault, path) {
+                        Ok(true) => {
+                            rewrapped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => failed.lock().unwrap().push((path.clone(), e.to_string())),
+                    }
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, files.len());
+                }
+            });
+        }
+    });
+    report.rewrapped = rewrapped.into_inner();
+    report.failed = failed.into_inner().unwrap();
+    report.already_current = report.files - report.rewrapped - report.failed.len();
+    Ok(report)
+}
+
+/// A random name for a temporary file beside `path` (hidden from listings).
+pub(crate) fn temp_beside(path: &Path, what: &str) -> PathBuf {
+    path.with_file_name(format!(
+        "{RESERVED_PREFIX}{what}-{}",
+        hex::encode(random::array::<8>())
+    ))
+}

@@ -1,0 +1,247 @@
+//! Recovery keys: an X25519 key pair in a key file, for a KEK that stays offline.
+//!
+//! A symmetric key file can only wrap a DEK on a host that holds it, but every new DEK must
+//! be wrapped by every key of the vault — including a recovery key kept in a safe. With a
+//! key pair, the public half is enough to wrap: it *is* the key id stored in the vault
+//! config (`x25519:<base64url public key>`), so any host that opens the vault can wrap new
+//! DEKs for the recovery key, and only the holder of the key file can unwrap them.
+//!
+//! Wrapping (like age's X25519 recipient stanza): a fresh ephemeral key pair per wrap, the
+//! shared secret through HKDF-SHA256 (salt: ephemeral public || recipient public), then
+//! AES-256-GCM of the 32-byte secret with the key context as associated data.
+//! Wrapped form: ephemeral public (32) || nonce (12) || ciphertext (32) || tag (16).
+//!
+//! Key file (text, mode 0600):
+//! ```text
+//! # comment lines
+//! envfs-x25519-key-v1:<base64 of the 32-byte private key>
+//! ```
+
+use super::{KeyContext, KeyProvider};
+use crate::crypto::{Secret32, random};
+use crate::error::{Error, Result};
+use crate::format::{KeySlot, ProviderKind};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+const KEY_LINE_PREFIX: &str = "envfs-x25519-key-v1:";
+const KEY_ID_PREFIX: &str = "x25519:";
+const WRAP_LABEL: &[u8] = b"envfs/v1/x25519-wrap";
+const WRAPPED_LEN: usize = 32 + 12 + 32 + 16;
+
+pub struct X25519KeyProvider {
+    public: PublicKey,
+    /// `None` for a recipient known only by its public key (it can wrap, not unwrap).
+    secret: Option<StaticSecret>,
+    key_id: String,
+}
+
+fn key_id_of(public: &PublicKey) -> String {
+    format!(
+        "{KEY_ID_PREFIX}{}",
+        data_encoding::BASE64URL_NOPAD.encode(public.as_bytes())
+    )
+}
+
+fn wrap_key(shared: &[u8; 32], ephemeral: &PublicKey, recipient: &PublicKey) -> Aes256Gcm {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(ephemeral.as_bytes());
+    salt[32..].copy_from_slice(recipient.as_bytes());
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(&salt), shared)
+        .expand(WRAP_LABEL, key.as_mut())
+        .expect("32 bytes is a valid HKDF length");
+    Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key")
+}
+
+impl X25519KeyProvider {
+    /// A wrap-only provider for the recipient named by a config slot's key id.
+    pub fn recipient(key_id: &str) -> Option<X25519KeyProvider> {
+        let encoded = key_id.strip_prefix(KEY_ID_PREFIX)?;
+        let bytes: [u8; 32] = data_encoding::BASE64URL_NOPAD
+            .decode(encoded.as_bytes())
+            .ok()?
+            .try_into()
+            .ok()?;
+        let public = PublicKey::from(bytes);
+        Some(X25519KeyProvider {
+            key_id: key_id_of(&public),
+            public,
+            secret: None,
+        })
+    }
+
+    /// Whether `path` holds an X25519 key file (rather than a symmetric one).
+    pub fn is_key_file(path: &Path) -> bool {
+        std::fs::read_to_string(path).is_ok_and(|t| t.contains(KEY_LINE_PREFIX))
+    }
+
+    pub fn load(path: &Path) -> Result<X25519KeyProvider> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            Error::KeyFile(format!("cannot read key file {}: {e}", path.display()))
+        })?);
+        let bad = || {
+            Error::KeyFile(format!(
+                "{} is not an envfs recovery key file",
+                path.display()
+            ))
+        };
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(KEY_LINE_PREFIX))
+            .ok_or_else(bad)?;
+        let bytes = Zeroizing::new(
+            data_encoding::BASE64
+                .decode(line[KEY_LINE_PREFIX.len()..].as_bytes())
+                .map_err(|_| bad())?,
+        );
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
+        let secret = StaticSecret::from(arr);
+        let public = PublicKey::from(&secret);
+        Ok(X25519KeyProvider {
+            key_id: key_id_of(&public),
+            public,
+            secret: Some(secret),
+        })
+    }
+
+    /// Create a new key file (mode 0600); refuses to overwrite one.
+    pub fn create(path: &Path) -> Result<X25519KeyProvider> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let secret = StaticSecret::from(random::array::<32>());
+        let public = PublicKey::from(&secret);
+        let text = Zeroizing::new(format!(
+            "# envfs recovery key ({}).\n\
+             # Keep it offline and secret: it opens every file of the vaults it was added to.\n\
+             {KEY_LINE_PREFIX}{}\n",
+            key_id_of(&public),
+            data_encoding::BASE64.encode(secret.as_bytes())
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                Error::KeyFile(format!("cannot create key file {}: {e}", path.display()))
+            })?;
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(|e| {
+                Error::KeyFile(format!("cannot write key file {}: {e}", path.display()))
+            })?;
+        Ok(X25519KeyProvider {
+            key_id: key_id_of(&public),
+            public,
+            secret: Some(secret),
+        })
+    }
+}
+
+impl KeyProvider for X25519KeyProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::X25519
+    }
+
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    fn wrap(&self, secret: &Secret32, ctx: &KeyContext) -> Result<KeySlot> {
+        let ephemeral_secret = StaticSecret::from(random::array::<32>());
+        let ephemeral = PublicKey::from(&ephemeral_secret);
+        let shared = ephemeral_secret.diffie_hellman(&self.public);
+        let aead = wrap_key(shared.as_bytes(), &ephemeral, &self.public);
+        let nonce: [u8; 12] = random::array();
+        let mut wrapped = Vec::with_capacity(WRAPPED_LEN);
+        wrapped.extend_from_slice(ephemeral.as_bytes());
+        wrapped.extend_from_slice(&nonce);
+        wrapped.extend_from_slice(secret.expose());
+        let tag = aead
+            .encrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), (&mut wrapped[44..]).into())
+            .expect("32-byte message");
+        wrapped.extend_from_slice(&tag);
+        Ok(KeySlot {
+            provider: ProviderKind::X25519,
+            key_id: self.key_id.clone(),
+            wrapped,
+        })
+    }
+
+    fn unwrap(&self, slot: &KeySlot, ctx: &KeyContext) -> Result<Secret32> {
+        let secret = self.secret.as_ref().ok_or_else(|| {
+            Error::WrongKey(format!(
+                "{} is a recipient only: its key file is needed to unwrap",
+                self.key_id
+            ))
+        })?;
+        let not_authentic =
+            || Error::WrongKey(format!("{} did not unwrap the key slot", self.describe()));
+        if slot.wrapped.len() != WRAPPED_LEN {
+            return Err(not_authentic());
+        }
+        let ephemeral_bytes: [u8; 32] = slot.wrapped[..32].try_into().expect("length checked");
+        let ephemeral = PublicKey::from(ephemeral_bytes);
+        let shared = secret.diffie_hellman(&ephemeral);
+        if !shared.was_contributory() {
+            return Err(not_authentic());
+        }
+        let aead = wrap_key(shared.as_bytes(), &ephemeral, &self.public);
+        let mut body = Zeroizing::new([0u8; 32]);
+        body.copy_from_slice(&slot.wrapped[44..76]);
+        let nonce = Nonce::try_from(&slot.wrapped[32..44]).map_err(|_| not_authentic())?;
+        let tag = Tag::try_from(&slot.wrapped[76..]).map_err(|_| not_authentic())?;
+        aead.decrypt_inout_detached(&nonce, &ctx.aad(), (&mut body[..]).into(), &tag)
+            .map_err(|_| not_authentic())?;
+        Ok(Secret32::from_bytes(*body))
+    }
+
+    fn can_unwrap(&self) -> bool {
+        self.secret.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipient_wraps_and_only_the_key_file_unwraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = X25519KeyProvider::create(&dir.path().join("r.key")).unwrap();
+        let loaded = X25519KeyProvider::load(&dir.path().join("r.key")).unwrap();
+        assert_eq!(full.key_id(), loaded.key_id());
+        let recipient = X25519KeyProvider::recipient(full.key_id()).unwrap();
+        assert!(!recipient.can_unwrap());
+        let ctx = KeyContext::file([1; 16], [2; 16]);
+        let secret = Secret32::random();
+        let slot = recipient.wrap(&secret, &ctx).unwrap();
+        assert_eq!(slot.wrapped.len(), WRAPPED_LEN);
+        assert!(loaded.recognises(&slot));
+        assert_eq!(loaded.unwrap(&slot, &ctx).unwrap(), secret);
+        assert!(
+            loaded
+                .unwrap(&slot, &KeyContext::file([1; 16], [3; 16]))
+                .is_err()
+        );
+        assert!(recipient.unwrap(&slot, &ctx).is_err());
+        let mut bad = slot.clone();
+        bad.wrapped[50] ^= 1;
+        assert!(loaded.unwrap(&bad, &ctx).is_err());
+        assert!(X25519KeyProvider::recipient("x25519:short").is_none());
+    }
+}
