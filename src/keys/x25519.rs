@@ -100,7 +100,7 @@ impl X25519KeyProvider {
             .ok_or_else(bad)?;
         let bytes = Zeroizing::new(
             data_encoding::BASE64
-                .decode(line[KEY_LINE_PREFIX.len()..].as_bytes())
+                .decode(&line.as_bytes()[KEY_LINE_PREFIX.len()..])
                 .map_err(|_| bad())?,
         );
         let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
