@@ -1,0 +1,422 @@
+//! Key lifecycle end to end with the real binary: adding and removing keys, rewrap (also
+//! interrupted by SIGKILL and rerun), recovery keys opening a KMS vault with KMS down, and
+//! rekey. Content chunks must never change under rewrap: only headers do.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use support::kms::{Fault, Kms};
+use support::*;
+
+const HEADER: usize = 1024;
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every regular backing file with content: (header, chunks) bytes by path.
+fn backing_files(backing: &Path) -> BTreeMap<PathBuf, (Vec<u8>, Vec<u8>)> {
+    walk(backing)
+        .into_iter()
+        .filter(|p| {
+            let m = fs::symlink_metadata(p).unwrap();
+            m.is_file()
+                && m.len() >= HEADER as u64
+                && p.file_name().unwrap() != "envfs.conf"
+                && !p.to_string_lossy().ends_with(".name")
+        })
+        .map(|p| {
+            let bytes = fs::read(&p).unwrap();
+            let (h, c) = bytes.split_at(HEADER);
+            (p, (h.to_vec(), c.to_vec()))
+        })
+        .collect()
+}
+
+/// Plaintext of every file, through `envfs cat` with `key_args`.
+fn contents(v: &TestVault, names: &[String], key_args: &[&str]) -> Vec<Vec<u8>> {
+    names
+        .iter()
+        .map(|n| {
+            let out = run(v.cmd().arg("cat").arg(&v.backing).arg(n).args(key_args));
+            assert!(
+                out.status.success(),
+                "cat {n}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        })
+        .collect()
+}
+
+fn populate(m: &Mount, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    fs::create_dir(m.p("dir")).unwrap();
+    for i in 0..n {
+        let name = if i % 3 == 0 {
+            format!("dir/file{i}")
+        } else {
+            format!("file{i}")
+        };
+        let len = (i * 1777) % 20_000 + 1;
+        fs::write(
+            m.p(&name),
+            (0..len).map(|j| (j * 7 + i) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        names.push(name);
+    }
+    fs::write(m.p("empty"), b"").unwrap();
+    names
+}
+
+fn key_ids(v: &TestVault, key_args: &[&str]) -> Vec<String> {
+    ok(run(v
+        .cmd()
+        .args(["key", "list"])
+        .arg(&v.backing)
+        .args(key_args)))
+    .lines()
+    .map(|l| l.split_whitespace().next().unwrap().to_string())
+    .collect()
+}
+
+#[test]
+fn add_rewrap_remove_rewrap_and_the_old_key_is_no_longer_needed() {
+    let v = TestVault::new(&[]);
+    let key_a = v.key.to_str().unwrap().to_string();
+    let names = {
+        let m = v.mount("mnt", &[]);
+        populate(&m, 30)
+    };
+    let original = contents(&v, &names, &["--key-file", &key_a]);
+    let before = backing_files(&v.backing);
+    let recovery = v.dir.path().join("recovery.key");
+
+    let out = ok(run(v
+        .cmd()
+        .args(["key", "add"])
+        .arg(&v.backing)
+        .args(["--key-file", &key_a, "--new-key-file"])
+        .arg(&recovery)));
+    assert!(out.contains("Added x25519 key"), "{out}");
+    let listed = ok(run(v
+        .cmd()
+        .args(["key", "list"])
+        .arg(&v.backing)
+        .args(["--key-file", &key_a])));
+    let lines: Vec<_> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].contains("local") && lines[1].contains("x25519"),
+        "oldest first: {listed}"
+    );
+
+    // A file created after the key was added is wrapped by both keys, without a rewrap.
+    {
+        let m = v.mount("mnt", &[]);
+        fs::write(m.p("after-add"), b"new file").unwrap();
+    }
+    let info = ok(run(v
+        .cmd()
+        .arg("info")
+        .arg(&v.backing)
+        .arg("after-add")
+        .args(["--key-file", recovery.to_str().unwrap()])));
+    assert!(info.contains("local ") && info.contains("x25519"), "{info}");
+
+    let out = ok(run(v
+        .cmd()
+        .arg("rewrap")
+        .arg(&v.backing)
+        .args(["--key-file", &key_a])));
+    assert!(out.contains("30 rewrapped"), "{out}");
+    let out = ok(run(v
+        .cmd()
+        .arg("rewrap")
+        .arg(&v.backing)
+        .args(["--key-file", &key_a])));
+    assert!(
+        out.contains("0 rewrapped"),
+        "a second rewrap must find nothing to do: {out}"
+    );
+
+    let ids = key_ids(&v, &["--key-file", &key_a]);
+    ok(run(v
+        .cmd()
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(&ids[0])
+        .args(["--key-file", recovery.to_str().unwrap()])));
+    ok(run(v
+        .cmd()
+        .arg("rewrap")
+        .arg(&v.backing)
+        .args(["--key-file", recovery.to_str().unwrap()])));
+    fs::remove_file(&v.key).unwrap();
+
+    let rec = ["--key-file", recovery.to_str().unwrap()];
+    assert_eq!(contents(&v, &names, &rec), original);
+    let after = backing_files(&v.backing);
+    for (path, (header, chunks)) in &before {
+        let (new_header, new_chunks) = &after[path];
+        assert_eq!(
+            chunks,
+            new_chunks,
+            "rewrap touched content of {}",
+            path.display()
+        );
+        assert_ne!(
+            header,
+            new_header,
+            "header of {} not rewrapped",
+            path.display()
+        );
+        assert_eq!(header[8..24], new_header[8..24], "file id must not change");
+    }
+    // The vault mounts and writes with the recovery key alone.
+    let m = v.mount("mnt2", &["-o", &format!("key_file={}", recovery.display())]);
+    assert_eq!(fs::read(m.p("after-add")).unwrap(), b"new file");
+    fs::write(m.p("with-recovery"), b"still writable").unwrap();
+    drop(m);
+    // No header keeps a copy wrapped by the removed key.
+    let info = ok(run(v
+        .cmd()
+        .arg("info")
+        .arg(&v.backing)
+        .arg(&names[0])
+        .args(rec)));
+    let wrapped: Vec<_> = info
+        .lines()
+        .skip_while(|l| !l.starts_with("wrapped keys:"))
+        .skip(1)
+        .collect();
+    assert_eq!(wrapped.len(), 1, "{info}");
+    assert!(wrapped[0].contains("x25519"), "{info}");
+}
+
+#[test]
+fn removing_the_last_key_or_an_unknown_key_is_refused() {
+    let v = TestVault::new(&[]);
+    let k = ["--key-file", v.key.to_str().unwrap()];
+    let ids = key_ids(&v, &k);
+    assert_eq!(ids.len(), 1);
+    let out = run(v
+        .cmd()
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(&ids[0])
+        .args(k));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last key"));
+    let out = run(v
+        .cmd()
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg("deadbeef")
+        .args(k));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a key of this vault"));
+    assert_eq!(key_ids(&v, &k), ids, "a refused removal changed the config");
+}
+
+#[test]
+fn rewrap_killed_at_random_points_finishes_on_rerun() {
+    let v = TestVault::new(&[]);
+    let key_a = v.key.to_str().unwrap().to_string();
+    let names = {
+        let m = v.mount("mnt", &[]);
+        populate(&m, 200)
+    };
+    let original = contents(&v, &names, &["--key-file", &key_a]);
+    let recovery = v.dir.path().join("recovery.key");
+    ok(run(v
+        .cmd()
+        .args(["key", "add"])
+        .arg(&v.backing)
+        .args(["--key-file", &key_a, "--new-key-file"])
+        .arg(&recovery)));
+    let mut rng = Rng(20261129);
+    for round in 0..6 {
+        let mut child = v
+            .cmd()
+            .arg("rewrap")
+            .arg(&v.backing)
+            .args(["--key-file", &key_a, "--jobs", "2"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.below(150)));
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        // Whatever state the kill left, every file still opens with the old key.
+        if round % 2 == 0 {
+            assert_eq!(
+                contents(&v, &names, &["--key-file", &key_a]),
+                original,
+                "round {round}"
+            );
+        }
+    }
+    ok(run(v
+        .cmd()
+        .arg("rewrap")
+        .arg(&v.backing)
+        .args(["--key-file", &key_a])));
+    assert!(
+        walk(&v.backing).iter().all(|p| !p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".envfs-rewrap-")),
+        "a journal was left behind"
+    );
+    // Every file now opens with the new key alone.
+    assert_eq!(
+        contents(&v, &names, &["--key-file", recovery.to_str().unwrap()]),
+        original
+    );
+}
+
+#[test]
+fn a_recovery_key_opens_a_kms_vault_with_kms_down_and_kms_keys_rewrap_with_reencrypt() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-primary");
+    let second = kms.create_key("alias/envfs-second-region");
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    let cmd = || {
+        let mut c = Command::new(envfs_bin());
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"));
+        kms.env(&mut c);
+        c
+    };
+    ok(run(cmd()
+        .arg("init")
+        .arg(&backing)
+        .args(["--kms-key", "alias/envfs-primary"])));
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    ok(run(cmd().arg("mount").arg(&backing).arg(&mnt)));
+    let m = Mount::adopt(mnt.clone());
+    for i in 0..10 {
+        fs::write(m.p(&format!("f{i}")), format!("kms file {i}")).unwrap();
+    }
+    drop(m);
+
+    let recovery = dir.path().join("recovery.key");
+    ok(run(cmd()
+        .args(["key", "add"])
+        .arg(&backing)
+        .arg("--new-key-file")
+        .arg(&recovery)));
+    ok(run(cmd()
+        .args(["key", "add"])
+        .arg(&backing)
+        .args(["--new-kms-key", "alias/envfs-second-region"])));
+    kms.reset_counts();
+    let out = ok(run(cmd().arg("rewrap").arg(&backing)));
+    assert!(out.contains("10 rewrapped"), "{out}");
+    assert_eq!(
+        kms.count("ReEncrypt"),
+        10,
+        "KMS keys must be added with ReEncrypt"
+    );
+    assert_eq!(kms.count("Encrypt"), 0);
+    let info = ok(run(cmd().arg("info").arg(&backing).arg("f3")));
+    assert!(info.contains(&second) && info.contains("x25519"), "{info}");
+
+    // The KMS endpoint goes away: the recovery key alone still opens everything.
+    kms.set(Fault::Drop);
+    for i in 0..10 {
+        let out = run(cmd()
+            .arg("cat")
+            .arg(&backing)
+            .arg(format!("f{i}"))
+            .arg("--key-file")
+            .arg(&recovery));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, format!("kms file {i}").as_bytes());
+    }
+    let mnt2 = dir.path().join("mnt2");
+    fs::create_dir(&mnt2).unwrap();
+    ok(run(cmd()
+        .arg("mount")
+        .arg(&backing)
+        .arg(&mnt2)
+        .arg("--key-file")
+        .arg(&recovery)));
+    let m = Mount::adopt(mnt2);
+    assert_eq!(fs::read(m.p("f7")).unwrap(), b"kms file 7");
+}
+
+#[test]
+fn rekey_gives_a_file_a_new_dek_and_keeps_its_content_and_metadata() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let v = TestVault::new(&[]);
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let m = v.mount("mnt", &[]);
+        fs::write(m.p("secret.bin"), &data).unwrap();
+        fs::set_permissions(m.p("secret.bin"), fs::Permissions::from_mode(0o640)).unwrap();
+        sh(&m.path, "setfattr -n user.tag -v kept secret.bin");
+        fs::write(m.p("linked"), b"x").unwrap();
+        fs::hard_link(m.p("linked"), m.p("linked2")).unwrap();
+    }
+    let before = backing_files(&v.backing);
+    let k = ["--key-file", v.key.to_str().unwrap()];
+    ok(run(v
+        .cmd()
+        .arg("rekey")
+        .arg(&v.backing)
+        .arg("secret.bin")
+        .args(k)));
+    let after = backing_files(&v.backing);
+    let old_ids: Vec<_> = before.values().map(|(h, _)| h[8..24].to_vec()).collect();
+    let new_ids: Vec<_> = after.values().map(|(h, _)| h[8..24].to_vec()).collect();
+    assert_eq!(
+        new_ids.iter().filter(|id| !old_ids.contains(id)).count(),
+        1,
+        "exactly one file gets a new file id"
+    );
+    let m = v.mount("mnt", &[]);
+    assert_eq!(fs::read(m.p("secret.bin")).unwrap(), data);
+    assert_eq!(
+        fs::metadata(m.p("secret.bin")).unwrap().mode() & 0o777,
+        0o640
+    );
+    let tag = sh(&m.path, "getfattr --only-values -n user.tag secret.bin");
+    assert_eq!(tag, "kept");
+    assert!(
+        walk(&v.backing).iter().all(|p| !p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".envfs-")),
+        "a temporary file was left behind"
+    );
+    drop(m);
+    let out = run(v.cmd().arg("rekey").arg(&v.backing).arg("linked").args(k));
+    assert_eq!(out.status.code(), Some(16));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hard links"));
+}
