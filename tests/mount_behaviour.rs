@@ -705,3 +705,87 @@ fn umount_returns_only_after_the_daemon_has_exited() {
         "daemon still running after envfs umount returned"
     );
 }
+
+/// A size-limited tmpfs, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    fs::create_dir(&disk).unwrap();
+    sh(
+        dir.path(),
+        &format!("mount -t tmpfs -o size=3m tmpfs {}", disk.display()),
+    );
+    let _disk = SmallDisk(disk.clone());
+    let backing = disk.join("vault");
+    fs::create_dir(&backing).unwrap();
+    let key = dir.path().join("k.key");
+    let envfs = |args: &[&str]| {
+        std::process::Command::new(envfs_bin())
+            .args(args)
+            .env("XDG_CONFIG_HOME", dir.path().join("cfg"))
+            .output()
+            .unwrap()
+    };
+    assert!(
+        envfs(&[
+            "init",
+            backing.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(
+        envfs(&[
+            "mount",
+            backing.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let m = Mount::adopt(mnt.clone());
+    let kept: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(m.p("kept"), &kept).unwrap();
+    fs::File::open(m.p("kept")).unwrap().sync_all().unwrap();
+    // Fill the disk through the mount, in odd-sized writes so chunks are split.
+    let out = std::process::Command::new("dd")
+        .args(["if=/dev/urandom", "bs=5000", "count=2000", "status=none"])
+        .arg(format!("of={}", m.p("filler").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the disk should have filled up");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both files are whole: every byte of them reads back without an integrity error.
+    assert_eq!(fs::read(m.p("kept")).unwrap(), kept);
+    let filler = fs::read(m.p("filler")).expect("the partly written file must still read cleanly");
+    assert_eq!(
+        filler.len() as u64,
+        fs::metadata(m.p("filler")).unwrap().len()
+    );
+    // Freeing space makes the vault writable again.
+    fs::remove_file(m.p("filler")).unwrap();
+    fs::write(m.p("after"), b"space again").unwrap();
+    assert_eq!(fs::read(m.p("after")).unwrap(), b"space again");
+}

@@ -496,6 +496,7 @@ impl<'a> Engine<'a> {
         } else {
             first
         };
+        let creating = header.is_some();
         let (mut out, backing_offset) = match header {
             Some(h) => (h, 0),
             None => (Vec::new(), g.chunk_backing_offset(start)),
@@ -529,7 +530,35 @@ impl<'a> Engine<'a> {
                 keys.chunks.seal_into(index, is_last, &plain, &mut out);
             }
         }
-        fd.write_all_at(&out, backing_offset)?;
+        let old_backing = match (creating, old_plain) {
+            (true, _) => 0,
+            // A header with no chunks yet.
+            (false, 0) => g.header_size,
+            (false, size) => g.backing_size(size),
+        };
+        let new_backing = backing_offset + out.len() as u64;
+        if new_backing > old_backing {
+            // Reserve the blocks first: on a full disk the write then fails before any byte
+            // is written, instead of leaving a torn chunk at the end of the file.
+            match super::sys::fallocate(
+                fd,
+                libc::FALLOC_FL_KEEP_SIZE,
+                old_backing,
+                new_backing - old_backing,
+            ) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(Error::NoSpace),
+                // Filesystems without fallocate: write and let the kernel say ENOSPC.
+                Err(_) => {}
+            }
+        }
+        if let Err(e) = fd.write_all_at(&out, backing_offset) {
+            if new_backing > old_backing {
+                // Do not leave a partial chunk past the old end: cut back to it.
+                let _ = fd.set_len(old_backing);
+            }
+            return Err(e.into());
+        }
         Ok(())
     }
 
