@@ -610,7 +610,7 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
 /// mount(8) runs `envfs BACKING MOUNTPOINT -o OPTS` (via mount.fuse3). Rewrite that into
 /// `envfs mount …` so both spellings share one parser.
 pub fn rewrite_mount_helper_args(args: Vec<OsString>) -> Vec<OsString> {
-    const SUBCOMMANDS: &[&str] = &["init", "info", "cat", "mount", "umount", "help"];
+    const SUBCOMMANDS: &[&str] = &["init", "info", "cat", "fsck", "mount", "umount", "help"];
     match args.get(1).and_then(|a| a.to_str()) {
         Some(first)
             if !first.starts_with('-') && !SUBCOMMANDS.contains(&first) && args.len() >= 3 =>
