@@ -530,11 +530,20 @@ impl Queue {
     }
 
     fn done(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.busy -= 1;
         if state.busy == 0 && state.jobs.is_empty() {
             self.ready.notify_all();
         }
+    }
+}
+
+/// A job being worked on; dropping it marks the job done.
+struct Busy<'q>(&'q Queue);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.done();
     }
 }
 
@@ -570,6 +579,9 @@ impl Checker<'_> {
     fn work(&self) {
         let mut buf = Vec::new();
         while let Some(job) = self.queue.next() {
+            // Marks the job done even if checking it panics, so the other workers finish
+            // (and the scope re-raises the panic) instead of waiting for it forever.
+            let _busy = Busy(&self.queue);
             match job {
                 Job::Dir {
                     backing,
@@ -579,7 +591,6 @@ impl Checker<'_> {
                 Job::File { backing, plain } => self.check_file(backing, plain, &mut buf),
                 Job::Segment { file, first, end } => self.check_chunks(&file, first, end, &mut buf),
             }
-            self.queue.done();
         }
     }
 

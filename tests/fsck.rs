@@ -26,6 +26,7 @@ use std::time::Instant;
 const OK: i32 = 0;
 const NOT_A_VAULT: i32 = 3;
 const WRONG_KEY: i32 = 7;
+const KEY_SERVICE: i32 = 8;
 const FSCK_FOUND_PROBLEMS: i32 = 15;
 
 /// (kind, backing path, chunk, plaintext path)
@@ -743,4 +744,129 @@ fn a_wrong_key_is_an_error_not_a_report() {
         .unwrap();
     assert_eq!(code(&out), NOT_A_VAULT, "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
+}
+
+// ---- key services -------------------------------------------------------------------------
+
+#[test]
+fn key_service_errors_are_reported_apart_from_corruption() {
+    use support::kms::{Fault, Kms};
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-fsck");
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    let cmd = || {
+        let mut c = std::process::Command::new(support::envfs_bin());
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"));
+        kms.env(&mut c);
+        c
+    };
+    let out = cmd()
+        .arg("init")
+        .arg(&backing)
+        .arg("--kms-key")
+        .arg("alias/envfs-fsck")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), OK, "init: {}", text(&out.stderr));
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    {
+        let out = cmd()
+            .arg("mount")
+            .arg(&backing)
+            .arg(&mnt)
+            .args(["-o", "prefetch=0"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), OK, "mount: {}", text(&out.stderr));
+        let _m = support::Mount::adopt(mnt.clone());
+        fs::create_dir(mnt.join("d")).unwrap();
+        for name in ["a", "d/b", "d/c"] {
+            fs::write(mnt.join(name), name.repeat(3000)).unwrap();
+        }
+    }
+    let fsck = || {
+        cmd()
+            .arg("fsck")
+            .arg(&backing)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let findings = |out: &Output| -> BTreeSet<(FindingKind, Option<PathBuf>)> {
+        json_items(&out.stdout)
+            .0
+            .into_iter()
+            .map(|(kind, _, _, path)| (kind, path))
+            .collect()
+    };
+
+    let out = fsck();
+    assert_eq!(code(&out), OK, "{}{}", text(&out.stdout), text(&out.stderr));
+
+    // The vault opens (one Decrypt for its secret), then KMS refuses every file key: each
+    // file is reported as a key-service error, not as corruption.
+    kms.set(Fault::ErrorAfter {
+        op: "Decrypt".into(),
+        pass: 1,
+        status: 400,
+        code: "AccessDeniedException".into(),
+    });
+    let out = fsck();
+    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS, "{}", text(&out.stderr));
+    let kse = |p: &str| (FindingKind::KeyServiceError, Some(PathBuf::from(p)));
+    assert_eq!(
+        findings(&out),
+        BTreeSet::from([kse("a"), kse("d/b"), kse("d/c")])
+    );
+    assert!(
+        text(&out.stdout).contains("AccessDenied"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // KMS refusing the vault secret itself is an operational error: exit 8, no report.
+    kms.set(Fault::Error {
+        op: Some("Decrypt".into()),
+        status: 400,
+        code: "AccessDeniedException".into(),
+        times: None,
+    });
+    let out = fsck();
+    assert_eq!(code(&out), KEY_SERVICE, "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+
+    // With KMS back, real damage is reported as such.
+    kms.set(Fault::Pass);
+    let b = a_backing_file(&backing, 1);
+    edit(&b, |bytes| bytes[2000] ^= 1);
+    let out = fsck();
+    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    let set = findings(&out);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set.iter().next().unwrap().0, FindingKind::TamperedChunk);
+}
+
+/// A regular file `depth` directories below the backing root (names are encrypted), found
+/// by walking directories in a stable order.
+fn a_backing_file(backing: &Path, depth: usize) -> PathBuf {
+    let mut dir = backing.to_path_buf();
+    for _ in 0..depth {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| fs::symlink_metadata(p).unwrap().is_dir())
+            .collect();
+        dirs.sort();
+        dir = dirs.remove(0);
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| fs::symlink_metadata(p).unwrap().is_file())
+        .collect();
+    files.sort();
+    files.remove(0)
 }
