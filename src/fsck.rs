@@ -1123,3 +1123,78 @@ enum NameCheck {
     /// Not a user entry (envfs' own file or a foreign one; reported if need be).
     Skip,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let finding = |kind, path: Option<&str>, chunk, repaired| Finding {
+            kind,
+            backing_path: PathBuf::from("/raw/Ab\"c\\d"),
+            path: path.map(PathBuf::from),
+            chunk,
+            detail: "what\tis wrong".into(),
+            repaired,
+        };
+        Report {
+            findings: vec![
+                finding(
+                    FindingKind::TamperedChunk,
+                    Some("odd \"name\"\nwith\u{1}controls"),
+                    Some(7),
+                    false,
+                ),
+                finding(FindingKind::OrphanedSidecar, None, None, true),
+            ],
+            stats: Stats {
+                files: 3,
+                chunks: 9,
+                bytes: 5 << 20,
+                ..Stats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn json_is_well_formed_whatever_the_names() {
+        let r = report();
+        let doc: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let f = &doc["findings"][0];
+        assert_eq!(f["kind"], "tampered-chunk");
+        assert_eq!(f["path"], "odd \"name\"\nwith\u{1}controls");
+        assert_eq!(f["backing_path"], "/raw/Ab\"c\\d");
+        assert_eq!(f["chunk"], 7);
+        assert_eq!(doc["findings"][1]["path"], serde_json::Value::Null);
+        assert_eq!(doc["findings"][1]["repaired"], true);
+        assert_eq!(doc["summary"]["problems"], 1);
+        assert_eq!(doc["summary"]["repaired"], 1);
+        assert_eq!(doc["summary"]["by_kind"]["tampered-chunk"], 1);
+        assert!(doc["summary"]["by_kind"].get("orphaned-sidecar").is_none());
+    }
+
+    #[test]
+    fn text_has_one_line_per_finding_and_a_summary() {
+        let mut out = Vec::new();
+        report().write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("tampered-chunk: odd \"name\"\\nwith\\u{1}controls, chunk 7: ")
+        );
+        assert!(lines[1].ends_with("(removed)"));
+        assert_eq!(
+            lines[2],
+            "checked 3 files, 0 directories, 0 symlinks, 9 chunks (5.0 MiB): 1 problem \
+             (tampered-chunk 1); removed 1 (orphaned-sidecar 1)"
+        );
+    }
+
+    #[test]
+    fn kind_ids_round_trip() {
+        for kind in FindingKind::ALL {
+            assert_eq!(FindingKind::from_id(kind.id()), Some(kind));
+        }
+    }
+}
