@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod fsck;
 pub mod fuse;
 pub mod keys;
 pub mod vault;

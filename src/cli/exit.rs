@@ -18,6 +18,8 @@ pub const NOT_FOUND: u8 = 11;
 pub const INTEGRITY: u8 = 12;
 pub const MOUNT: u8 = 13;
 pub const FUSE_UNAVAILABLE: u8 = 14;
+/// `fsck` ran to the end and found problems (the findings are on stdout).
+pub const FSCK_FOUND_PROBLEMS: u8 = 15;
 /// `rewrap` or `rekey` could not process every file; rerunning finishes the job.
 pub const INCOMPLETE: u8 = 16;
 

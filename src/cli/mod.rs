@@ -177,6 +177,18 @@ pub enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Check a vault without mounting it: every name, header and chunk.
+    Fsck {
+        backing: PathBuf,
+        /// Remove orphaned long-name sidecars and leftover temporary files (nothing else).
+        #[arg(long)]
+        repair_names: bool,
+        /// Print the findings and the summary as one JSON document.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
 }
 
 pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Vault> {
@@ -246,6 +258,12 @@ pub fn run(cli: Cli) -> Result<()> {
             paths,
             keys,
         } => rekey(&backing, &paths, &keys),
+        Command::Fsck {
+            backing,
+            repair_names,
+            json,
+            keys,
+        } => fsck(&backing, repair_names, json, &keys),
     }
 }
 
@@ -499,6 +517,81 @@ fn cat(backing: &Path, path: &Path, keys: &KeyArgs) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+fn fsck(backing: &Path, repair_names: bool, json: bool, keys: &KeyArgs) -> Result<()> {
+    use crate::fsck::{Options, Progress};
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let vault = open_vault(backing, keys)?;
+    let opts = Options {
+        repair_names,
+        ..Options::default()
+    };
+    let progress = Progress::default();
+    let finished = AtomicBool::new(false);
+    let show_progress = std::io::stderr().is_terminal();
+    let report = std::thread::scope(|s| {
+        let line = show_progress.then(|| s.spawn(|| progress_line(&progress, &finished)));
+        let report = crate::fsck::check(&vault, &opts, &progress);
+        finished.store(true, Ordering::Relaxed);
+        if let Some(line) = line {
+            line.thread().unpark();
+        }
+        report
+    })?;
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        writeln!(out, "{}", report.to_json())
+    } else {
+        report.write_text(&mut out)
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    if report.is_clean() {
+        return Ok(());
+    }
+    let n = report.problems();
+    Err(Error::Reported(
+        exit::FSCK_FOUND_PROBLEMS,
+        format!(
+            "fsck found {n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            backing.display()
+        ),
+    ))
+}
+
+/// A progress line on stderr (a terminal), drawn after a tenth of a second and then redrawn
+/// at most ten times a second; erased at the end. Counters only: no names.
+fn progress_line(progress: &crate::fsck::Progress, finished: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let mut err = std::io::stderr();
+    let mut drawn = false;
+    loop {
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+        if finished.load(Ordering::Relaxed) {
+            break;
+        }
+        let s = progress.snapshot();
+        let _ = write!(
+            err,
+            "\r\x1b[Kfsck: {} files, {} directories, {} chunks, {} MiB, {} problems",
+            s.files,
+            s.directories,
+            s.chunks,
+            s.bytes >> 20,
+            s.findings
+        );
+        let _ = err.flush();
+        drawn = true;
+    }
+    if drawn {
+        let _ = write!(err, "\r\x1b[K");
+        let _ = err.flush();
+    }
 }
 
 fn not_found(path: &Path, what: &str) -> Error {

@@ -24,6 +24,14 @@ pub enum Fault {
     },
     /// Close every connection without answering (KMS unreachable).
     Drop,
+    /// Forward the first `pass` `op` requests, then answer every later one with a KMS
+    /// error (e.g. a vault that opens, then files whose keys are refused).
+    ErrorAfter {
+        op: String,
+        pass: usize,
+        status: u16,
+        code: String,
+    },
 }
 
 pub struct Kms {
@@ -193,6 +201,25 @@ fn serve(
         *counts.lock().unwrap().entry(op.clone()).or_default() += 1;
         let action = {
             let mut f = fault.lock().unwrap();
+            if let Fault::ErrorAfter {
+                op: target,
+                pass,
+                status,
+                code,
+            } = &mut *f
+                && *target == op
+            {
+                if *pass > 0 {
+                    *pass -= 1;
+                } else {
+                    *f = Fault::Error {
+                        op: Some(op.clone()),
+                        status: *status,
+                        code: code.clone(),
+                        times: None,
+                    };
+                }
+            }
             let action = f.clone();
             if let Fault::Error {
                 op: target,
