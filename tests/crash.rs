@@ -137,7 +137,10 @@ fn check_round(seed: u64) {
         let size = file.metadata().unwrap().len();
         let allowed: Vec<u64> = k
             .in_flight
-            .map(|(o, l)| chunks_of(o, l).collect())
+            // An extension in flight also reseals the old last chunk, just before its range.
+            .map(|(o, l)| {
+                (chunks_of(o, l).start().saturating_sub(1)..=*chunks_of(o, l).end()).collect()
+            })
             .unwrap_or_default();
         let max_len = k
             .in_flight
@@ -178,6 +181,41 @@ fn check_round(seed: u64) {
         damaged_chunks <= 4 * 4,
         "seed {seed}: more damaged chunks than writes in flight"
     );
+    drop(m);
+
+    // fsck agrees: at most the in-flight chunks of in-flight files, nothing else.
+    let out = v
+        .cmd()
+        .arg("fsck")
+        .arg(&v.backing)
+        .arg("--json")
+        .arg("--key-file")
+        .arg(&v.key)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for finding in report["findings"].as_array().unwrap() {
+        let path = mnt.join(finding["path"].as_str().unwrap_or("?"));
+        let k = known
+            .get(&path)
+            .unwrap_or_else(|| panic!("seed {seed}: fsck finding for an unknown file: {finding}"));
+        let (o, l) = k
+            .in_flight
+            .unwrap_or_else(|| panic!("seed {seed}: fsck finding for a settled file: {finding}"));
+        let kind = finding["kind"].as_str().unwrap();
+        assert!(
+            matches!(kind, "tampered-chunk" | "invalid-length" | "truncated"),
+            "seed {seed}: {finding}"
+        );
+        if let Some(chunk) = finding["chunk"].as_u64() {
+            // An extension in flight can also leave the chunk before it resealed.
+            let first = chunks_of(o, l).start().saturating_sub(1);
+            assert!(
+                (first..=*chunks_of(o, l).end()).contains(&chunk),
+                "seed {seed}: {finding}"
+            );
+        }
+    }
 }
 
 #[test]
