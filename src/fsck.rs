@@ -456,6 +456,15 @@ fn repair(f: &mut Finding) {
         Ok(meta) if meta.file_type().is_file() => {}
         _ => return,
     }
+    // A rewrap journal may hold the only good copy of a header: `envfs rewrap` finishes it.
+    if f.backing_path
+        .file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(b".envfs-rewrap-"))
+    {
+        f.detail
+            .push_str(" (a pending rewrap journal: run envfs rewrap to finish it; not removed)");
+        return;
+    }
     if f.kind == FindingKind::OrphanedSidecar {
         // The entry may have been created since the walk (a mount at work): keep it then.
         let name = f.backing_path.as_os_str().as_bytes();

@@ -420,3 +420,54 @@ fn rekey_gives_a_file_a_new_dek_and_keeps_its_content_and_metadata() {
     assert_eq!(out.status.code(), Some(16));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hard links"));
 }
+
+#[test]
+fn a_kms_key_in_a_second_region_is_reached_in_its_own_region() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-home");
+    let west = kms.create_key_in("alias/envfs-west", "us-west-2");
+    assert!(west.contains(":us-west-2:"), "{west}");
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    let cmd = || {
+        let mut c = Command::new(envfs_bin());
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"));
+        kms.env(&mut c); // AWS_REGION=us-east-1
+        c
+    };
+    ok(run(cmd()
+        .arg("init")
+        .arg(&backing)
+        .args(["--kms-key", "alias/envfs-home"])));
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    ok(run(cmd().arg("mount").arg(&backing).arg(&mnt)));
+    let m = Mount::adopt(mnt.clone());
+    fs::write(m.p("f"), b"both regions").unwrap();
+    drop(m);
+    ok(run(cmd()
+        .args(["key", "add"])
+        .arg(&backing)
+        .args(["--new-kms-key", &west])));
+    kms.reset_counts();
+    let out = ok(run(cmd().arg("rewrap").arg(&backing)));
+    assert!(out.contains("1 rewrapped"), "{out}");
+    // ReEncrypt works within one region only: the second-region copy is made with Encrypt.
+    assert_eq!(kms.count("ReEncrypt"), 0);
+    assert_eq!(kms.count("Encrypt"), 1);
+    let info = ok(run(cmd().arg("info").arg(&backing).arg("f")));
+    assert!(info.contains(&west), "{info}");
+    // The second-region key alone opens the file.
+    let out = run(cmd()
+        .arg("cat")
+        .arg(&backing)
+        .arg("f")
+        .args(["--kms-key", &west]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"both regions");
+}

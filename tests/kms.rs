@@ -411,6 +411,8 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
     let v = KmsVault::new(&kms, "alias/envfs-creds");
     let mnt = v.dir.path().join("m");
     fs::create_dir(&mnt).unwrap();
+    let _guard = Mount::adopt(mnt.clone());
+    // The pinned key is an ARN, which names its region; an alias does not.
     let out = v
         .cmd(&kms)
         .env_remove("AWS_REGION")
@@ -418,6 +420,7 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
         .arg("mount")
         .arg(&v.backing)
         .arg(&mnt)
+        .args(["--kms-key", "alias/envfs-creds"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(8));

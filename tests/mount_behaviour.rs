@@ -784,8 +784,13 @@ fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
         filler.len() as u64,
         fs::metadata(m.p("filler")).unwrap().len()
     );
-    // Freeing space makes the vault writable again.
+    // Freeing space makes the vault writable again (the kernel releases the deleted file's
+    // last handle asynchronously, so the space may take a moment to come back).
     fs::remove_file(m.p("filler")).unwrap();
-    fs::write(m.p("after"), b"space again").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || fs::write(
+        m.p("after"),
+        b"space again"
+    )
+    .is_ok()));
     assert_eq!(fs::read(m.p("after")).unwrap(), b"space again");
 }

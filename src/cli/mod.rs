@@ -636,20 +636,39 @@ fn key_command(action: KeyCommand) -> Result<()> {
             keys,
         } => {
             let mut vault = open_vault(&backing, &keys)?;
+            let mut created = None;
             let provider: Arc<dyn crate::keys::KeyProvider> = match (new_key_file, new_kms_key) {
-                (Some(path), _) if path.exists() => crate::vault::keysource::load_key_file(&path)?,
+                (Some(path), _) if path.exists() => {
+                    // A symmetric key can wrap only where its file is, so it could never
+                    // reach files created on other hosts: only key pairs are added.
+                    if !crate::keys::x25519::X25519KeyProvider::is_key_file(&path) {
+                        return Err(Error::Invalid(format!(
+                            "{} is a symmetric key file; add a recovery key (a new --new-key-file path) or a KMS key",
+                            path.display()
+                        )));
+                    }
+                    Arc::new(crate::keys::x25519::X25519KeyProvider::load(&path)?)
+                }
                 (Some(path), _) => {
                     let key = crate::keys::x25519::X25519KeyProvider::create(&path)?;
-                    println!(
-                        "Created recovery key file {} (keep it offline).",
-                        path.display()
-                    );
+                    created = Some(path);
                     Arc::new(key)
                 }
                 (None, Some(kms)) => Arc::new(KmsKeyProvider::connect(&kms)?),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            vault.add_key(provider.as_ref())?;
+            if let Err(e) = vault.add_key(provider.as_ref()) {
+                if let Some(path) = created {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+            if let Some(path) = &created {
+                println!(
+                    "Created recovery key file {} (keep it offline).",
+                    path.display()
+                );
+            }
             let slot = vault.config.slots.last().expect("just added");
             println!(
                 "Added {} key {} as {}. New files are wrapped by it; run `envfs rewrap {}` for existing files.",
@@ -666,6 +685,23 @@ fn key_command(action: KeyCommand) -> Result<()> {
             keys,
         } => {
             let mut vault = open_vault(&backing, &keys)?;
+            if let Some(slot) = vault
+                .config
+                .slots
+                .iter()
+                .find(|s| crate::vault::short_key_id(s) == key_id || s.key_id == key_id)
+            {
+                let stranded = crate::fs::rewrap::files_only_wrapped_by(&vault, slot)?;
+                if !stranded.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "refusing to remove {key_id}: {} files (e.g. {}) are wrapped by no other key; \
+                         run `envfs rewrap {}` first",
+                        stranded.len(),
+                        stranded[0].display(),
+                        backing.display()
+                    )));
+                }
+            }
             let removed = vault.remove_key(&key_id)?;
             println!(
                 "Removed {} key {}. Run `envfs rewrap {}` to drop its wrapped copies from every file.",
@@ -729,12 +765,11 @@ fn rekey(backing: &Path, paths: &[PathBuf], keys: &KeyArgs) -> Result<()> {
     let fs = Fs::new(Arc::new(open_vault(backing, keys)?));
     let mut failed = 0;
     for path in paths {
-        let vault_path = vault_path(path)?;
-        match fs.rekey(&vault_path) {
-            Ok(()) => println!("rekeyed {}", vault_path.display()),
+        match vault_path(path).and_then(|p| fs.rekey(&p).map(|()| p)) {
+            Ok(p) => println!("rekeyed {}", p.display()),
             Err(e) => {
                 failed += 1;
-                eprintln!("envfs: {}: {}", path.display(), with_path(e, path));
+                eprintln!("envfs: {}", with_path(e, path));
             }
         }
     }

@@ -199,6 +199,16 @@ impl Fs {
     /// List a directory. Entries that cannot be decrypted are skipped and logged (fsck
     /// reports them); envfs' own files are never shown.
     pub fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>> {
+        Ok(self
+            .list(path)?
+            .0
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect())
+    }
+
+    /// The decrypted entries of a directory with their backing names, and its backing path.
+    fn list(&self, path: &Path) -> Result<(Vec<(DirEntry, OsString)>, PathBuf)> {
         let dir = self.backing_path(path)?;
         let at_root = is_root(path);
         let mut out = Vec::new();
@@ -211,11 +221,12 @@ impl Fs {
                         .file_type()
                         .map(|t| FileKind::from_mode(file_type_mode(t)))
                         .unwrap_or(FileKind::File);
-                    out.push(DirEntry {
+                    let listed = DirEntry {
                         name: plain,
                         ino: entry.ino_or_zero(),
                         kind,
-                    });
+                    };
+                    out.push((listed, name));
                 }
                 Ok(None) => {}
                 Err(e @ Error::Integrity { .. }) => {
@@ -224,16 +235,16 @@ impl Fs {
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok((out, dir))
     }
 
-    /// List a directory with every entry's attributes (for readdirplus and `ls -l`).
+    /// List a directory with every entry's attributes (for readdirplus and `ls -l`): one
+    /// lstat per entry by its backing name, no name encrypted twice.
     pub fn readdir_plus(&self, path: &Path) -> Result<Vec<(OsString, Attr)>> {
-        let dir = self.backing_path(path)?;
-        let mut out = Vec::new();
-        for entry in self.readdir(path)? {
-            let backing = self.names().encrypt(&entry.name, is_root(path))?;
-            match fs::symlink_metadata(dir.join(&backing.name)) {
+        let (entries, dir) = self.list(path)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (entry, backing) in entries {
+            match fs::symlink_metadata(dir.join(&backing)) {
                 Ok(meta) => out.push((entry.name, self.sizes.attr(&meta))),
                 // Removed since the listing: skip, as a local filesystem would.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -39,6 +39,16 @@ pub struct RewrapReport {
     pub failed: Vec<(PathBuf, String)>,
 }
 
+/// Whether a backing file's name says it is not one of envfs' encrypted files (in an
+/// encrypted-names vault every envfs file name is dot-free or a long-name entry).
+fn classify_foreign(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    classify(&name) == BackingName::Foreign
+}
+
 /// Every backing path of a regular file with content, and every journal, under `root`.
 fn walk(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut files = Vec::new();
@@ -89,39 +99,53 @@ fn write_journal(path: &Path, target: &Path, header: &[u8]) -> std::io::Result<(
 }
 
 /// Finish what an interrupted run started: if the journal's target no longer has an
-/// authentic header, put the journaled one (authentic on its own) in place.
+/// authentic header, put the journaled one (authentic on its own) in place. The journal is
+/// deleted only once the target is known to have an authentic header; if that cannot be
+/// checked (the key service is down, say), it stays for the next run.
 fn recover(vault: &Vault, journal: &Path) -> Result<bool> {
     let bytes = fs::read(journal)?;
     let h = vault.geometry.header_size as usize;
-    let restored = (|| -> Result<bool> {
-        if bytes.len() < 2 {
+    let malformed =
+        bytes.len() < 2 || bytes.len() != 2 + u16::from_be_bytes([bytes[0], bytes[1]]) as usize + h;
+    if malformed {
+        // Torn while being written: the header it was for was never touched.
+        fs::remove_file(journal)?;
+        return Ok(false);
+    }
+    let name_len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+    let name = std::ffi::OsStr::from_bytes(&bytes[2..2 + name_len]);
+    let target = journal.with_file_name(name);
+    let header = &bytes[2 + name_len..];
+    let file = match OpenOptions::new().read(true).write(true).open(&target) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::remove_file(journal)?;
             return Ok(false);
         }
-        let name_len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
-        if bytes.len() != 2 + name_len + h {
-            return Ok(false);
+        Err(e) => return Err(e.into()),
+    };
+    let _lock = HeaderLock::acquire(&file)?;
+    let mut current = vec![0u8; h];
+    let readable = file.read_exact_at(&mut current, 0).is_ok();
+    let restored = match vault.open_header(&current, &target) {
+        Ok(_) if readable => false,
+        // Not an integrity problem (a key service error): decide on a later run.
+        Err(e) if !matches!(e, Error::Integrity { .. }) => return Err(e),
+        _ => {
+            // Only a header for this very file: same file id as on disk, and authentic.
+            if current.get(8..24) != header.get(8..24) {
+                return Err(Error::Integrity {
+                    path: target,
+                    chunk: None,
+                    kind: IntegrityKind::Header,
+                });
+            }
+            vault.open_header(header, &target)?;
+            file.write_all_at(header, 0)?;
+            file.sync_all()?;
+            true
         }
-        let name = std::ffi::OsStr::from_bytes(&bytes[2..2 + name_len]);
-        let target = journal.with_file_name(name);
-        let header = &bytes[2 + name_len..];
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&target) else {
-            return Ok(false);
-        };
-        let _lock = HeaderLock::acquire(&file)?;
-        let mut current = vec![0u8; h];
-        let current_ok = file.read_exact_at(&mut current, 0).is_ok()
-            && vault.open_header(&current, &target).is_ok();
-        if current_ok {
-            return Ok(false);
-        }
-        // Only a header for this very file: same file id as what is on disk.
-        if current.get(8..24) != header.get(8..24) || vault.open_header(header, &target).is_err() {
-            return Ok(false);
-        }
-        file.write_all_at(header, 0)?;
-        file.sync_all()?;
-        Ok(true)
-    })()?;
+    };
     fs::remove_file(journal)?;
     Ok(restored)
 }
@@ -149,6 +173,12 @@ fn rewrap_file(vault: &Vault, path: &Path) -> Result<bool> {
     }
     let mut bytes = vec![0u8; h];
     file.read_exact_at(&mut bytes, 0)?;
+    if !bytes.starts_with(crate::format::header::HEADER_MAGIC)
+        && (vault.config.plaintext_names || classify_foreign(path))
+    {
+        // Not a file envfs wrote (a sync client's own file, say): nothing to rewrap.
+        return Ok(false);
+    }
     let wanted = &vault.config.slots;
     if let Ok((parsed, _)) = FileHeader::parse(&bytes)
         && parsed.slots.len() == wanted.len()
@@ -172,12 +202,17 @@ fn rewrap_file(vault: &Vault, path: &Path) -> Result<bool> {
                 want.key_id
             ))
         })?;
-        // Where the service can re-wrap from a copy it made, the DEK never leaves it.
+        // Where the service can re-wrap from a copy it made (of a key still in the vault),
+        // the DEK is not sent back to it; if that fails, wrap the DEK we hold.
         let rewrapped = header
             .slots
             .iter()
+            .filter(|s| wanted.iter().any(|w| same_key(s, w)))
             .find_map(|s| wrapper.rewrap_from(s, &ctx))
-            .transpose()?;
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!("ReEncrypt failed ({e}); using Encrypt"))
+                    .ok()
+            });
         slots.push(match rewrapped {
             Some(slot) => slot,
             None => wrapper.wrap(&dek, &ctx)?,
@@ -206,8 +241,12 @@ pub fn rewrap(
         ..Default::default()
     };
     for j in &journals {
-        if recover(vault, j)? {
-            report.recovered += 1;
+        match recover(vault, j) {
+            Ok(true) => report.recovered += 1,
+            Ok(false) => {}
+            Err(e) => report
+                .failed
+                .push((j.clone(), format!("journal kept: {e}"))),
         }
     }
     // Build the wrappers (which may connect to KMS) once, before the workers start.
@@ -247,4 +286,36 @@ pub(crate) fn temp_beside(path: &Path, what: &str) -> PathBuf {
         "{RESERVED_PREFIX}{what}-{}",
         hex::encode(random::array::<8>())
     ))
+}
+
+/// Files whose headers carry no wrapped copy for any key of the vault but `removed`: after
+/// removing that key nothing could open them. Reads headers only (no key is used).
+pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<PathBuf>> {
+    let h = vault.geometry.header_size as usize;
+    let remaining: Vec<&KeySlot> = vault
+        .config
+        .slots
+        .iter()
+        .filter(|s| !same_key(s, removed))
+        .collect();
+    let (files, _) = walk(vault.root())?;
+    let mut stranded = Vec::new();
+    for path in files {
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let mut bytes = vec![0u8; h];
+        if file.read_exact_at(&mut bytes, 0).is_err() {
+            continue;
+        }
+        if let Ok((header, _)) = FileHeader::parse(&bytes)
+            && !header
+                .slots
+                .iter()
+                .any(|s| remaining.iter().any(|r| same_key(s, r)))
+        {
+            stranded.push(path);
+        }
+    }
+    Ok(stranded)
 }

@@ -29,6 +29,9 @@ pub struct Inodes {
 
 struct Table {
     nodes: HashMap<u64, Node>,
+    /// Which node each known (parent, name) link belongs to: keeps every update O(1) —
+    /// `rm -rf` of a large tree must not scan the whole table per entry.
+    by_link: HashMap<(u64, OsString), u64>,
     /// Ids for backing inodes that cannot use their own number (another device, or the
     /// numbers 0 and 1 that FUSE reserves), keyed by (dev, ino).
     foreign: HashMap<(u64, u64), u64>,
@@ -38,9 +41,24 @@ struct Table {
 impl Table {
     /// Forget the link `parent/name` wherever it is recorded (it was removed or replaced).
     fn drop_link(&mut self, parent: u64, name: &OsStr) {
-        for node in self.nodes.values_mut() {
+        if let Some(id) = self.by_link.remove(&(parent, name.to_os_string()))
+            && let Some(node) = self.nodes.get_mut(&id)
+        {
             node.links.retain(|(p, n)| !(*p == parent && n == name));
         }
+    }
+
+    /// Record `parent/name` as a link of `id` (taking it from any node that had it).
+    fn add_link(&mut self, id: u64, parent: u64, name: &OsStr) {
+        let key = (parent, name.to_os_string());
+        if self.by_link.get(&key).is_some_and(|&owner| owner != id) {
+            self.drop_link(parent, name);
+        }
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.links.retain(|(p, n)| !(*p == parent && n == name));
+            node.links.push(key.clone());
+        }
+        self.by_link.insert(key, id);
     }
 }
 
@@ -59,6 +77,7 @@ impl Inodes {
             root_ino,
             nodes: RwLock::new(Table {
                 nodes,
+                by_link: HashMap::new(),
                 foreign: HashMap::new(),
                 next_foreign: 1 << 63,
             }),
@@ -89,20 +108,14 @@ impl Inodes {
             return;
         }
         let mut t = self.nodes.write().unwrap();
-        // A name belongs to one node at a time: if another node still claims it, that
-        // node's file was replaced behind our back.
-        for (other, node) in t.nodes.iter_mut() {
-            if *other != id {
-                node.links.retain(|(p, n)| !(*p == parent && n == name));
-            }
-        }
-        let node = t.nodes.entry(id).or_insert_with(|| Node {
+        t.nodes.entry(id).or_insert_with(|| Node {
             links: Vec::new(),
             lookups: 0,
         });
-        node.links.retain(|(p, n)| !(*p == parent && n == name));
-        node.links.push((parent, name.to_os_string()));
-        node.lookups += 1;
+        // A name belongs to one node at a time: if another node still claims it, that
+        // node's file was replaced behind our back.
+        t.add_link(id, parent, name);
+        t.nodes.get_mut(&id).expect("inserted above").lookups += 1;
     }
 
     /// The kernel dropped `n` lookups of `id`.
@@ -114,7 +127,12 @@ impl Inodes {
         if let Some(node) = t.nodes.get_mut(&id) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
-                t.nodes.remove(&id);
+                let node = t.nodes.remove(&id).expect("present");
+                for link in node.links {
+                    if t.by_link.get(&link) == Some(&id) {
+                        t.by_link.remove(&link);
+                    }
+                }
             }
         }
     }
@@ -129,26 +147,24 @@ impl Inodes {
     pub fn renamed(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         let mut t = self.nodes.write().unwrap();
         t.drop_link(new_parent, new_name);
-        for node in t.nodes.values_mut() {
-            for link in node.links.iter_mut() {
-                if link.0 == parent && link.1 == name {
-                    *link = (new_parent, new_name.to_os_string());
-                }
-            }
+        if let Some(id) = t.by_link.get(&(parent, name.to_os_string())).copied() {
+            t.drop_link(parent, name);
+            t.add_link(id, new_parent, new_name);
         }
     }
 
     /// Two names were exchanged (RENAME_EXCHANGE).
     pub fn exchanged(&self, a: (u64, &OsStr), b: (u64, &OsStr)) {
         let mut t = self.nodes.write().unwrap();
-        for node in t.nodes.values_mut() {
-            for link in node.links.iter_mut() {
-                if link.0 == a.0 && link.1 == a.1 {
-                    *link = (b.0, b.1.to_os_string());
-                } else if link.0 == b.0 && link.1 == b.1 {
-                    *link = (a.0, a.1.to_os_string());
-                }
-            }
+        let id_a = t.by_link.get(&(a.0, a.1.to_os_string())).copied();
+        let id_b = t.by_link.get(&(b.0, b.1.to_os_string())).copied();
+        t.drop_link(a.0, a.1);
+        t.drop_link(b.0, b.1);
+        if let Some(id) = id_a {
+            t.add_link(id, b.0, b.1);
+        }
+        if let Some(id) = id_b {
+            t.add_link(id, a.0, a.1);
         }
     }
 

@@ -44,7 +44,9 @@ impl Default for AdapterOptions {
     }
 }
 
-type DirSnapshot = Arc<Vec<(OsString, u64, FileKind)>>;
+/// A directory listing taken at opendir, with attributes (the kernel asks for them with
+/// readdirplus, and `ls -l` would stat every entry anyway).
+type DirSnapshot = Arc<Vec<(OsString, Attr)>>;
 
 pub struct EnvFs {
     fs: Fs,
@@ -62,6 +64,24 @@ fn errno(e: &Error) -> Errno {
         tracing::debug!("request failed: {e}");
     }
     Errno::from_i32(e.errno())
+}
+
+/// What a failed step of a request replies with: the core's errors map through their
+/// explicit errno, the adapter's own are errnos already.
+trait IntoErrno {
+    fn into_errno(self) -> Errno;
+}
+
+impl IntoErrno for Errno {
+    fn into_errno(self) -> Errno {
+        self
+    }
+}
+
+impl IntoErrno for Error {
+    fn into_errno(self) -> Errno {
+        errno(&self)
+    }
 }
 
 fn file_type(kind: FileKind) -> FileType {
@@ -135,7 +155,7 @@ impl EnvFs {
     fn verified_path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
         let path = self.path(ino)?;
         if ino.0 != inodes::ROOT {
-            let attr = self.fs.getattr(&path).map_err(|e| errno(&e))?;
+            let attr = self.fs.getattr(&path).map_err(IntoErrno::into_errno)?;
             if self.inodes.id_for(attr.dev, attr.ino) != ino.0 {
                 return Err(Errno::ESTALE);
             }
@@ -181,7 +201,7 @@ macro_rules! try_reply {
         match $body {
             Ok(v) => v,
             Err(e) => {
-                $reply.error(e);
+                $reply.error(IntoErrno::into_errno(e));
                 return;
             }
         }
@@ -219,7 +239,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let path = try_reply!(reply, self.child(parent, name));
-        let attr = try_reply!(reply, self.fs.getattr(&path).map_err(|e| errno(&e)));
+        let attr = try_reply!(reply, self.fs.getattr(&path));
         self.reply_entry(parent, name, &attr, reply);
     }
 
@@ -235,7 +255,7 @@ impl fuser::Filesystem for EnvFs {
                 self.fs.getattr(&path)
             }
         };
-        let attr = try_reply!(reply, attr.map_err(|e| errno(&e)));
+        let attr = try_reply!(reply, attr);
         let fattr = self.fuse_attr(&attr);
         if fattr.ino != ino && ino.0 != inodes::ROOT {
             // The name now holds another file (replaced behind our back): the kernel drops
@@ -274,18 +294,13 @@ impl fuser::Filesystem for EnvFs {
             atime: time_set(atime),
             mtime: time_set(mtime),
         };
-        let attr = try_reply!(
-            reply,
-            self.fs
-                .setattr(&path, handle.as_deref(), &set)
-                .map_err(|e| errno(&e))
-        );
+        let attr = try_reply!(reply, self.fs.setattr(&path, handle.as_deref(), &set));
         reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let path = try_reply!(reply, self.path(ino));
-        let target = try_reply!(reply, self.fs.readlink(&path).map_err(|e| errno(&e)));
+        let target = try_reply!(reply, self.fs.readlink(&path));
         reply.data(target.as_bytes());
     }
 
@@ -303,9 +318,7 @@ impl fuser::Filesystem for EnvFs {
         let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         let attr = try_reply!(
             reply,
-            self.fs
-                .mknod(&path, mode, rdev as u64, self.owner(req))
-                .map_err(|e| errno(&e))
+            self.fs.mknod(&path, mode, rdev as u64, self.owner(req))
         );
         self.reply_entry(parent, name, &attr, reply);
     }
@@ -324,21 +337,20 @@ impl fuser::Filesystem for EnvFs {
             reply,
             self.fs
                 .mkdir(&path, mode & !umask & 0o7777, self.owner(req))
-                .map_err(|e| errno(&e))
         );
         self.reply_entry(parent, name, &attr, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let path = try_reply!(reply, self.child(parent, name));
-        try_reply!(reply, self.fs.unlink(&path).map_err(|e| errno(&e)));
+        try_reply!(reply, self.fs.unlink(&path));
         self.inodes.unlinked(parent.0, name);
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let path = try_reply!(reply, self.child(parent, name));
-        try_reply!(reply, self.fs.rmdir(&path).map_err(|e| errno(&e)));
+        try_reply!(reply, self.fs.rmdir(&path));
         self.inodes.unlinked(parent.0, name);
         reply.ok();
     }
@@ -354,9 +366,7 @@ impl fuser::Filesystem for EnvFs {
         let path = try_reply!(reply, self.child(parent, link_name));
         let attr = try_reply!(
             reply,
-            self.fs
-                .symlink(target.as_os_str(), &path, self.owner(req))
-                .map_err(|e| errno(&e))
+            self.fs.symlink(target.as_os_str(), &path, self.owner(req))
         );
         self.reply_entry(parent, link_name, &attr, reply);
     }
@@ -373,12 +383,7 @@ impl fuser::Filesystem for EnvFs {
     ) {
         let from = try_reply!(reply, self.child(parent, name));
         let to = try_reply!(reply, self.child(newparent, newname));
-        try_reply!(
-            reply,
-            self.fs
-                .rename(&from, &to, flags.bits())
-                .map_err(|e| errno(&e))
-        );
+        try_reply!(reply, self.fs.rename(&from, &to, flags.bits()));
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             self.inodes
                 .exchanged((parent.0, name), (newparent.0, newname));
@@ -398,13 +403,13 @@ impl fuser::Filesystem for EnvFs {
     ) {
         let existing = try_reply!(reply, self.path(ino));
         let new = try_reply!(reply, self.child(newparent, newname));
-        let attr = try_reply!(reply, self.fs.link(&existing, &new).map_err(|e| errno(&e)));
+        let attr = try_reply!(reply, self.fs.link(&existing, &new));
         self.reply_entry(newparent, newname, &attr, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let path = try_reply!(reply, self.verified_path(ino));
-        let handle = try_reply!(reply, self.fs.open(&path, flags.0).map_err(|e| errno(&e)));
+        let handle = try_reply!(reply, self.fs.open(&path, flags.0));
         // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
         // backing store behind our back is never served stale after a reopen.
         reply.opened(FileHandle(self.add_handle(handle)), FopenFlags::empty());
@@ -422,12 +427,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyData,
     ) {
         let handle = try_reply!(reply, self.handle(fh));
-        let data = try_reply!(
-            reply,
-            self.fs
-                .read(&handle, offset, size as usize)
-                .map_err(|e| errno(&e))
-        );
+        let data = try_reply!(reply, self.fs.read(&handle, offset, size as usize));
         reply.data(&data);
     }
 
@@ -444,10 +444,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyWrite,
     ) {
         let handle = try_reply!(reply, self.handle(fh));
-        let n = try_reply!(
-            reply,
-            self.fs.write(&handle, offset, data).map_err(|e| errno(&e))
-        );
+        let n = try_reply!(reply, self.fs.write(&handle, offset, data));
         reply.written(n as u32);
     }
 
@@ -486,22 +483,15 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let handle = try_reply!(reply, self.handle(fh));
-        try_reply!(
-            reply,
-            self.fs.fsync(&handle, datasync).map_err(|e| errno(&e))
-        );
+        try_reply!(reply, self.fs.fsync(&handle, datasync));
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let path = try_reply!(reply, self.path(ino));
-        let entries = try_reply!(reply, self.fs.readdir(&path).map_err(|e| errno(&e)));
-        let snapshot: Vec<_> = entries
-            .into_iter()
-            .map(|e| (e.name, e.ino, e.kind))
-            .collect();
+        let entries = try_reply!(reply, self.fs.readdir_plus(&path));
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, Arc::new(snapshot));
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
@@ -523,24 +513,15 @@ impl fuser::Filesystem for EnvFs {
                 .ok_or(Errno::EBADF)
         );
         // Offsets: 1 is ".", 2 is "..", 3.. are the snapshot's entries.
-        let dots = [(OsStr::new("."), ino.0), (OsStr::new(".."), ino.0)];
         for i in offset as usize..2 + snapshot.len() {
-            let full = if i < 2 {
-                reply.add(
-                    INodeNo(dots[i].1),
-                    i as u64 + 1,
-                    FileType::Directory,
-                    dots[i].0,
-                )
-            } else {
-                let (name, backing_ino, kind) = &snapshot[i - 2];
-                // Kernel readdir ids are advisory; the real id comes with lookup.
-                reply.add(
-                    INodeNo((*backing_ino).max(2)),
-                    i as u64 + 1,
-                    file_type(*kind),
-                    name,
-                )
+            let full = match i {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(ino, 2, FileType::Directory, ".."),
+                _ => {
+                    let (name, attr) = &snapshot[i - 2];
+                    let id = self.inodes.id_for(attr.dev, attr.ino);
+                    reply.add(INodeNo(id), i as u64 + 1, file_type(attr.kind), name)
+                }
             };
             if full {
                 break;
@@ -566,21 +547,21 @@ impl fuser::Filesystem for EnvFs {
                 .cloned()
                 .ok_or(Errno::EBADF)
         );
-        let dir = try_reply!(reply, self.path(ino));
+        let dir_attr = if offset < 2 {
+            let path = try_reply!(reply, self.path(ino));
+            Some(try_reply!(reply, self.fs.getattr(&path)))
+        } else {
+            None
+        };
         for i in offset as usize..2 + snapshot.len() {
             // "." and ".." carry the directory's own attributes; the kernel does not count
             // them as lookups.
-            let (name, path) = match i {
-                0 => (OsStr::new("."), dir.clone()),
-                1 => (OsStr::new(".."), dir.clone()),
-                _ => (snapshot[i - 2].0.as_os_str(), dir.join(&snapshot[i - 2].0)),
+            let (name, attr) = match i {
+                0 => (OsStr::new("."), dir_attr.as_ref().expect("offset < 2")),
+                1 => (OsStr::new(".."), dir_attr.as_ref().expect("offset < 2")),
+                _ => (snapshot[i - 2].0.as_os_str(), &snapshot[i - 2].1),
             };
-            let attr = match self.fs.getattr(&path) {
-                Ok(a) => a,
-                // Gone since the listing was taken.
-                Err(_) => continue,
-            };
-            let fattr = self.fuse_attr(&attr);
+            let fattr = self.fuse_attr(attr);
             if reply.add(
                 fattr.ino,
                 i as u64 + 1,
@@ -619,7 +600,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let path = try_reply!(reply, self.path(ino));
-        let backing = try_reply!(reply, self.fs.backing_path(&path).map_err(|e| errno(&e)));
+        let backing = try_reply!(reply, self.fs.backing_path(&path));
         try_reply!(
             reply,
             std::fs::File::open(backing)
@@ -630,7 +611,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let st = try_reply!(reply, self.fs.statfs().map_err(|e| errno(&e)));
+        let st = try_reply!(reply, self.fs.statfs());
         reply.statfs(
             st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namelen, st.frsize,
         );
@@ -647,24 +628,19 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let path = try_reply!(reply, self.path(ino));
-        try_reply!(
-            reply,
-            self.fs
-                .setxattr(&path, name, value, flags)
-                .map_err(|e| errno(&e))
-        );
+        try_reply!(reply, self.fs.setxattr(&path, name, value, flags));
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let path = try_reply!(reply, self.path(ino));
-        let value = try_reply!(reply, self.fs.getxattr(&path, name).map_err(|e| errno(&e)));
+        let value = try_reply!(reply, self.fs.getxattr(&path, name));
         xattr_reply(reply, &value, size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let path = try_reply!(reply, self.path(ino));
-        let names = try_reply!(reply, self.fs.listxattr(&path).map_err(|e| errno(&e)));
+        let names = try_reply!(reply, self.fs.listxattr(&path));
         let mut buf = Vec::new();
         for n in names {
             buf.extend_from_slice(n.as_bytes());
@@ -675,10 +651,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let path = try_reply!(reply, self.path(ino));
-        try_reply!(
-            reply,
-            self.fs.removexattr(&path, name).map_err(|e| errno(&e))
-        );
+        try_reply!(reply, self.fs.removexattr(&path, name));
         reply.ok();
     }
 
@@ -686,7 +659,7 @@ impl fuser::Filesystem for EnvFs {
         // Only called without default_permissions, i.e. when only the mounting user can
         // reach the mount: the backing store's own check, as that user, is the right one.
         let path = try_reply!(reply, self.path(ino));
-        let backing = try_reply!(reply, self.fs.backing_path(&path).map_err(|e| errno(&e)));
+        let backing = try_reply!(reply, self.fs.backing_path(&path));
         let c = try_reply!(
             reply,
             std::ffi::CString::new(backing.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
@@ -714,7 +687,6 @@ impl fuser::Filesystem for EnvFs {
             reply,
             self.fs
                 .create(&path, mode & !umask & 0o7777, flags, self.owner(req))
-                .map_err(|e| errno(&e))
         );
         let fattr = self.fuse_attr(&attr);
         self.inodes.remember(fattr.ino.0, parent.0, name);
@@ -739,12 +711,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let handle = try_reply!(reply, self.handle(fh));
-        try_reply!(
-            reply,
-            self.fs
-                .fallocate(&handle, offset, length, mode)
-                .map_err(|e| errno(&e))
-        );
+        try_reply!(reply, self.fs.fallocate(&handle, offset, length, mode));
         reply.ok();
     }
 }

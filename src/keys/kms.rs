@@ -37,6 +37,13 @@ pub struct KmsKeyProvider {
     endpoint: String,
 }
 
+/// The region of a KMS key or alias ARN (`arn:aws:kms:REGION:ACCOUNT:…`).
+fn arn_region(key: &str) -> Option<&str> {
+    let mut parts = key.strip_prefix("arn:")?.split(':');
+    let (_partition, service, region) = (parts.next()?, parts.next()?, parts.next()?);
+    (service == "kms" && !region.is_empty()).then_some(region)
+}
+
 fn service_error<E, R>(op: &str, key: &str, endpoint: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -81,8 +88,14 @@ impl KmsKeyProvider {
             .enable_all()
             .build()
             .map_err(|e| Error::KeyService(format!("cannot start the KMS client runtime: {e}")))?;
+        // A key ARN names its region; KMS only answers for keys in the region a request goes
+        // to, so a key of another region (a second-region or recovery key) is reached there.
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = arn_region(key) {
+            loader = loader.region(aws_config::Region::new(region.to_string()));
+        }
         let config = runtime.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
+            loader
                 .retry_config(
                     // Throttling and 5xx are retried with exponential backoff and jitter,
                     // bounded in attempts and (below) in total time.
@@ -141,6 +154,10 @@ impl KmsKeyProvider {
 
     pub fn arn(&self) -> &str {
         &self.arn
+    }
+
+    fn region(&self) -> Option<&str> {
+        arn_region(&self.arn)
     }
 
     fn run<F: Future>(&self, fut: F) -> F::Output {
@@ -233,7 +250,8 @@ impl KeyProvider for KmsKeyProvider {
     }
 
     fn rewrap_from(&self, source: &KeySlot, ctx: &KeyContext) -> Option<Result<KeySlot>> {
-        if source.provider != ProviderKind::AwsKms {
+        // ReEncrypt works within one region only.
+        if source.provider != ProviderKind::AwsKms || arn_region(&source.key_id) != self.region() {
             return None;
         }
         let result = self
@@ -254,5 +272,25 @@ impl KeyProvider for KmsKeyProvider {
                     .ok_or_else(|| Error::KeyService("KMS ReEncrypt returned no ciphertext".into()))
             });
         Some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arn_region;
+
+    #[test]
+    fn regions_come_from_arns_only() {
+        assert_eq!(
+            arn_region("arn:aws:kms:eu-west-1:111122223333:key/abc"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            arn_region("arn:aws:kms:us-east-2:111122223333:alias/x"),
+            Some("us-east-2")
+        );
+        assert_eq!(arn_region("alias/x"), None);
+        assert_eq!(arn_region("1234abcd-12ab"), None);
+        assert_eq!(arn_region("arn:aws:s3:::bucket"), None);
     }
 }

@@ -18,8 +18,8 @@ use crate::format::{KeySlot, ProviderKind};
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -47,15 +47,7 @@ impl LocalKeyProvider {
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
             Error::KeyFile(format!("cannot read key file {}: {e}", path.display()))
         })?);
-        if let Ok(meta) = fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(
-                "key file {} is readable by other users (mode {:o}); chmod 600 it",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            );
-        }
+        warn_if_readable_by_others(path);
         let kek = parse_key_file(&text).ok_or_else(|| {
             Error::KeyFile(format!("{} is not an envfs key file", path.display()))
         })?;
@@ -65,13 +57,6 @@ impl LocalKeyProvider {
     /// Create a new key file with a fresh random KEK (mode 0600, parent directories 0700).
     /// Refuses to overwrite an existing file: that would destroy the only copy of a key.
     pub fn create(path: &Path, vault_id_hex: &str) -> Result<LocalKeyProvider> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", parent.display())))?;
-        }
         let kek = Secret32::random();
         let encoded = Zeroizing::new(data_encoding::BASE64.encode(kek.expose()));
         let text = Zeroizing::new(format!(
@@ -80,20 +65,21 @@ impl LocalKeyProvider {
              {KEY_LINE_PREFIX}{}\n",
             encoded.as_str()
         ));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                Error::KeyFile(format!("cannot create key file {}: {e}", path.display()))
-            })?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(|e| {
-                Error::KeyFile(format!("cannot write key file {}: {e}", path.display()))
-            })?;
+        super::keyfile::create_private_file(path, &text)?;
         Ok(LocalKeyProvider::from_kek(&kek))
+    }
+}
+
+/// Key files must be private; say so when one is not (like ssh does), but still use it.
+pub(crate) fn warn_if_readable_by_others(path: &Path) {
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "key file {} is readable by other users (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
     }
 }
 
@@ -114,16 +100,8 @@ fn parse_key_file(text: &str) -> Option<Secret32> {
 /// Where `init` puts a vault's key file and where commands look for it by default:
 /// `$XDG_CONFIG_HOME/envfs/keys/<vault-id>.key`, falling back to `~/.config`.
 pub fn default_key_path(vault_id_hex: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".config"))
-        })?;
     Some(
-        base.join("envfs")
+        super::keyfile::config_dir()?
             .join("keys")
             .join(format!("{vault_id_hex}.key")),
     )

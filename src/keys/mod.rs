@@ -6,6 +6,7 @@
 //! provider is present, and `info` can describe slots without any key material.
 
 pub mod cache;
+pub mod keyfile;
 pub mod kms;
 pub mod local;
 pub mod prefetch;

@@ -25,8 +25,7 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use sha2::Sha256;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
 use std::path::Path;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -80,13 +79,15 @@ impl X25519KeyProvider {
 
     /// Whether `path` holds an X25519 key file (rather than a symmetric one).
     pub fn is_key_file(path: &Path) -> bool {
-        std::fs::read_to_string(path).is_ok_and(|t| t.contains(KEY_LINE_PREFIX))
+        std::fs::read_to_string(path)
+            .is_ok_and(|t| t.lines().any(|l| l.trim().starts_with(KEY_LINE_PREFIX)))
     }
 
     pub fn load(path: &Path) -> Result<X25519KeyProvider> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             Error::KeyFile(format!("cannot read key file {}: {e}", path.display()))
         })?);
+        super::local::warn_if_readable_by_others(path);
         let bad = || {
             Error::KeyFile(format!(
                 "{} is not an envfs recovery key file",
@@ -115,13 +116,6 @@ impl X25519KeyProvider {
 
     /// Create a new key file (mode 0600); refuses to overwrite one.
     pub fn create(path: &Path) -> Result<X25519KeyProvider> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", parent.display())))?;
-        }
         let secret = StaticSecret::from(random::array::<32>());
         let public = PublicKey::from(&secret);
         let text = Zeroizing::new(format!(
@@ -131,19 +125,7 @@ impl X25519KeyProvider {
             key_id_of(&public),
             data_encoding::BASE64.encode(secret.as_bytes())
         ));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                Error::KeyFile(format!("cannot create key file {}: {e}", path.display()))
-            })?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(|e| {
-                Error::KeyFile(format!("cannot write key file {}: {e}", path.display()))
-            })?;
+        super::keyfile::create_private_file(path, &text)?;
         Ok(X25519KeyProvider {
             key_id: key_id_of(&public),
             public,

@@ -7,19 +7,14 @@
 //! pin: the file on this host *is* the key.)
 
 use crate::error::{Error, Result};
-use std::io::Write;
 use std::path::PathBuf;
 
 fn trust_path(vault_id_hex: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".config"))
-        })?;
-    Some(base.join("envfs").join("trust").join(vault_id_hex))
+    Some(
+        crate::keys::keyfile::config_dir()?
+            .join("trust")
+            .join(vault_id_hex),
+    )
 }
 
 /// The KMS key pinned for this vault on this host, if any.
@@ -55,30 +50,12 @@ pub fn pin_kms_key(vault_id_hex: &str, arn: &str) -> Result<PathBuf> {
             "neither XDG_CONFIG_HOME nor HOME is set: cannot record the KMS key pin".into(),
         )
     })?;
-    let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path.parent().expect("has parent"))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        writeln!(
-            f,
-            "# envfs: the KMS key that wraps new DEKs of vault {vault_id_hex}"
-        )?;
-        writeln!(f, "aws-kms {arn}")?;
-        f.sync_all()
-    };
-    match write() {
-        Ok(()) => Ok(path),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
-        Err(e) => Err(Error::KeyFile(format!(
-            "cannot record the KMS key pin in {}: {e}",
-            path.display()
-        ))),
+    let text = zeroize::Zeroizing::new(format!(
+        "# envfs: the KMS key that wraps new DEKs of vault {vault_id_hex}\naws-kms {arn}\n"
+    ));
+    if path.exists() {
+        return Ok(path);
     }
+    crate::keys::keyfile::create_private_file(&path, &text)?;
+    Ok(path)
 }

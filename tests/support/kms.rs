@@ -125,8 +125,13 @@ impl Kms {
 
     /// Create a KMS key with an alias (directly at the server), returning its ARN.
     pub fn create_key(&self, alias: &str) -> String {
+        self.create_key_in(alias, "us-east-1")
+    }
+
+    /// The same, in another region.
+    pub fn create_key_in(&self, alias: &str, region: &str) -> String {
         let script = format!(
-            "import boto3\nk=boto3.client('kms',endpoint_url='http://127.0.0.1:{}',region_name='us-east-1',\
+            "import boto3\nk=boto3.client('kms',endpoint_url='http://127.0.0.1:{}',region_name='{region}',\
              aws_access_key_id='testing',aws_secret_access_key='testing')\n\
              key=k.create_key()['KeyMetadata']\nk.create_alias(AliasName='{alias}',TargetKeyId=key['KeyId'])\nprint(key['Arn'])",
             self.upstream

@@ -1,0 +1,42 @@
+//! What every key file and host-side envfs file has in common: where they live, and how a
+//! new one is written (mode 0600 in 0700 directories, never over an existing file, synced).
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// `$XDG_CONFIG_HOME/envfs`, falling back to `~/.config/envfs`.
+pub fn config_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("envfs"))
+}
+
+/// Create `path` with `text` (which may hold key material: it is wiped by the caller's
+/// `Zeroizing`). Refuses to overwrite: that could destroy the only copy of a key.
+pub fn create_private_file(path: &Path, text: &Zeroizing<String>) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::KeyFile(format!("cannot write {}: {e}", path.display())))
+}
