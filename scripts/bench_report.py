@@ -50,11 +50,15 @@ def main():
         lines.append("| " + " | ".join(row) + " |")
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     fs = subprocess.run(["sh", "-c", "df -T /var/tmp | tail -1 | awk '{print $2}'"], capture_output=True, text=True).stdout.strip()
-    kms_section = ""
+    # Sections written by hand or by other scripts survive a rerun: the analysis and the
+    # KMS table (scripts/bench_kms.sh).
+    kept = ""
     try:
         old = open(a.out).read()
-        if "<!-- kms:begin -->" in old:
-            kms_section = old[old.index("<!-- kms:begin -->"):old.index("<!-- kms:end -->") + len("<!-- kms:end -->")] + "\n"
+        for tag in ("analysis", "kms"):
+            begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+            if begin in old and end in old:
+                kept += old[old.index(begin):old.index(end) + len(end)] + "\n\n"
     except FileNotFoundError:
         pass
     with open(a.out, "w") as f:
@@ -81,7 +85,7 @@ Contenders: `plain` is the backing directory itself (the ceiling); `bindfs` is a
 passthrough (the floor any FUSE filesystem pays); gocryptfs and securefs are the peers, with
 default settings. envfs runs with its defaults (4 KiB chunks, local key file).
 
-{kms_section}""")
+{kept}""")
 
 if __name__ == "__main__":
     main()
