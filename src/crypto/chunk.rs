@@ -45,9 +45,23 @@ impl ChunkCipher {
         aad
     }
 
-    /// Append the sealed form of `plain` (chunk `index`) to `out`.
+    /// Append the sealed form of `plain` (chunk `index`) to `out`, under a fresh random
+    /// nonce.
     pub fn seal_into(&self, index: u64, last: bool, plain: &[u8], out: &mut Vec<u8>) {
-        let nonce_bytes: [u8; NONCE] = super::random::array();
+        self.seal_with_nonce(index, last, plain, super::random::array(), out);
+    }
+
+    /// The same with a nonce the caller drew from the OS CSPRNG: a write of many chunks
+    /// draws all its nonces in one `getrandom` call instead of one syscall per chunk.
+    /// Never pass a nonce that was used before.
+    pub fn seal_with_nonce(
+        &self,
+        index: u64,
+        last: bool,
+        plain: &[u8],
+        nonce_bytes: [u8; NONCE],
+        out: &mut Vec<u8>,
+    ) {
         let start = out.len();
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(plain);

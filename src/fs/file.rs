@@ -502,6 +502,12 @@ impl<'a> Engine<'a> {
             None => (Vec::new(), g.chunk_backing_offset(start)),
         };
         out.reserve(((last - start + 1) * g.backing_chunk_size()) as usize);
+        // Fresh random nonces for every chunk of this write, drawn in one syscall.
+        let mut nonces = vec![0u8; 12 * (last - start + 1) as usize];
+        crate::crypto::random::fill(&mut nonces);
+        let mut nonces = nonces
+            .chunks_exact(12)
+            .map(|n| <[u8; 12]>::try_from(n).expect("12 bytes"));
         for index in start..=last {
             let chunk_start = g.chunk_plain_offset(index);
             let old_len = g.chunk_plain_len(index, old_plain) as usize;
@@ -520,14 +526,18 @@ impl<'a> Engine<'a> {
             };
             if touched && w_from == 0 && w_to as usize >= old_len {
                 // The write replaces all this chunk's old bytes: nothing to read.
-                keys.chunks.seal_into(index, is_last, data_part, &mut out);
+                let nonce = nonces.next().expect("one nonce per chunk");
+                keys.chunks
+                    .seal_with_nonce(index, is_last, data_part, nonce, &mut out);
             } else {
                 let mut plain = self.read_chunk(file, fd, keys, index, old_plain)?;
                 plain.resize(new_len, 0);
                 if touched {
                     plain[w_from as usize..w_to as usize].copy_from_slice(data_part);
                 }
-                keys.chunks.seal_into(index, is_last, &plain, &mut out);
+                let nonce = nonces.next().expect("one nonce per chunk");
+                keys.chunks
+                    .seal_with_nonce(index, is_last, &plain, nonce, &mut out);
             }
         }
         let old_backing = match (creating, old_plain) {
