@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Mount tests are serialised inside their own binary; other test binaries run in parallel.
-cargo test --all-targets "$@"
+cargo test "$@"
