@@ -3,5 +3,6 @@
 # real-FUSE-mount tests. Needs root (or a user allowed to mount FUSE) and /dev/fuse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Mount tests are serialised inside their own binary; other test binaries run in parallel.
+# Test binaries run one after another; tests inside one run in parallel (every mount test
+# works in its own temporary directories).
 cargo test "$@"
