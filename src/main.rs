@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENVFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+        // fuser's own debug lines carry plaintext names and symlink targets: never let a
+        // verbose filter turn them on.
+        .add_directive("fuser=warn".parse().expect("valid directive"));
     if cli::mount::is_daemon_child() {
         tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -243,6 +243,14 @@ fn a_config_naming_another_kms_key_is_refused() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // With its own vault id (so no pin of ours applies to it) it is refused too: this host
+    // knows which vault lives at this path.
+    fs::copy(attacker.join("envfs.conf"), v.backing.join("envfs.conf")).unwrap();
+    let (mnt0, out) = v.try_mount(&kms, "mnt0", &[]);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "a replaced vault must be refused: {msg}");
+    assert!(msg.contains("now names vault"), "{msg}");
+    assert!(!is_mounted(&mnt0));
     let mut forged = fs::read(attacker.join("envfs.conf")).unwrap();
     forged[12..28].copy_from_slice(&original[12..28]); // keep our vault id, so our pin applies
     fs::write(v.backing.join("envfs.conf"), &forged).unwrap();

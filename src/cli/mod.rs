@@ -194,7 +194,9 @@ pub enum Command {
 pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Vault> {
     // Not a vault is a clearer answer than "no key file" when both are true.
     read_config_unverified(backing)?;
-    Vault::open(backing, providers_for(backing, &keys.options())?)
+    let vault = Vault::open(backing, providers_for(backing, &keys.options())?)?;
+    crate::vault::keysource::remember(backing, &vault)?;
+    Ok(vault)
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -314,6 +316,7 @@ fn init(
         let kms = Arc::new(KmsKeyProvider::connect(&key)?);
         Vault::init(backing, kms.clone(), &opts)?;
         let pin = pin_kms_key(&id, kms.arn())?;
+        crate::vault::pin::record_vault_at_path(backing, &id)?;
         println!("Created envfs vault {id} in {}", backing.display());
         println!(
             "DEKs come from AWS KMS key {}; pinned for this host in {}.",
@@ -338,6 +341,7 @@ fn init(
         }
         return Err(e);
     }
+    crate::vault::pin::record_vault_at_path(backing, &id)?;
     println!("Created envfs vault {id} in {}", backing.display());
     println!(
         "Key file: {} ({}). Back it up: without a key of the vault its files cannot be read.",
@@ -370,7 +374,11 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
     let path = path.as_deref();
     let (config, _) = read_config_unverified(backing)?;
     let opened = match providers_for(backing, &keys.options()) {
-        Ok(p) => Some(Vault::open(backing, p)?),
+        Ok(p) => {
+            let vault = Vault::open(backing, p)?;
+            crate::vault::keysource::remember(backing, &vault)?;
+            Some(vault)
+        }
         // Without a key the vault can still be described, but not verified.
         Err(Error::KeyFile(msg)) if path.is_none() && keys.key_file.is_none() => {
             eprintln!("envfs: {msg}");

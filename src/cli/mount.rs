@@ -565,6 +565,18 @@ fn kernel_mount(backing: &Path, mountpoint: &Path, config: &MountConfig) -> Resu
     Ok(fd)
 }
 
+/// Detach the mount now; it goes away for good once the last open file closes.
+fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Unmount; if files are still open, detach lazily so the mount goes away once they close.
 fn kernel_unmount(mountpoint: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -616,20 +628,28 @@ fn serve_session(mut session: fuser::Session<EnvFs>, mountpoint: &Path) -> Resul
         .name("envfs-signals".into())
         .spawn(move || {
             let set = shutdown_signals();
-            let mut sig = 0;
-            // SAFETY: valid set and out pointer.
-            unsafe { libc::sigwait(&set, &mut sig) };
-            tracing::info!("signal {sig}: unmounting");
-            // fuser unmounts what it mounted; our own mount(2) we undo ourselves.
-            let result = unmounter.unmount().and_then(|_| {
-                if is_mount_point(&mountpoint) {
-                    kernel_unmount(&mountpoint)
-                } else {
-                    Ok(())
+            let mut attempts = 0;
+            loop {
+                let mut sig = 0;
+                // SAFETY: valid set and out pointer.
+                unsafe { libc::sigwait(&set, &mut sig) };
+                attempts += 1;
+                tracing::info!("signal {sig}: unmounting");
+                // fuser unmounts what it mounted; our own mount(2) we undo ourselves (lazily
+                // from the second signal on, when files are still open).
+                let result = unmounter.unmount().and_then(|_| {
+                    if !is_mount_point(&mountpoint) {
+                        Ok(())
+                    } else if attempts == 1 {
+                        kernel_unmount(&mountpoint)
+                    } else {
+                        lazy_unmount(&mountpoint)
+                    }
+                });
+                match result {
+                    Ok(()) => return,
+                    Err(e) => tracing::error!("unmount on signal failed: {e}; send it again to detach lazily"),
                 }
-            });
-            if let Err(e) = result {
-                tracing::error!("unmount on signal failed: {e}");
             }
         })?;
     session.run()?;

@@ -122,6 +122,11 @@ impl VaultConfig {
         }
         for slot in &self.slots {
             slot.check()?;
+            // A key of a kind this envfs does not know could not be wrapped for: new files
+            // would silently lack it. (File headers stay lenient: another slot may open them.)
+            if let crate::format::slot::ProviderKind::Unknown(code) = slot.provider {
+                return Err(format!("key slot of unknown provider kind {code}"));
+            }
         }
         Ok(())
     }
@@ -202,6 +207,14 @@ impl VaultConfig {
             long_name_limit,
             slots,
         };
+        if let Some(code) = config.slots.iter().find_map(|s| match s.provider {
+            crate::format::slot::ProviderKind::Unknown(code) => Some(code),
+            _ => None,
+        }) {
+            return Err(Unsupported(format!(
+                "vault uses a key provider this envfs does not know (kind {code}); upgrade envfs"
+            )));
+        }
         config.validate().map_err(Corrupt)?;
         Ok((config, &bytes[..body_len], mac))
     }

@@ -75,6 +75,9 @@ impl OpenFiles {
         let id = (meta.dev(), meta.ino());
         let mut table = self.table.lock().unwrap();
         if let Some(existing) = table.get(&id).and_then(Weak::upgrade) {
+            // Never wait for one file's lock while holding the table: a long zero-fill or
+            // key-service call on that file would stall every open in the mount.
+            drop(table);
             if writable {
                 let mut io = existing.io.write().unwrap();
                 if !io.writable {

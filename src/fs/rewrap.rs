@@ -50,7 +50,8 @@ fn classify_foreign(path: &Path) -> bool {
 }
 
 /// Every backing path of a regular file with content, and every journal, under `root`.
-fn walk(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+/// `plaintext_names`: user files may then have any name, sidecar-like ones included.
+fn walk(root: &Path, plaintext_names: bool) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     let mut journals = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -67,7 +68,7 @@ fn walk(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             } else if kind.is_file()
                 && !(dir == root && text == CONFIG_FILE_NAME)
                 && !text.starts_with(RESERVED_PREFIX)
-                && classify(&text) != BackingName::Sidecar
+                && (plaintext_names || classify(&text) != BackingName::Sidecar)
             {
                 files.push(entry.path());
             }
@@ -114,6 +115,12 @@ fn recover(vault: &Vault, journal: &Path) -> Result<bool> {
     }
     let name_len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
     let name = std::ffi::OsStr::from_bytes(&bytes[2..2 + name_len]);
+    // The journal is on the (attacker-writable) backing store: its target must be a plain
+    // name in the journal's own directory.
+    if Path::new(name).file_name() != Some(name) || name.as_bytes().contains(&b'/') {
+        fs::remove_file(journal)?;
+        return Ok(false);
+    }
     let target = journal.with_file_name(name);
     let header = &bytes[2 + name_len..];
     let file = match OpenOptions::new().read(true).write(true).open(&target) {
@@ -235,7 +242,7 @@ pub fn rewrap(
     workers: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<RewrapReport> {
-    let (files, journals) = walk(vault.root())?;
+    let (files, journals) = walk(vault.root(), vault.config.plaintext_names)?;
     let mut report = RewrapReport {
         files: files.len(),
         ..Default::default()
@@ -275,8 +282,9 @@ pub fn rewrap(
         }
     });
     report.rewrapped = rewrapped.into_inner();
-    report.failed = failed.into_inner().unwrap();
-    report.already_current = report.files - report.rewrapped - report.failed.len();
+    let failed = failed.into_inner().unwrap();
+    report.already_current = report.files - report.rewrapped - failed.len();
+    report.failed.extend(failed);
     Ok(report)
 }
 
@@ -298,7 +306,7 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
         .iter()
         .filter(|s| !same_key(s, removed))
         .collect();
-    let (files, _) = walk(vault.root())?;
+    let (files, _) = walk(vault.root(), vault.config.plaintext_names)?;
     let mut stranded = Vec::new();
     for path in files {
         let Ok(file) = File::open(&path) else {

@@ -104,8 +104,12 @@ impl X25519KeyProvider {
                 .decode(&line.as_bytes()[KEY_LINE_PREFIX.len()..])
                 .map_err(|_| bad())?,
         );
-        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
-        let secret = StaticSecret::from(arr);
+        let mut arr = Zeroizing::new([0u8; 32]);
+        if bytes.len() != 32 {
+            return Err(bad());
+        }
+        arr.copy_from_slice(&bytes);
+        let secret = StaticSecret::from(*arr);
         let public = PublicKey::from(&secret);
         Ok(X25519KeyProvider {
             key_id: key_id_of(&public),
@@ -123,7 +127,7 @@ impl X25519KeyProvider {
              # Keep it offline and secret: it opens every file of the vaults it was added to.\n\
              {KEY_LINE_PREFIX}{}\n",
             key_id_of(&public),
-            data_encoding::BASE64.encode(secret.as_bytes())
+            Zeroizing::new(data_encoding::BASE64.encode(secret.as_bytes())).as_str()
         ));
         super::keyfile::create_private_file(path, &text)?;
         Ok(X25519KeyProvider {

@@ -59,6 +59,9 @@ pub fn load_key_file(path: &Path) -> Result<Arc<dyn KeyProvider>> {
 pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn KeyProvider>>> {
     let (config, _) = read_config_unverified(backing)?;
     let id = config.vault_id_hex();
+    // A config with another vault id where this host has seen a vault before is a
+    // replaced vault: the pin below is per vault id and would not apply to it.
+    pin::check_vault_at_path(backing, &id)?;
     let mut providers: Vec<Arc<dyn KeyProvider>> = Vec::new();
     if let Some(path) = &opts.key_file {
         providers.push(load_key_file(path)?);
@@ -66,9 +69,6 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
     if let Some(key) = &opts.kms_key {
         let kms = KmsKeyProvider::connect(key)?;
         check_pin(&config, kms.arn(), "given with --kms-key")?;
-        if pin::pinned_kms_key(&id)?.is_none() {
-            pin::pin_kms_key(&id, kms.arn())?;
-        }
         providers.push(Arc::new(kms));
     }
     if !providers.is_empty() {
@@ -87,14 +87,10 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
         let (arn, source) = match pin::pinned_kms_key(&id)? {
             Some((arn, path)) => (arn, format!("pinned in {}", path.display())),
             None => {
-                // First use on this host: trust the key the vault names, and remember it.
+                // First use on this host: trust the key the vault names; `remember` pins it
+                // once the config has been authenticated with it.
                 let arn = kms_keys[0].to_string();
-                let path = pin::pin_kms_key(&id, &arn)?;
-                tracing::warn!(
-                    "first use of vault {id} on this host: pinned KMS key {arn} in {}",
-                    path.display()
-                );
-                (arn, format!("pinned in {}", path.display()))
+                (arn, "first use on this host".to_string())
             }
         };
         check_pin(&config, &arn, &source)?;
@@ -109,4 +105,25 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
             "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file".into()
         }
     }))
+}
+
+/// After a vault opened (its config authenticated): remember on this host which vault lives
+/// at this path and, for a KMS vault, pin the key it was opened with if nothing is pinned yet.
+pub fn remember(backing: &Path, vault: &crate::vault::Vault) -> Result<()> {
+    let id = vault.config.vault_id_hex();
+    pin::record_vault_at_path(backing, &id)?;
+    if let Some(kms) = vault
+        .held_providers()
+        .iter()
+        .find(|p| p.kind() == ProviderKind::AwsKms)
+        && pin::pinned_kms_key(&id)?.is_none()
+    {
+        let path = pin::pin_kms_key(&id, kms.key_id())?;
+        tracing::warn!(
+            "first use of vault {id} on this host: pinned KMS key {} in {}",
+            kms.key_id(),
+            path.display()
+        );
+    }
+    Ok(())
 }
