@@ -248,7 +248,11 @@ fn a_config_naming_another_kms_key_is_refused() {
     fs::copy(attacker.join("envfs.conf"), v.backing.join("envfs.conf")).unwrap();
     let (mnt0, out) = v.try_mount(&kms, "mnt0", &[]);
     let msg = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(9), "a replaced vault must be refused: {msg}");
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "a replaced vault must be refused: {msg}"
+    );
     assert!(msg.contains("now names vault"), "{msg}");
     assert!(!is_mounted(&mnt0));
     let mut forged = fs::read(attacker.join("envfs.conf")).unwrap();

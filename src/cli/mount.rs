@@ -648,7 +648,9 @@ fn serve_session(mut session: fuser::Session<EnvFs>, mountpoint: &Path) -> Resul
                 });
                 match result {
                     Ok(()) => return,
-                    Err(e) => tracing::error!("unmount on signal failed: {e}; send it again to detach lazily"),
+                    Err(e) => tracing::error!(
+                        "unmount on signal failed: {e}; send it again to detach lazily"
+                    ),
                 }
             }
         })?;

@@ -16,6 +16,7 @@ pub mod label {
     pub const XATTR: &[u8] = b"envfs/v1/xattr";
     pub const LOCAL_WRAP: &[u8] = b"envfs/v1/local-wrap";
     pub const LOCAL_KEY_ID: &[u8] = b"envfs/v1/local-key-id";
+    pub const X25519_BINDING: &[u8] = b"envfs/v1/x25519-binding";
 }
 
 /// HKDF-SHA256(ikm, salt, info) → 32 bytes.

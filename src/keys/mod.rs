@@ -107,6 +107,11 @@ pub trait KeyProvider: Send + Sync {
         None
     }
 
+    /// Receive the opened vault's binding key. Providers whose wrapping needs no secret (a
+    /// recovery key's public half) mix it into file-key wraps, so that only holders of the
+    /// vault secret can make a slot the recovery key accepts.
+    fn bind_to_vault(&self, _binding: &Secret32) {}
+
     /// Whether this provider can unwrap (a recovery key known only by its public key can
     /// wrap new DEKs for its holder, but not unwrap).
     fn can_unwrap(&self) -> bool {

@@ -36,6 +36,10 @@ const WRAP_LABEL: &[u8] = b"envfs/v1/x25519-wrap";
 const WRAPPED_LEN: usize = 32 + 12 + 32 + 16;
 
 pub struct X25519KeyProvider {
+    /// HKDF(vault secret, vault id, "envfs/v1/x25519-binding"), set when the vault opens.
+    /// File-key wraps mix it in: with the public key alone anyone could wrap a DEK of their
+    /// choosing for the recovery key and forge a whole file that it would accept.
+    binding: std::sync::OnceLock<Secret32>,
     public: PublicKey,
     /// `None` for a recipient known only by its public key (it can wrap, not unwrap).
     secret: Option<StaticSecret>,
@@ -49,12 +53,26 @@ fn key_id_of(public: &PublicKey) -> String {
     )
 }
 
-fn wrap_key(shared: &[u8; 32], ephemeral: &PublicKey, recipient: &PublicKey) -> Aes256Gcm {
+fn wrap_key(
+    shared: &[u8; 32],
+    binding: Option<&Secret32>,
+    ephemeral: &PublicKey,
+    recipient: &PublicKey,
+) -> Aes256Gcm {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral.as_bytes());
     salt[32..].copy_from_slice(recipient.as_bytes());
+    let mut ikm = Zeroizing::new([0u8; 64]);
+    ikm[..32].copy_from_slice(shared);
+    let ikm_len = match binding {
+        Some(b) => {
+            ikm[32..].copy_from_slice(b.expose());
+            64
+        }
+        None => 32,
+    };
     let mut key = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(Some(&salt), shared)
+    Hkdf::<Sha256>::new(Some(&salt), &ikm[..ikm_len])
         .expand(WRAP_LABEL, key.as_mut())
         .expect("32 bytes is a valid HKDF length");
     Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key")
@@ -71,6 +89,7 @@ impl X25519KeyProvider {
             .ok()?;
         let public = PublicKey::from(bytes);
         Some(X25519KeyProvider {
+            binding: std::sync::OnceLock::new(),
             key_id: key_id_of(&public),
             public,
             secret: None,
@@ -112,6 +131,7 @@ impl X25519KeyProvider {
         let secret = StaticSecret::from(*arr);
         let public = PublicKey::from(&secret);
         Ok(X25519KeyProvider {
+            binding: std::sync::OnceLock::new(),
             key_id: key_id_of(&public),
             public,
             secret: Some(secret),
@@ -131,10 +151,24 @@ impl X25519KeyProvider {
         ));
         super::keyfile::create_private_file(path, &text)?;
         Ok(X25519KeyProvider {
+            binding: std::sync::OnceLock::new(),
             key_id: key_id_of(&public),
             public,
             secret: Some(secret),
         })
+    }
+}
+
+impl X25519KeyProvider {
+    /// The vault binding for a file-key context (none for the vault secret itself, which
+    /// the recovery key must unwrap before any binding exists).
+    fn binding_for(&self, ctx: &KeyContext) -> Result<Option<&Secret32>> {
+        match ctx.file_id {
+            None => Ok(None),
+            Some(_) => self.binding.get().map(Some).ok_or_else(|| {
+                Error::WrongKey(format!("{} is not bound to an opened vault", self.key_id))
+            }),
+        }
     }
 }
 
@@ -151,7 +185,12 @@ impl KeyProvider for X25519KeyProvider {
         let ephemeral_secret = StaticSecret::from(random::array::<32>());
         let ephemeral = PublicKey::from(&ephemeral_secret);
         let shared = ephemeral_secret.diffie_hellman(&self.public);
-        let aead = wrap_key(shared.as_bytes(), &ephemeral, &self.public);
+        let aead = wrap_key(
+            shared.as_bytes(),
+            self.binding_for(ctx)?,
+            &ephemeral,
+            &self.public,
+        );
         let nonce: [u8; 12] = random::array();
         let mut wrapped = Vec::with_capacity(WRAPPED_LEN);
         wrapped.extend_from_slice(ephemeral.as_bytes());
@@ -186,7 +225,12 @@ impl KeyProvider for X25519KeyProvider {
         if !shared.was_contributory() {
             return Err(not_authentic());
         }
-        let aead = wrap_key(shared.as_bytes(), &ephemeral, &self.public);
+        let aead = wrap_key(
+            shared.as_bytes(),
+            self.binding_for(ctx)?,
+            &ephemeral,
+            &self.public,
+        );
         let mut body = Zeroizing::new([0u8; 32]);
         body.copy_from_slice(&slot.wrapped[44..76]);
         let nonce = Nonce::try_from(&slot.wrapped[32..44]).map_err(|_| not_authentic())?;
@@ -198,6 +242,10 @@ impl KeyProvider for X25519KeyProvider {
 
     fn can_unwrap(&self) -> bool {
         self.secret.is_some()
+    }
+
+    fn bind_to_vault(&self, binding: &Secret32) {
+        let _ = self.binding.set(binding.clone());
     }
 }
 
@@ -214,6 +262,11 @@ mod tests {
         let recipient = X25519KeyProvider::recipient(full.key_id()).unwrap();
         assert!(!recipient.can_unwrap());
         let ctx = KeyContext::file([1; 16], [2; 16]);
+        // File keys need the vault binding: without it nothing is wrapped.
+        assert!(recipient.wrap(&Secret32::random(), &ctx).is_err());
+        let binding = Secret32::from_bytes([5; 32]);
+        recipient.bind_to_vault(&binding);
+        loaded.bind_to_vault(&binding);
         let secret = Secret32::random();
         let slot = recipient.wrap(&secret, &ctx).unwrap();
         assert_eq!(slot.wrapped.len(), WRAPPED_LEN);
@@ -229,5 +282,10 @@ mod tests {
         bad.wrapped[50] ^= 1;
         assert!(loaded.unwrap(&bad, &ctx).is_err());
         assert!(X25519KeyProvider::recipient("x25519:short").is_none());
+        // A slot wrapped by someone without the vault secret (another binding) is refused.
+        let forger = X25519KeyProvider::recipient(full.key_id()).unwrap();
+        forger.bind_to_vault(&Secret32::from_bytes([6; 32]));
+        let forged = forger.wrap(&secret, &ctx).unwrap();
+        assert!(loaded.unwrap(&forged, &ctx).is_err());
     }
 }

@@ -214,6 +214,10 @@ impl Vault {
             .into_iter()
             .filter(|p| config.slots.iter().any(|s| p.recognises(s)))
             .collect();
+        let binding = derive32(secret, &config.vault_id, label::X25519_BINDING);
+        for p in &providers {
+            p.bind_to_vault(&binding);
+        }
         Ok(Vault {
             root: root.to_path_buf(),
             geometry: Geometry::new(config.chunk_size, config.header_size),
@@ -310,7 +314,14 @@ impl Vault {
                 }
                 match slot.provider {
                     ProviderKind::X25519 => match X25519KeyProvider::recipient(&slot.key_id) {
-                        Some(r) => out.push(Arc::new(r)),
+                        Some(r) => {
+                            r.bind_to_vault(&derive32(
+                                &self.secret,
+                                &self.config.vault_id,
+                                label::X25519_BINDING,
+                            ));
+                            out.push(Arc::new(r))
+                        }
                         None => tracing::warn!("recovery key id {} is malformed", slot.key_id),
                     },
                     ProviderKind::AwsKms => match KmsKeyProvider::connect(&slot.key_id) {

@@ -111,7 +111,10 @@ pub fn record_vault_at_path(backing: &Path, vault_id_hex: &str) -> Result<()> {
     }
     let text = zeroize::Zeroizing::new(format!(
         "# envfs: the vault this host opened at {}\nvault {vault_id_hex}\n",
-        backing.canonicalize().unwrap_or_else(|_| backing.to_path_buf()).display()
+        backing
+            .canonicalize()
+            .unwrap_or_else(|_| backing.to_path_buf())
+            .display()
     ));
     crate::keys::keyfile::create_private_file(&record, &text)
 }
