@@ -794,3 +794,30 @@ fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
     .is_ok()));
     assert_eq!(fs::read(m.p("after")).unwrap(), b"space again");
 }
+
+#[test]
+fn an_unlinked_open_file_can_still_be_truncated_chmodded_and_read() {
+    use std::io::{Read, Seek, Write};
+    let v = TestVault::new(&[]);
+    let m = v.mount("mnt", &[]);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("scratch"))
+        .unwrap();
+    f.write_all(b"hello, unlinked world").unwrap();
+    fs::remove_file(m.p("scratch")).unwrap();
+    f.set_len(5).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 5);
+    assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+    let mut back = String::new();
+    f.rewind().unwrap();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "hello");
+}

@@ -207,14 +207,6 @@ impl VaultConfig {
             long_name_limit,
             slots,
         };
-        if let Some(code) = config.slots.iter().find_map(|s| match s.provider {
-            crate::format::slot::ProviderKind::Unknown(code) => Some(code),
-            _ => None,
-        }) {
-            return Err(Unsupported(format!(
-                "vault uses a key provider this envfs does not know (kind {code}); upgrade envfs"
-            )));
-        }
         config.validate().map_err(Corrupt)?;
         Ok((config, &bytes[..body_len], mac))
     }

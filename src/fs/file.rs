@@ -560,15 +560,33 @@ impl<'a> Engine<'a> {
                 new_backing - old_backing,
             ) {
                 Ok(()) => {}
+                // Filesystems without fallocate: write, and undo below if that fails.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                    ) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(Error::NoSpace),
-                // Filesystems without fallocate: write and let the kernel say ENOSPC.
-                Err(_) => {}
+                // A quota (EDQUOT) or any other refusal: nothing has been written yet.
+                Err(e) => return Err(e.into()),
             }
         }
+        // An extending write may also rewrite sealed bytes inside the old file (the old last
+        // chunk, resealed): keep them, to put back if the write fails partway.
+        let overwritten = if new_backing > old_backing && backing_offset < old_backing {
+            let mut old = vec![0u8; (old_backing - backing_offset) as usize];
+            fd.read_exact_at(&mut old, backing_offset)?;
+            Some(old)
+        } else {
+            None
+        };
         if let Err(e) = fd.write_all_at(&out, backing_offset) {
             if new_backing > old_backing {
-                // Do not leave a partial chunk past the old end: cut back to it.
+                // Back to the file as it was: its old length and its old sealed bytes.
                 let _ = fd.set_len(old_backing);
+                if let Some(old) = &overwritten {
+                    let _ = fd.write_all_at(old, backing_offset);
+                }
             }
             return Err(e.into());
         }
@@ -680,6 +698,11 @@ impl OpenFile {
     /// The backing path this file was last opened under (for messages).
     pub fn backing_path(&self) -> PathBuf {
         self.backing_path.lock().unwrap().clone()
+    }
+
+    /// The backing file descriptor (for fd-based attribute changes).
+    pub fn fd(&self) -> Arc<File> {
+        self.io.read().unwrap().fd.clone()
     }
 
     pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {

@@ -167,6 +167,25 @@ impl Fs {
         Ok(self.sizes.attr(&handle.file.metadata()?))
     }
 
+    /// setattr through an open file: works for files already unlinked or renamed over
+    /// (ftruncate, fchmod, fchown, futimens on a temp file, say).
+    pub fn setattr_handle(&self, handle: &Handle, set: &SetAttr) -> Result<Attr> {
+        if let Some(size) = set.size {
+            self.engine().set_size(&handle.file, size)?;
+        }
+        let fd = handle.file.fd();
+        if let Some(mode) = set.mode {
+            fd.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::fchown(&*fd, set.uid, set.gid)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::set_times_fd(&fd, set.atime, set.mtime)?;
+        }
+        self.getattr_handle(handle)
+    }
+
     pub fn setattr(&self, path: &Path, handle: Option<&Handle>, set: &SetAttr) -> Result<Attr> {
         let backing = self.backing_path(path)?;
         if let Some(size) = set.size {

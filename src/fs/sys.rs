@@ -84,6 +84,17 @@ pub fn set_times(path: &Path, atime: Option<TimeSet>, mtime: Option<TimeSet>) ->
     })
 }
 
+/// futimens: set times through an open file (works after unlink).
+pub fn set_times_fd(
+    file: &std::fs::File,
+    atime: Option<TimeSet>,
+    mtime: Option<TimeSet>,
+) -> io::Result<()> {
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: valid fd and a pointer to two timespecs.
+    check(unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) })
+}
+
 pub fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     std::os::unix::fs::lchown(path, uid, gid)
 }

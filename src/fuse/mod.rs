@@ -163,6 +163,19 @@ impl EnvFs {
         Ok(path)
     }
 
+    /// Any open handle of node `ino` (for operations on files that lost their last name).
+    fn open_handle_of(&self, ino: INodeNo) -> Option<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .find(|h| {
+                let (dev, backing_ino) = h.backing_id();
+                self.inodes.id_for(dev, backing_ino) == ino.0
+            })
+            .cloned()
+    }
+
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
         self.inodes.child_path(parent.0, name).ok_or(Errno::ESTALE)
     }
@@ -284,6 +297,29 @@ impl fuser::Filesystem for EnvFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // With a handle (ftruncate, fchmod, futimens), act on the open file itself: the file may
+        // have no name any more.
+        // fchmod/fchown/futimens arrive without a handle; a file whose every name is gone
+        // is still reachable through one of its open handles.
+        let handle = fh.and_then(|fh| self.handle(fh).ok()).or_else(|| {
+            self.path(ino)
+                .is_err()
+                .then(|| self.open_handle_of(ino))
+                .flatten()
+        });
+        if let Some(handle) = handle {
+            let set = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: time_set(atime),
+                mtime: time_set(mtime),
+            };
+            let attr = try_reply!(reply, self.fs.setattr_handle(&handle, &set));
+            reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+            return;
+        }
         let path = try_reply!(reply, self.verified_path(ino));
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let set = SetAttr {
