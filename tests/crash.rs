@@ -87,19 +87,8 @@ fn chunks_of(offset: u64, len: usize) -> std::ops::RangeInclusive<u64> {
 
 fn check_round(seed: u64) {
     let v = TestVault::new(&[]);
-    let mnt = v.mountpoint("mnt");
-    let mut daemon = v
-        .cmd()
-        .arg("mount")
-        .arg("-f")
-        .arg(&v.backing)
-        .arg(&mnt)
-        .arg("--key-file")
-        .arg(&v.key)
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || is_mounted(&mnt)));
-    let mut guard = Mount::adopt(mnt.clone());
+    let (mut guard, mut daemon) = v.mount_foreground("mnt", None);
+    let mnt = guard.path.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let state: Arc<Mutex<HashMap<PathBuf, Known>>> = Arc::default();
     let writers: Vec<_> = (0..4)

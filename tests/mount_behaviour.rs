@@ -243,22 +243,8 @@ fn a_damaged_file_fails_only_in_its_damaged_range() {
     fs::write(&victim, &bytes).unwrap();
 
     // Foreground mount so the log line can be checked.
-    let mnt = v.mountpoint("mnt");
     let log_path = v.dir.path().join("mount.log");
-    let log = fs::File::create(&log_path).unwrap();
-    let mut child = v
-        .cmd()
-        .arg("mount")
-        .arg("-f")
-        .arg(&v.backing)
-        .arg(&mnt)
-        .arg("--key-file")
-        .arg(&v.key)
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || is_mounted(&mnt)));
-    let m = Mount::adopt(mnt.clone());
+    let (m, mut child) = v.mount_foreground("mnt", Some(fs::File::create(&log_path).unwrap()));
     let f = fs::File::open(m.p("victim")).unwrap();
     let mut buf = vec![0u8; 4096];
     f.read_exact_at(&mut buf, 0).unwrap();
@@ -491,19 +477,8 @@ fn umount_of_something_that_is_not_an_envfs_mount_is_refused() {
 #[test]
 fn sigterm_unmounts_cleanly_and_keeps_acknowledged_data() {
     let v = TestVault::new(&[]);
-    let mnt = v.mountpoint("mnt");
-    let mut child = v
-        .cmd()
-        .arg("mount")
-        .arg("-f")
-        .arg(&v.backing)
-        .arg(&mnt)
-        .arg("--key-file")
-        .arg(&v.key)
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || is_mounted(&mnt)));
-    let _guard = Mount::adopt(mnt.clone());
+    let (_guard, mut child) = v.mount_foreground("mnt", None);
+    let mnt = _guard.path.clone();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
     fs::write(mnt.join("kept"), &data).unwrap();
     // SAFETY: sending a signal to our own child process.
@@ -526,13 +501,7 @@ fn foreground_mount_notifies_systemd_when_live() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut child = v
-        .cmd()
-        .arg("mount")
-        .arg("-f")
-        .arg(&v.backing)
-        .arg(&mnt)
-        .arg("--key-file")
-        .arg(&v.key)
+        .foreground_command(&mnt)
         .env("NOTIFY_SOCKET", &socket_path)
         .spawn()
         .unwrap();

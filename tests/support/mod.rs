@@ -68,6 +68,39 @@ impl TestVault {
         Mount::adopt(mnt)
     }
 
+    /// `envfs mount -f BACKING MNT --key-file KEY`, ready to spawn.
+    pub fn foreground_command(&self, mnt: &Path) -> Command {
+        let mut cmd = self.cmd();
+        cmd.arg("mount")
+            .arg("-f")
+            .arg(&self.backing)
+            .arg(mnt)
+            .arg("--key-file")
+            .arg(&self.key);
+        cmd
+    }
+
+    /// A foreground mount on a new mountpoint `name`, live when this returns, with the
+    /// daemon's stderr going to `log` when given.
+    pub fn mount_foreground(
+        &self,
+        name: &str,
+        log: Option<std::fs::File>,
+    ) -> (Mount, std::process::Child) {
+        let mnt = self.mountpoint(name);
+        let mut cmd = self.foreground_command(&mnt);
+        if let Some(log) = log {
+            cmd.stderr(log);
+        }
+        let child = cmd.spawn().unwrap();
+        let mount = Mount::adopt(mnt.clone());
+        assert!(
+            wait_until(Duration::from_secs(10), || is_mounted(&mnt)),
+            "foreground mount did not come up"
+        );
+        (mount, child)
+    }
+
     pub fn try_mount(&self, mnt: &Path, opts: &[&str]) -> Output {
         self.cmd()
             .arg("mount")
