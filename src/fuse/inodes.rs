@@ -172,17 +172,23 @@ impl Inodes {
     /// (the kernel asks about a node whose every name was removed).
     pub fn path(&self, id: u64) -> Option<PathBuf> {
         let t = self.nodes.read().unwrap();
-        let mut parts = Vec::new();
-        let mut current = id;
-        while current != ROOT {
-            let (parent, name) = t.nodes.get(&current)?.links.last()?;
-            parts.push(name.clone());
-            current = *parent;
-            if parts.len() > 4096 {
-                return None;
-            }
+        Self::resolve(&t, id, 0)
+    }
+
+    /// Newest link first, falling back to older ones whose parents still resolve (a hard
+    /// link whose directory the kernel has forgotten must not make the file unreachable).
+    fn resolve(t: &Table, id: u64, depth: usize) -> Option<PathBuf> {
+        if id == ROOT {
+            return Some(PathBuf::new());
         }
-        Some(parts.iter().rev().collect())
+        if depth > 4096 {
+            return None;
+        }
+        let node = t.nodes.get(&id)?;
+        node.links
+            .iter()
+            .rev()
+            .find_map(|(parent, name)| Self::resolve(t, *parent, depth + 1).map(|p| p.join(name)))
     }
 
     /// `parent`'s path joined with `name`.
@@ -239,5 +245,16 @@ mod tests {
         assert!(t.path(12).is_none());
         t.unlinked(ROOT, OsStr::new("f"));
         assert!(t.path(10).is_none());
+    }
+
+    #[test]
+    fn a_link_through_a_forgotten_directory_falls_back_to_another() {
+        let t = Inodes::new(5, 2);
+        t.remember(20, ROOT, OsStr::new("a"));
+        t.remember(21, ROOT, OsStr::new("b"));
+        t.remember(30, 20, OsStr::new("f"));
+        t.remember(30, 21, OsStr::new("f"));
+        t.forget(21, 1);
+        assert_eq!(t.path(30).unwrap(), PathBuf::from("a/f"));
     }
 }
