@@ -311,14 +311,24 @@ impl<'a> Engine<'a> {
         let stride = g.backing_chunk_size() as usize;
         for (n, chunk) in sealed.chunks_mut(stride).enumerate() {
             let index = first + n as u64;
-            let plain = keys
-                .chunks
-                .open_in_place(index, index + 1 == chunk_count, chunk)
-                .map_err(|_| self.integrity(file, Some(index), IntegrityKind::Chunk))?;
+            let is_last = index + 1 == chunk_count;
+            let bad_chunk = |_| self.integrity(file, Some(index), IntegrityKind::Chunk);
             let chunk_start = g.chunk_plain_offset(index);
             let from = plain_offset.saturating_sub(chunk_start) as usize;
-            let to = ((plain_end - chunk_start) as usize).min(plain.len());
-            out.extend_from_slice(&plain[from..to]);
+            let to = (plain_end - chunk_start) as usize;
+            let chunk_plain_len = chunk.len().saturating_sub(CHUNK_OVERHEAD as usize);
+            if from == 0 && to >= chunk_plain_len {
+                // The whole chunk is wanted: decrypt straight into the reply.
+                keys.chunks
+                    .open_into(index, is_last, chunk, &mut out)
+                    .map_err(bad_chunk)?;
+            } else {
+                let plain = keys
+                    .chunks
+                    .open_in_place(index, is_last, chunk)
+                    .map_err(bad_chunk)?;
+                out.extend_from_slice(&plain[from..to.min(plain.len())]);
+            }
         }
         Ok(out)
     }
