@@ -5,18 +5,33 @@
 # alike; the table reports the median of the runs, and ratios to each peer.
 #
 #   bash scripts/bench.sh [--runs N] [--size-mb MB] [--files N] [--out FILE] [--only a,b]
+#                         [--section NAME] [--kms-latency-ms MS]
+#
+# Contenders: plain, bindfs, gocryptfs, securefs, and envfs variants:
+#   envfs          local key file, defaults (4 KiB chunks)
+#   envfs-kms      KMS-compatible server (moto) on loopback, DEK cache kept warm: "cold"
+#                  steps drop the kernel's caches but keep the daemon (and its DEK cache)
+#   envfs-kms10    the same behind scripts/kms_proxy.py adding --kms-latency-ms (10) per call
+#   envfs-cNk      local key, N KiB chunks (the chunk-size sweep)
+#   envfs-wb       local key, mounted with -o writeback_cache
+# --only picks some; --section NAME writes the table into the NAME section of --out
+# (between <!-- NAME:begin/end --> markers) instead of rewriting the main table.
 #
 # Needs root (drop_caches, mounts). Installs fio, bindfs, gocryptfs and securefs from
-# Debian if missing. Work happens in $BENCH_DIR (default /var/tmp/envfs-bench).
+# Debian, and moto (scripts/setup.sh), if missing. Work happens in $BENCH_DIR (default
+# /var/tmp/envfs-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+ARGS="$*"
 RUNS=3
 SIZE_MB=1024
 FILES=10000
 OUT=docs/BENCHMARKS.md
 ONLY=""
+SECTION=""
+KMS_LATENCY=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
@@ -24,6 +39,8 @@ while [ $# -gt 0 ]; do
     --files) FILES=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
+    --section) SECTION=$2; shift 2 ;;
+    --kms-latency-ms) KMS_LATENCY=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -43,8 +60,33 @@ W=${BENCH_DIR:-/var/tmp/envfs-bench}
 rm -rf "$W"; mkdir -p "$W"
 RESULTS=$W/results.tsv
 : > "$RESULTS"
-CONTENDERS=(plain bindfs gocryptfs securefs envfs)
+CONTENDERS=(plain bindfs gocryptfs securefs envfs envfs-kms envfs-kms10)
 if [ -n "$ONLY" ]; then IFS=, read -r -a CONTENDERS <<< "$ONLY"; fi
+
+MOTO_PID=""; PROXY_PID=""
+cleanup() {
+  for m in "$W"/*-mnt; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
+  [ -z "$MOTO_PID" ] || kill "$MOTO_PID" "$PROXY_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# --- the KMS-compatible server, when a KMS contender runs -------------------------------------
+if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^envfs-kms'; then
+  python3 -c 'import moto' 2>/dev/null || bash scripts/setup.sh >/dev/null
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  KMS_PORT=$(free_port); PROXY_PORT=$(free_port)
+  python3 -m moto.server -H 127.0.0.1 -p "$KMS_PORT" >/dev/null 2>&1 & MOTO_PID=$!
+  python3 scripts/kms_proxy.py --listen 127.0.0.1:"$PROXY_PORT" --upstream http://127.0.0.1:"$KMS_PORT" \
+    --latency-ms "$KMS_LATENCY" 2>"$W/proxy.log" & PROXY_PID=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$KMS_PORT/" && break; sleep 0.1; done
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+  export XDG_CONFIG_HOME=$W/config
+  python3 -c "
+import boto3
+k=boto3.client('kms',endpoint_url='http://127.0.0.1:$KMS_PORT',region_name='us-east-1')
+key=k.create_key()['KeyMetadata']; k.create_alias(AliasName='alias/envfs-bench',TargetKeyId=key['KeyId'])"
+fi
+kms_endpoint() { case $1 in envfs-kms10) echo "http://127.0.0.1:$PROXY_PORT" ;; *) echo "http://127.0.0.1:$KMS_PORT" ;; esac; }
 
 # --- inputs prepared once, on the plain disk ------------------------------------------------
 SMALL_SRC=$W/small-src
@@ -80,9 +122,20 @@ mount_contender() {
       [ -f "$b/.securefs.json" ] || securefs create --pass benchpass "$b" >/dev/null 2>&1
       securefs mount -b --pass benchpass "$b" "$m" >/dev/null 2>&1
       for _ in $(seq 50); do mountpoint -q "$m" && break; sleep 0.1; done ;;
-    envfs)
-      [ -f "$b/envfs.conf" ] || "$ENVFS" init "$b" --key-file "$W/envfs.key" >/dev/null
-      "$ENVFS" mount "$b" "$m" --key-file "$W/envfs.key" ;;
+    envfs-kms|envfs-kms10)
+      # Keep the daemon across "cold" steps: its DEK cache is what this contender measures.
+      if ! mountpoint -q "$m"; then
+        [ -f "$b/envfs.conf" ] || AWS_ENDPOINT_URL_KMS=$(kms_endpoint "$name") "$ENVFS" init "$b" --kms-key alias/envfs-bench >/dev/null
+        AWS_ENDPOINT_URL_KMS=$(kms_endpoint "$name") "$ENVFS" mount "$b" "$m"
+      fi ;;
+    envfs|envfs-c*k|envfs-wb)
+      local init_opts=() mount_opts=()
+      case $name in
+        envfs-c*k) init_opts=(--chunk-size $(( ${name//[^0-9]/} * 1024 ))) ;;
+        envfs-wb) mount_opts=(-o writeback_cache) ;;
+      esac
+      [ -f "$b/envfs.conf" ] || "$ENVFS" init "$b" --key-file "$W/envfs.key" "${init_opts[@]}" >/dev/null
+      "$ENVFS" mount "$b" "$m" --key-file "$W/envfs.key" "${mount_opts[@]}" ;;
   esac
   echo "$m"
 }
@@ -90,6 +143,7 @@ mount_contender() {
 unmount_contender() {
   local name=$1 m=$W/$1-mnt
   [ "$name" = plain ] && return
+  if [[ $name == envfs-kms* ]] && [ "${2:-}" != final ]; then return; fi
   for _ in $(seq 50); do
     fusermount3 -u "$m" 2>/dev/null && break
     umount "$m" 2>/dev/null && break
@@ -104,7 +158,7 @@ now() { date +%s.%N; }
 
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; }  # contender workload run value
 
-daemon_pid() { pgrep -n -f "envfs mount $W/envfs-backing" || true; }
+daemon_pid() { pgrep -n -f "envfs mount $W/$1-backing " || true; }
 
 bench_one() {
   local name=$1 run=$2 dir t0 t1 pid
@@ -113,8 +167,8 @@ bench_one() {
   cold
   t0=$(now); dd if=/dev/zero of="$dir/big" bs=1M count="$SIZE_MB" conv=fsync status=none; t1=$(now)
   record "$name" seq_write_MBps "$run" "$(echo "$SIZE_MB / ($t1 - $t0)" | bc -l)"
-  if [ "$name" = envfs ]; then
-    pid=$(daemon_pid)
+  if [[ $name == envfs* ]]; then
+    pid=$(daemon_pid "$name")
     [ -n "$pid" ] && record "$name" daemon_peak_rss_MiB "$run" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$pid"/status)"
   fi
   unmount_contender "$name"; cold
@@ -150,7 +204,7 @@ bench_one() {
   t0=$(now); tar -C "$dir/untar" -xf "$ARCHIVE"; sync; t1=$(now)
   record "$name" untar_s "$run" "$(echo "$t1 - $t0" | bc -l)"
   rm -rf "$dir/untar"
-  unmount_contender "$name"
+  unmount_contender "$name" final
 }
 
 for run in $(seq "$RUNS"); do
@@ -160,7 +214,7 @@ for run in $(seq "$RUNS"); do
   done
 done
 
-python3 "$ROOT/scripts/bench_report.py" "$RESULTS" "$OUT" \
-  --runs "$RUNS" --size-mb "$SIZE_MB" --files "$FILES" --archive-files "$ARCHIVE_FILES" \
+python3 "$ROOT/scripts/bench_report.py" "$RESULTS" "$OUT" --section "$SECTION" --kms-latency "$KMS_LATENCY" \
+  --command "bash scripts/bench.sh${ARGS:+ $ARGS}" --runs "$RUNS" --size-mb "$SIZE_MB" --files "$FILES" --archive-files "$ARCHIVE_FILES" \
   --versions "envfs $(git -C "$ROOT" rev-parse --short HEAD); $(gocryptfs -version 2>/dev/null | head -1); securefs $(securefs version 2>/dev/null | head -1 | awk '{print $NF}'); bindfs $(bindfs --version 2>/dev/null | head -1 | awk '{print $NF}'); fio $(fio --version)"
 echo "bench: wrote $OUT" >&2

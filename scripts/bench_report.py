@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn scripts/bench.sh's raw results into docs/BENCHMARKS.md: medians, and ratios of
 envfs to each peer (>1 means envfs is better: faster, or less time)."""
-import argparse, collections, datetime, platform, statistics, subprocess
+import argparse, collections, datetime, platform, re, statistics, subprocess
 
 HIGHER_IS_BETTER = {"seq_write_MBps", "seq_read_cold_MBps", "randread_4k_IOPS", "randwrite_4k_IOPS"}
 ORDER = ["seq_write_MBps", "seq_read_cold_MBps", "randread_4k_IOPS", "randwrite_4k_IOPS",
@@ -16,14 +16,39 @@ LABELS = {
     "ls_lR_cold_s": "ls -lR, cold (s)",
     "rm_rf_s": "rm -rf (s)",
     "untar_s": "untar source archive (s)",
-    "daemon_peak_rss_MiB": "envfs daemon peak RSS after the sequential write (MiB)",
+    "daemon_peak_rss_MiB": "daemon peak RSS after the sequential write (MiB)",
 }
+
+def ratio(med, a, b, w):
+    """How much better contender a is than b on workload w (>1: a is better)."""
+    if (a, w) not in med or (b, w) not in med or not med[(a, w)] or not med[(b, w)]:
+        return "–"
+    r = med[(a, w)] / med[(b, w)] if w in HIGHER_IS_BETTER else med[(b, w)] / med[(a, w)]
+    return f"{r:.2f}×"
+
+def fmt(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+def table(med, columns, pairs):
+    """Absolute medians for `columns`, then one ratio column per (a, b) pair."""
+    lines = ["| workload | " + " | ".join(columns) + "".join(f" | {a} vs {b}" for a, b in pairs) + " |",
+             "|---|" + "---:|" * (len(columns) + len(pairs))]
+    for w in ORDER:
+        if not any((c, w) in med for c in columns):
+            continue
+        row = [LABELS[w]] + [fmt(med[(c, w)]) if (c, w) in med else "–" for c in columns]
+        row += [ratio(med, a, b, w) for a, b in pairs]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+SECTION = re.compile(r"<!-- ([a-z0-9-]+):begin -->.*?<!-- \1:end -->", re.S)
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results"); ap.add_argument("out")
+    ap.add_argument("--section", default=""); ap.add_argument("--command", default="bash scripts/bench.sh")
     ap.add_argument("--runs"); ap.add_argument("--size-mb"); ap.add_argument("--files")
-    ap.add_argument("--archive-files"); ap.add_argument("--versions")
+    ap.add_argument("--archive-files"); ap.add_argument("--versions"); ap.add_argument("--kms-latency")
     a = ap.parse_args()
     data = collections.defaultdict(list)
     contenders = []
@@ -33,39 +58,50 @@ def main():
             contenders.append(c)
         data[(c, w)].append(float(v))
     med = {k: statistics.median(v) for k, v in data.items()}
-    peers = [c for c in contenders if c != "envfs"]
-    fmt = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
-    lines = ["| workload | " + " | ".join(contenders) + " | " + " | ".join(f"envfs vs {p}" for p in peers) + " |",
-             "|---|" + "---:|" * (len(contenders) + len(peers))]
-    for w in ORDER:
-        if not any((c, w) in med for c in contenders):
-            continue
-        row = [LABELS[w]] + [fmt(med[(c, w)]) if (c, w) in med else "–" for c in contenders]
-        for p in peers:
-            if ("envfs", w) in med and (p, w) in med and med[(p, w)] and med[("envfs", w)]:
-                r = med[("envfs", w)] / med[(p, w)] if w in HIGHER_IS_BETTER else med[(p, w)] / med[("envfs", w)]
-                row.append(f"{r:.2f}×")
-            else:
-                row.append("–")
-        lines.append("| " + " | ".join(row) + " |")
-    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-    fs = subprocess.run(["sh", "-c", "df -T /var/tmp | tail -1 | awk '{print $2}'"], capture_output=True, text=True).stdout.strip()
-    # Sections written by hand or by other scripts survive a rerun: the analysis and the
-    # KMS table (scripts/bench_kms.sh).
-    kept = ""
+    peers = [c for c in contenders if not c.startswith("envfs")]
+    variants = [c for c in contenders if c.startswith("envfs") and c != "envfs"]
+    today = datetime.date.today().isoformat()
     try:
         old = open(a.out).read()
-        for tag in ("analysis", "kms"):
-            begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-            if begin in old and end in old:
-                kept += old[old.index(begin):old.index(end) + len(end)] + "\n\n"
     except FileNotFoundError:
-        pass
+        old = ""
+
+    if a.section:
+        # A partial run (say, the chunk-size sweep): its table replaces one marked section.
+        base = "envfs" if "envfs" in contenders else contenders[0]
+        body = (f"<!-- {a.section}:begin -->\n`{a.command}` on {today}, medians of {a.runs} runs; "
+                f"ratios > 1 mean the variant is better than `{base}`.\n\n"
+                + table(med, contenders, [(v, base) for v in contenders if v != base])
+                + f"\n<!-- {a.section}:end -->")
+        pattern = re.compile(rf"<!-- {re.escape(a.section)}:begin -->.*?<!-- {re.escape(a.section)}:end -->", re.S)
+        new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + body + "\n"
+        open(a.out, "w").write(new)
+        return
+
+    main_table = table(med, peers + ["envfs"], [("envfs", p) for p in peers])
+    variant_table = table(med, ["envfs"] + variants, [(v, "envfs") for v in variants]) if variants else ""
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    fs = subprocess.run(["sh", "-c", "df -T /var/tmp | tail -1 | awk '{print $2}'"], capture_output=True, text=True).stdout.strip()
+    # Sections written by hand or by other runs survive a rerun: the analysis, the KMS
+    # creation table (scripts/bench_kms.sh), the chunk-size sweep, ...
+    kept = "\n\n".join(m.group(0) for m in SECTION.finditer(old))
+    variants_text = ""
+    if variant_table:
+        variants_text = f"""
+### envfs configurations, relative to envfs with the local key
+
+{variant_table}
+
+`envfs-kms` uses a KMS-compatible server (moto) on loopback and `envfs-kms10` the same
+behind a proxy adding {{latency}} ms per call; for both the "cold" steps drop the kernel's caches but keep
+the daemon mounted, so its DEK cache is warm (the case the issue's 10% target is about).
+New files still need a `GenerateDataKey` each.
+"""
     with open(a.out, "w") as f:
         f.write(f"""# Benchmarks
 
-Measured by `bash scripts/bench.sh --runs {a.runs} --size-mb {a.size_mb} --files {a.files}` on
-{datetime.date.today().isoformat()}: medians of {a.runs} runs, contenders interleaved within each
+Measured by `{a.command}` on
+{today}: medians of {a.runs} runs, contenders interleaved within each
 run, all on the same disk. Ratios are envfs relative to each peer, oriented so that **> 1 means
 envfs is better** (more throughput, or less time).
 
@@ -79,13 +115,14 @@ sequential read of it after dropping caches and remounting; fio random 4 KiB rea
 directories: create (`cp -r`), read back cold, `ls -lR` cold, `rm -rf`; `tar x` of a
 {a.archive_files}-file archive of vendored crate sources.
 
-{chr(10).join(lines)}
+{main_table}
 
 Contenders: `plain` is the backing directory itself (the ceiling); `bindfs` is a FUSE
 passthrough (the floor any FUSE filesystem pays); gocryptfs and securefs are the peers, with
 default settings. envfs runs with its defaults (4 KiB chunks, local key file).
-
-{kept}""")
+{variants_text.replace("{latency}", a.kms_latency or "10")}
+{kept}
+""")
 
 if __name__ == "__main__":
     main()

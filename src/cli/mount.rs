@@ -45,6 +45,8 @@ pub struct MountConfig {
     pub dek_cache_entries: Option<usize>,
     pub dek_cache_ttl: Option<Duration>,
     pub prefetch: Option<usize>,
+    /// Let the kernel buffer writes in its page cache (`FUSE_WRITEBACK_CACHE`).
+    pub writeback_cache: bool,
     pub foreground: bool,
     /// Kernel mount flags passed through (nosuid, nodev, noexec, noatime, …).
     pub passthrough: Vec<String>,
@@ -94,6 +96,8 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             }
             ("attr_timeout", Some(v)) => config.attr_timeout = Some(seconds(name, v)?),
             ("entry_timeout", Some(v)) => config.entry_timeout = Some(seconds(name, v)?),
+            ("writeback_cache", None) => config.writeback_cache = true,
+            ("no_writeback_cache", None) => config.writeback_cache = false,
             ("foreground", None) => config.foreground = true,
             (
                 "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime"
@@ -423,6 +427,7 @@ fn start_session(
     let adapter = AdapterOptions {
         attr_timeout: config.attr_timeout.unwrap_or(defaults.attr_timeout),
         entry_timeout: config.entry_timeout.unwrap_or(defaults.entry_timeout),
+        writeback_cache: config.writeback_cache,
     };
     let fs = EnvFs::new(Fs::new(vault), adapter)?;
     let mut opts = vec![
@@ -768,6 +773,12 @@ mod tests {
         assert!(c.read_only && c.allow_other);
         assert_eq!(c.key_file.as_deref(), Some(Path::new("/k")));
         assert_eq!(c.attr_timeout, Some(Duration::from_millis(500)));
+        assert!(!c.writeback_cache);
+        parse_options(&["writeback_cache".into()], &mut c).unwrap();
+        assert!(c.writeback_cache);
+        parse_options(&["no_writeback_cache".into()], &mut c).unwrap();
+        assert!(!c.writeback_cache);
+        assert!(parse_options(&["writeback_cache=1".into()], &mut c).is_err());
         assert!(parse_options(&["bogus".into()], &mut c).is_err());
         assert!(parse_options(&["attr_timeout=x".into()], &mut c).is_err());
     }

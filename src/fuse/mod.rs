@@ -33,6 +33,13 @@ pub struct AdapterOptions {
     /// directory is shared: changes made behind the mount's back must show up quickly.
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
+    /// Ask for `FUSE_WRITEBACK_CACHE`: the kernel keeps written pages in its page cache
+    /// and sends them later, in page-sized or larger requests, instead of one synchronous
+    /// request per write(2). In return the kernel owns each open file's size and mtime
+    /// (it no longer takes them from us), so changes made to the backing file behind the
+    /// mount's back may not show until the kernel forgets the inode: opt-in, for backing
+    /// directories only this mount writes.
+    pub writeback_cache: bool,
 }
 
 impl Default for AdapterOptions {
@@ -40,6 +47,7 @@ impl Default for AdapterOptions {
         AdapterOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            writeback_cache: false,
         }
     }
 }
@@ -198,6 +206,17 @@ impl EnvFs {
         fh
     }
 
+    /// The open(2) flags the core sees. With the writeback cache the kernel places
+    /// O_APPEND writes itself (at its own idea of the end of file) and sends them with
+    /// explicit offsets, so the core must not move them again.
+    fn open_flags(&self, flags: i32) -> i32 {
+        if self.opts.writeback_cache {
+            flags & !libc::O_APPEND
+        } else {
+            flags
+        }
+    }
+
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.handles
             .lock()
@@ -229,6 +248,11 @@ impl fuser::Filesystem for EnvFs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_BIG_WRITES;
+        let wanted = if self.opts.writeback_cache {
+            wanted | InitFlags::FUSE_WRITEBACK_CACHE
+        } else {
+            wanted
+        };
         let supported = wanted & config.capabilities();
         let _ = config.add_capabilities(supported);
         if let Err(max) = config.set_max_write(MAX_WRITE) {
@@ -445,7 +469,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let path = try_reply!(reply, self.verified_path(ino));
-        let handle = try_reply!(reply, self.fs.open(&path, flags.0));
+        let handle = try_reply!(reply, self.fs.open(&path, self.open_flags(flags.0)));
         // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
         // backing store behind our back is never served stale after a reopen.
         reply.opened(FileHandle(self.add_handle(handle)), FopenFlags::empty());
@@ -721,8 +745,12 @@ impl fuser::Filesystem for EnvFs {
         let path = try_reply!(reply, self.child(parent, name));
         let (handle, attr) = try_reply!(
             reply,
-            self.fs
-                .create(&path, mode & !umask & 0o7777, flags, self.owner(req))
+            self.fs.create(
+                &path,
+                mode & !umask & 0o7777,
+                self.open_flags(flags),
+                self.owner(req)
+            )
         );
         let fattr = self.fuse_attr(&attr);
         self.inodes.remember(fattr.ino.0, parent.0, name);
