@@ -179,6 +179,18 @@ fn reads_while_cached_cost_one_decrypt_and_stat_ls_touch_cost_nothing() {
     // Writing to the empty file is its first DEK: one GenerateDataKey.
     fs::write(m.p("new-empty-file"), b"now with content").unwrap();
     assert_eq!(kms.count("GenerateDataKey"), 1);
+    // The DEK this mount just made is cached: reading the new file back (cold, through a
+    // fresh open) costs no Decrypt.
+    sh(&m.path, "sync && echo 3 > /proc/sys/vm/drop_caches");
+    assert_eq!(
+        fs::read(m.p("new-empty-file")).unwrap(),
+        b"now with content"
+    );
+    assert_eq!(
+        kms.count("Decrypt"),
+        1,
+        "reading back a file this mount created called Decrypt"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub struct CacheLimits {
 impl Default for CacheLimits {
     fn default() -> Self {
         CacheLimits {
-            max_entries: 10_000,
+            max_entries: 50_000,
             ttl: Duration::from_secs(300),
         }
     }

@@ -442,6 +442,17 @@ impl Vault {
             dek,
             slots,
         } = prepared;
+        // The file is about to be written and, usually, read back: cache its DEK now so
+        // the first reopen does not cost a Decrypt call for a key this process just made.
+        for slot in &slots {
+            if self
+                .providers
+                .iter()
+                .any(|p| p.remote() && p.recognises(slot))
+            {
+                self.dek_cache.insert(&file_id, &slot.wrapped, &dek);
+            }
+        }
         let keys = FileKeys::derive(&dek, file_id);
         let header = FileHeader {
             file_id,
