@@ -80,8 +80,8 @@ creating $FILES small files with a shell loop.
 | KMS, ${LATENCY} ms, prefetch 32 DEKs (default) | $(printf '%.0f' "$P") |
 
 Without prefetch every new file waits one KMS round trip; with it, DEKs are generated ahead
-by 4 concurrent workers, so creation runs at up to 4 / latency files per second sustained and
-faster in bursts the pool absorbs.
+by 16 concurrent workers (\`-o prefetch_workers=\`), so creation runs at up to 16 / round trip
+files per second sustained, and faster in bursts the pool absorbs.
 <!-- kms:end -->
 MD
 )

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 /// New-file DEKs kept ready for key-service vaults, and the calls in flight to refill them.
 const DEFAULT_PREFETCH: usize = 32;
-const PREFETCH_CONCURRENCY: usize = 4;
+/// Concurrent GenerateDataKey calls the prefetch pool makes. Sustained creation runs at up
+/// to workers / round-trip files per second, so this is what hides a distant key service.
+const DEFAULT_PREFETCH_WORKERS: usize = 16;
 
 /// Environment variable naming the fd on which a daemon child reports readiness.
 const READY_FD_ENV: &str = "ENVFS_READY_FD";
@@ -45,6 +47,7 @@ pub struct MountConfig {
     pub dek_cache_entries: Option<usize>,
     pub dek_cache_ttl: Option<Duration>,
     pub prefetch: Option<usize>,
+    pub prefetch_workers: Option<usize>,
     /// Let the kernel buffer writes in its page cache (`FUSE_WRITEBACK_CACHE`).
     pub writeback_cache: bool,
     pub foreground: bool,
@@ -89,6 +92,16 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
                 })?)
             }
             ("dek_cache_ttl", Some(v)) => config.dek_cache_ttl = Some(seconds(name, v)?),
+            ("prefetch_workers", Some(v)) => {
+                config.prefetch_workers = Some(match v.parse() {
+                    Ok(n) if (1..=256).contains(&n) => n,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "-o prefetch_workers={v}: expected a number of threads in 1..=256"
+                        )));
+                    }
+                })
+            }
             ("prefetch", Some(v)) => {
                 config.prefetch = Some(v.parse().map_err(|_| {
                     Error::Invalid(format!("-o prefetch={v}: expected a number of DEKs"))
@@ -272,7 +285,7 @@ fn mount_or_serve(
     });
     vault.enable_prefetch(
         config.prefetch.unwrap_or(DEFAULT_PREFETCH),
-        PREFETCH_CONCURRENCY,
+        config.prefetch_workers.unwrap_or(DEFAULT_PREFETCH_WORKERS),
     );
     serve(std::sync::Arc::new(vault), mountpoint, backing, config)
 }
@@ -779,6 +792,9 @@ mod tests {
         parse_options(&["no_writeback_cache".into()], &mut c).unwrap();
         assert!(!c.writeback_cache);
         assert!(parse_options(&["writeback_cache=1".into()], &mut c).is_err());
+        parse_options(&["prefetch=64,prefetch_workers=32".into()], &mut c).unwrap();
+        assert_eq!((c.prefetch, c.prefetch_workers), (Some(64), Some(32)));
+        assert!(parse_options(&["prefetch_workers=0".into()], &mut c).is_err());
         assert!(parse_options(&["bogus".into()], &mut c).is_err());
         assert!(parse_options(&["attr_timeout=x".into()], &mut c).is_err());
     }
