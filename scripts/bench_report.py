@@ -95,7 +95,9 @@ def main():
 `envfs-kms` uses a KMS-compatible server (moto) on loopback and `envfs-kms10` the same
 behind a proxy adding {{latency}} ms per call; for both the "cold" steps drop the kernel's caches but keep
 the daemon mounted, so its DEK cache is warm (the case the issue's 10% target is about).
-New files still need a `GenerateDataKey` each.
+New files still need a `GenerateDataKey` each. `envfs-cNk` is a vault made with
+`envfs init --chunk-size` N KiB (the chunk-size sweep); `envfs-wb` is mounted with
+`-o writeback_cache` (opt-in, see SEMANTICS.md §5).
 """
     with open(a.out, "w") as f:
         f.write(f"""# Benchmarks
