@@ -616,6 +616,18 @@ fn user_xattrs_round_trip_encrypted() {
         errno(fs.setxattr(p("f"), OsStr::new("nonsense.x"), b"v", 0)),
         libc::EOPNOTSUPP
     );
+    // SELinux labels are not ours to keep: refused outright, so `ls -l` stops asking.
+    let selinux = OsStr::new("security.selinux");
+    assert_eq!(errno(fs.getxattr(p("f"), selinux)), libc::EOPNOTSUPP);
+    assert_eq!(
+        errno(fs.setxattr(p("f"), selinux, b"system_u:object_r:x:s0", 0)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(fs.getxattr(p("f"), OsStr::new("security.capability"))),
+        libc::ENODATA,
+        "file capabilities still pass through"
+    );
 }
 
 #[test]
