@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_pkgs=()
-for pkg in fuse3 rsync sqlite3 git tar attr acl util-linux; do
+for pkg in fuse3 rsync sqlite3 git tar attr acl util-linux libcap2-bin; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 # systemd-analyze verifies the example mount unit.

@@ -381,6 +381,51 @@ fn changes_behind_the_mounts_back_show_up_within_the_attribute_timeout() {
         == Some(b"new content from another host")));
 }
 
+/// A failed lookup may be remembered for `negative_timeout`: names made through the mount
+/// replace the remembered miss at once; a name made behind the mount's back is found once
+/// the miss expires (at once with `negative_timeout=0`).
+#[test]
+fn a_remembered_missing_name_never_hides_a_file_made_through_the_mount() {
+    let v = TestVault::new(&[]);
+    let a = v.mount("a", &["-o", "negative_timeout=600"]);
+    let b = v.mount("b", &[]);
+    let fresh = v.mount("fresh", &["-o", "negative_timeout=0"]);
+    for name in ["file", "dir", "link", "renamed", "hard"] {
+        assert!(!a.p(name).exists());
+        assert!(!fresh.p(name).exists());
+    }
+    fs::write(a.p("file"), b"made here").unwrap();
+    fs::create_dir(a.p("dir")).unwrap();
+    std::os::unix::fs::symlink("file", a.p("link")).unwrap();
+    fs::write(a.p("tmp"), b"renamed here").unwrap();
+    fs::rename(a.p("tmp"), a.p("renamed")).unwrap();
+    fs::hard_link(a.p("file"), a.p("hard")).unwrap();
+    assert_eq!(fs::read(a.p("file")).unwrap(), b"made here");
+    assert!(a.p("dir").is_dir());
+    assert_eq!(fs::read(a.p("link")).unwrap(), b"made here");
+    assert_eq!(fs::read(a.p("renamed")).unwrap(), b"renamed here");
+    assert_eq!(fs::read(a.p("hard")).unwrap(), b"made here");
+    // Made by another mount: a mount that remembers no misses finds every name at once.
+    assert!(!a.p("elsewhere").exists());
+    fs::write(b.p("elsewhere"), b"from b").unwrap();
+    assert!(
+        !a.p("elsewhere").exists(),
+        "the miss was not remembered for negative_timeout"
+    );
+    for name in ["file", "dir", "link", "renamed", "hard", "elsewhere"] {
+        assert!(
+            fresh.p(name).exists(),
+            "{name} hidden with negative_timeout=0"
+        );
+    }
+    // Listings always read the backing directory, whatever the lookups remember.
+    let listed: Vec<_> = fs::read_dir(&a.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == "elsewhere"));
+}
+
 // ---- mount(8), fstab, systemd -----------------------------------------------------------------
 
 /// mount(8) runs helpers with a sanitised PATH, so the binary must be in a system directory.
@@ -557,6 +602,87 @@ fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     );
     let meta = fs::metadata(m.p("by-nobody")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+}
+
+/// envfs takes over dropping setuid/setgid from the kernel (FUSE_HANDLE_KILLPRIV_V2, which
+/// spares a `security.capability` round trip per write): every way an unprivileged process
+/// can modify a file must still drop them, exactly as on a local filesystem.
+#[test]
+fn modifying_a_file_drops_setuid_and_setgid_as_on_a_local_filesystem() {
+    let v = TestVault::new(&[]);
+    let m = v.mount("mnt", &["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
+    let as_nobody = |script: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "bash",
+                "-c",
+                script,
+            ])
+            .current_dir(&m.path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let perm = |name: &str| fs::metadata(m.p(name)).unwrap().mode() & 0o7777;
+    let setup = |name: &str, mode: u32| {
+        fs::write(m.p(name), b"0123456789").unwrap();
+        fs::set_permissions(m.p(name), fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(perm(name), mode);
+    };
+    // (how nobody modifies it, the content afterwards)
+    let cases: [(&str, &[u8]); 5] = [
+        ("echo more >> {f}", b"0123456789more\n"),
+        (
+            "dd if=/dev/zero of={f} bs=1 count=2 seek=3 conv=notrunc status=none",
+            b"012\x00\x0056789",
+        ),
+        ("truncate -s 4 {f}", b"0123"),
+        (": > {f}", b""),
+        ("fallocate -l 16 {f}", b"0123456789\0\0\0\0\0\0"),
+    ];
+    for (i, (script, content)) in cases.iter().enumerate() {
+        let f = format!("f{i}");
+        setup(&f, 0o6777);
+        as_nobody(&script.replace("{f}", &f));
+        assert_eq!(perm(&f), 0o777, "{script}: setuid/setgid kept");
+        assert_eq!(fs::read(m.p(&f)).unwrap(), *content, "{script}");
+    }
+    // setgid without group-execute marks mandatory locking, not privilege: it stays.
+    setup("locking", 0o2766);
+    as_nobody("echo more >> locking");
+    assert_eq!(perm("locking"), 0o2766);
+    // Root (CAP_FSETID) keeps them, as on a local filesystem.
+    setup("rootwrites", 0o6777);
+    sh(
+        &m.path,
+        "echo more >> rootwrites && truncate -s 3 rootwrites",
+    );
+    assert_eq!(perm("rootwrites"), 0o6777);
+    assert_eq!(fs::read(m.p("rootwrites")).unwrap(), b"012");
+    // File capabilities go on any write, even root's.
+    setup("capable", 0o755);
+    sh(
+        &m.path,
+        "setcap cap_net_raw+ep capable && getcap capable | grep -q cap_net_raw",
+    );
+    sh(&m.path, "echo more >> capable");
+    let out = std::process::Command::new("getcap")
+        .arg(m.p("capable"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "capability kept"
+    );
 }
 
 #[test]

@@ -41,6 +41,7 @@ pub struct MountConfig {
     pub nonempty: bool,
     pub attr_timeout: Option<Duration>,
     pub entry_timeout: Option<Duration>,
+    pub negative_timeout: Option<Duration>,
     pub key_file: Option<PathBuf>,
     pub kms_key: Option<String>,
     /// DEK cache bounds (entries, seconds) and how many new-file DEKs to keep ready.
@@ -48,6 +49,8 @@ pub struct MountConfig {
     pub dek_cache_ttl: Option<Duration>,
     pub prefetch: Option<usize>,
     pub prefetch_workers: Option<usize>,
+    /// FUSE worker threads reading requests from the kernel.
+    pub threads: Option<usize>,
     /// Let the kernel buffer writes in its page cache (`FUSE_WRITEBACK_CACHE`).
     pub writeback_cache: bool,
     pub foreground: bool,
@@ -92,6 +95,16 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
                 })?)
             }
             ("dek_cache_ttl", Some(v)) => config.dek_cache_ttl = Some(seconds(name, v)?),
+            ("threads", Some(v)) => {
+                config.threads = Some(match v.parse() {
+                    Ok(n) if (1..=64).contains(&n) => n,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "-o threads={v}: expected a number of threads in 1..=64"
+                        )));
+                    }
+                })
+            }
             ("prefetch_workers", Some(v)) => {
                 config.prefetch_workers = Some(match v.parse() {
                     Ok(n) if (1..=256).contains(&n) => n,
@@ -109,6 +122,7 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             }
             ("attr_timeout", Some(v)) => config.attr_timeout = Some(seconds(name, v)?),
             ("entry_timeout", Some(v)) => config.entry_timeout = Some(seconds(name, v)?),
+            ("negative_timeout", Some(v)) => config.negative_timeout = Some(seconds(name, v)?),
             ("writeback_cache", None) => config.writeback_cache = true,
             ("no_writeback_cache", None) => config.writeback_cache = false,
             ("foreground", None) => config.foreground = true,
@@ -440,6 +454,7 @@ fn start_session(
     let adapter = AdapterOptions {
         attr_timeout: config.attr_timeout.unwrap_or(defaults.attr_timeout),
         entry_timeout: config.entry_timeout.unwrap_or(defaults.entry_timeout),
+        negative_timeout: config.negative_timeout.unwrap_or(defaults.negative_timeout),
         writeback_cache: config.writeback_cache,
     };
     let fs = EnvFs::new(Fs::new(vault), adapter)?;
@@ -485,7 +500,7 @@ fn start_session(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    fuse_config.n_threads = Some((cores * 2).clamp(4, 16));
+    fuse_config.n_threads = Some(config.threads.unwrap_or((cores * 2).clamp(4, 16)));
     fuse_config.clone_fd = true;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -795,6 +810,13 @@ mod tests {
         parse_options(&["prefetch=64,prefetch_workers=32".into()], &mut c).unwrap();
         assert_eq!((c.prefetch, c.prefetch_workers), (Some(64), Some(32)));
         assert!(parse_options(&["prefetch_workers=0".into()], &mut c).is_err());
+        parse_options(&["threads=1".into()], &mut c).unwrap();
+        assert_eq!(c.threads, Some(1));
+        assert!(parse_options(&["threads=0".into()], &mut c).is_err());
+        assert!(parse_options(&["threads=65".into()], &mut c).is_err());
+        parse_options(&["negative_timeout=0".into()], &mut c).unwrap();
+        assert_eq!(c.negative_timeout, Some(Duration::ZERO));
+        assert!(parse_options(&["negative_timeout=-1".into()], &mut c).is_err());
         assert!(parse_options(&["bogus".into()], &mut c).is_err());
         assert!(parse_options(&["attr_timeout=x".into()], &mut c).is_err());
     }

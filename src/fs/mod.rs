@@ -59,6 +59,25 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+    /// Drop setuid (and setgid with group-execute) unless `mode` is set: the kernel left
+    /// that to us (FUSE_HANDLE_KILLPRIV_V2) for a truncate or a write by an unprivileged
+    /// caller.
+    pub kill_suidgid: bool,
+}
+
+/// The permission bits left once a regular file is modified by an unprivileged process, or
+/// `None` when nothing changes: setuid goes; setgid goes only with group-execute (without
+/// it, setgid marks mandatory locking, which a write does not revoke). Linux's rule.
+fn without_suidgid(meta: &fs::Metadata) -> Option<u32> {
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    let perm = meta.mode() & 0o7777;
+    let mut kept = perm & !libc::S_ISUID;
+    if kept & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kept &= !libc::S_ISGID;
+    }
+    (kept != perm).then_some(kept)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +202,21 @@ impl Fs {
         if set.atime.is_some() || set.mtime.is_some() {
             sys::set_times_fd(&fd, set.atime, set.mtime)?;
         }
+        if set.kill_suidgid && set.mode.is_none() {
+            self.kill_suidgid(handle)?;
+        }
         self.getattr_handle(handle)
+    }
+
+    /// Drop setuid/setgid from an open regular file, as a write by an unprivileged
+    /// process does on Linux. Costs one fstat; a chmod only when a bit is set.
+    pub fn kill_suidgid(&self, handle: &Handle) -> Result<()> {
+        let fd = handle.file.fd();
+        let meta = fd.metadata()?;
+        if let Some(perm) = without_suidgid(&meta) {
+            fd.set_permissions(fs::Permissions::from_mode(perm))?;
+        }
+        Ok(())
     }
 
     pub fn setattr(&self, path: &Path, handle: Option<&Handle>, set: &SetAttr) -> Result<Attr> {
@@ -209,6 +242,12 @@ impl Fs {
         }
         if set.atime.is_some() || set.mtime.is_some() {
             sys::set_times(&backing, set.atime, set.mtime)?;
+        }
+        if set.kill_suidgid && set.mode.is_none() {
+            let meta = fs::symlink_metadata(&backing)?;
+            if let Some(perm) = without_suidgid(&meta) {
+                fs::set_permissions(&backing, fs::Permissions::from_mode(perm))?;
+            }
         }
         self.getattr(path)
     }

@@ -21,10 +21,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Largest write the kernel may send in one request (it caps this at its own maximum).
 const MAX_WRITE: u32 = 1 << 20;
+
+/// How every regular file is opened. FOPEN_NOFLUSH: close(2) need not wait for a FLUSH
+/// round trip, because a write reaches the backing store before it is acknowledged and
+/// there is nothing left to flush (the kernel ignores the flag under the writeback cache,
+/// where FLUSH is what writes dirty pages back). POSIX locks stay in the kernel
+/// (FUSE_POSIX_LOCKS is not negotiated), so FLUSH has no locks to release either.
+const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 /// Mount-time behaviour of the adapter.
 #[derive(Debug, Clone)]
@@ -33,6 +40,12 @@ pub struct AdapterOptions {
     /// directory is shared: changes made behind the mount's back must show up quickly.
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
+    /// How long the kernel may remember that a name does not exist. Creating a file
+    /// looks its name up first, often twice (`cp` stats the target, then open(O_CREAT)
+    /// looks again): remembering the miss saves a round trip per new file. Names made
+    /// through this mount replace the cached miss at once; a name made behind the mount's
+    /// back is found within this time, as a deletion is within `entry_timeout`.
+    pub negative_timeout: Duration,
     /// Ask for `FUSE_WRITEBACK_CACHE`: the kernel keeps written pages in its page cache
     /// and sends them later, in page-sized or larger requests, instead of one synchronous
     /// request per write(2). In return the kernel owns each open file's size and mtime
@@ -47,6 +60,7 @@ impl Default for AdapterOptions {
         AdapterOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::from_secs(1),
             writeback_cache: false,
         }
     }
@@ -65,6 +79,27 @@ pub struct EnvFs {
     opts: AdapterOptions,
     /// When the daemon runs as root (allow_other), new nodes belong to the caller.
     chown_new_nodes: bool,
+}
+
+/// The attributes sent with a negative entry: the kernel looks only at the zero node id.
+fn no_such_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
 }
 
 fn errno(e: &Error) -> Errno {
@@ -247,7 +282,11 @@ impl fuser::Filesystem for EnvFs {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_BIG_WRITES;
+            | InitFlags::FUSE_BIG_WRITES
+            // We drop setuid/setgid ourselves (see `write` and `setattr`). In exchange the
+            // kernel marks the superblock SB_NOSEC and stops asking for
+            // `security.capability` before every write: one round trip less per write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let wanted = if self.opts.writeback_cache {
             wanted | InitFlags::FUSE_WRITEBACK_CACHE
         } else {
@@ -276,8 +315,18 @@ impl fuser::Filesystem for EnvFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let path = try_reply!(reply, self.child(parent, name));
-        let attr = try_reply!(reply, self.fs.getattr(&path));
-        self.reply_entry(parent, name, &attr, reply);
+        match self.fs.getattr(&path) {
+            Ok(attr) => self.reply_entry(parent, name, &attr, reply),
+            // Node id 0 with a timeout: "no such name" that the kernel may cache.
+            Err(e) if e.errno() == libc::ENOENT && !self.opts.negative_timeout.is_zero() => reply
+                .entry_with_ttls(
+                    &Duration::ZERO,
+                    &self.opts.negative_timeout,
+                    &no_such_entry(),
+                    Generation(0),
+                ),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -305,7 +354,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -321,6 +370,19 @@ impl fuser::Filesystem for EnvFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer sends the mode without
+        // setuid/setgid on a truncate by an unprivileged caller; it sets FATTR_KILL_SUIDGID,
+        // which fuser does not pass on. Root stands in for CAP_FSETID. An empty setattr is
+        // the kernel's own "remove privileges" request (fallocate, or a write to a setuid
+        // file): nothing else sends one.
+        let unprivileged = req.uid() != 0;
+        let nothing_set = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none();
+        let kill_suidgid = unprivileged && (size.is_some() || nothing_set);
         // With a handle (ftruncate, fchmod, futimens), act on the open file itself: the file may
         // have no name any more.
         // fchmod/fchown/futimens arrive without a handle; a file whose every name is gone
@@ -339,6 +401,7 @@ impl fuser::Filesystem for EnvFs {
                 size,
                 atime: time_set(atime),
                 mtime: time_set(mtime),
+                kill_suidgid,
             };
             let attr = try_reply!(reply, self.fs.setattr_handle(&handle, &set));
             reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
@@ -353,6 +416,7 @@ impl fuser::Filesystem for EnvFs {
             size,
             atime: time_set(atime),
             mtime: time_set(mtime),
+            kill_suidgid,
         };
         let attr = try_reply!(reply, self.fs.setattr(&path, handle.as_deref(), &set));
         reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
@@ -467,12 +531,18 @@ impl fuser::Filesystem for EnvFs {
         self.reply_entry(newparent, newname, &attr, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let path = try_reply!(reply, self.verified_path(ino));
         let handle = try_reply!(reply, self.fs.open(&path, self.open_flags(flags.0)));
+        // open(O_TRUNC) truncates here (FUSE_ATOMIC_O_TRUNC), so dropping setuid/setgid for
+        // an unprivileged caller is ours too (the kernel's FUSE_OPEN_KILL_SUIDGID, which
+        // fuser does not pass on; root stands in for CAP_FSETID as in `setattr`).
+        if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+            try_reply!(reply, self.fs.kill_suidgid(&handle));
+        }
         // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
         // backing store behind our back is never served stale after a reopen.
-        reply.opened(FileHandle(self.add_handle(handle)), FopenFlags::empty());
+        reply.opened(FileHandle(self.add_handle(handle)), FILE_OPEN_FLAGS);
     }
 
     fn read(
@@ -498,12 +568,16 @@ impl fuser::Filesystem for EnvFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
         let handle = try_reply!(reply, self.handle(fh));
+        // Set by the kernel when the writer lacks CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2).
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            try_reply!(reply, self.fs.kill_suidgid(&handle));
+        }
         let n = try_reply!(reply, self.fs.write(&handle, offset, data));
         reply.written(n as u32);
     }
@@ -760,7 +834,7 @@ impl fuser::Filesystem for EnvFs {
             &fattr,
             Generation(0),
             FileHandle(fh),
-            FopenFlags::empty(),
+            FILE_OPEN_FLAGS,
         );
     }
 
