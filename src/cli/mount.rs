@@ -500,7 +500,11 @@ fn start_session(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    fuse_config.n_threads = Some(config.threads.unwrap_or((cores * 2).clamp(4, 16)));
+    // More workers than cores: a request finds a worker already waiting in read(2) while
+    // others are descheduled, answer asynchronous FORGET/RELEASE requests, or sit in a
+    // backing syscall. One worker halves random-read IOPS and 4 vs 8 costs ~10% on small-file
+    // creation on 2 cores (docs/BENCHMARKS.md); beyond 8 the gain is lost in the noise.
+    fuse_config.n_threads = Some(config.threads.unwrap_or((cores * 4).clamp(8, 32)));
     fuse_config.clone_fd = true;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
