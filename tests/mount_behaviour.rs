@@ -570,6 +570,22 @@ fn foreground_mount_notifies_systemd_when_live() {
     let _ = child.wait();
 }
 
+/// Run `script` in `dir` as user nobody (uid/gid 65534, no supplementary groups).
+fn as_nobody(dir: &Path, script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     let v = TestVault::new(&[]);
@@ -577,20 +593,7 @@ fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
     fs::write(m.p("root-only"), b"secret").unwrap();
     fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
-    let as_nobody = |script: &str| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "bash",
-                "-c",
-                script,
-            ])
-            .current_dir(&m.path)
-            .output()
-            .unwrap()
-    };
+    let as_nobody = |script: &str| as_nobody(&m.path, script);
     let out = as_nobody("cat root-only");
     assert!(!out.status.success(), "nobody read a 0600 root file");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
@@ -613,18 +616,7 @@ fn modifying_a_file_drops_setuid_and_setgid_as_on_a_local_filesystem() {
     let m = v.mount("mnt", &["-o", "allow_other"]);
     fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
     let as_nobody = |script: &str| {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "bash",
-                "-c",
-                script,
-            ])
-            .current_dir(&m.path)
-            .output()
-            .unwrap();
+        let out = as_nobody(&m.path, script);
         assert!(
             out.status.success(),
             "{script}: {}",

@@ -58,6 +58,18 @@ pub struct MountConfig {
     pub passthrough: Vec<String>,
 }
 
+fn thread_count(name: &str, value: &str, max: usize) -> Result<usize> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "-o {name}={value}: expected a number of threads in 1..={max}"
+            ))
+        })
+}
+
 fn seconds(name: &str, value: &str) -> Result<Duration> {
     value
         .parse::<f64>()
@@ -95,25 +107,9 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
                 })?)
             }
             ("dek_cache_ttl", Some(v)) => config.dek_cache_ttl = Some(seconds(name, v)?),
-            ("threads", Some(v)) => {
-                config.threads = Some(match v.parse() {
-                    Ok(n) if (1..=64).contains(&n) => n,
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "-o threads={v}: expected a number of threads in 1..=64"
-                        )));
-                    }
-                })
-            }
+            ("threads", Some(v)) => config.threads = Some(thread_count(name, v, 64)?),
             ("prefetch_workers", Some(v)) => {
-                config.prefetch_workers = Some(match v.parse() {
-                    Ok(n) if (1..=256).contains(&n) => n,
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "-o prefetch_workers={v}: expected a number of threads in 1..=256"
-                        )));
-                    }
-                })
+                config.prefetch_workers = Some(thread_count(name, v, 256)?)
             }
             ("prefetch", Some(v)) => {
                 config.prefetch = Some(v.parse().map_err(|_| {
