@@ -69,11 +69,16 @@ def main():
     if a.section:
         # A partial run (say, the chunk-size sweep): its table replaces one marked section.
         base = "envfs" if "envfs" in contenders else contenders[0]
-        body = (f"<!-- {a.section}:begin -->\n`{a.command}` on {today}, medians of {a.runs} runs; "
+        pattern = re.compile(rf"<!-- {re.escape(a.section)}:begin -->.*?<!-- {re.escape(a.section)}:end -->", re.S)
+        # A heading written inside the section (the first line, "## ...") names the table and
+        # survives the rerun; everything else in the section is the generated table.
+        found = pattern.search(old)
+        first = found.group(0).split("\n")[1] if found else ""
+        heading = first + "\n\n" if first.startswith("#") else ""
+        body = (f"<!-- {a.section}:begin -->\n{heading}`{a.command}` on {today}, medians of {a.runs} runs; "
                 f"ratios > 1 mean the variant is better than `{base}`.\n\n"
                 + table(med, contenders, [(v, base) for v in contenders if v != base])
                 + f"\n<!-- {a.section}:end -->")
-        pattern = re.compile(rf"<!-- {re.escape(a.section)}:begin -->.*?<!-- {re.escape(a.section)}:end -->", re.S)
         new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + body + "\n"
         open(a.out, "w").write(new)
         return
