@@ -678,6 +678,54 @@ fn modifying_a_file_drops_setuid_and_setgid_as_on_a_local_filesystem() {
 }
 
 #[test]
+fn files_another_user_creates_get_that_owner_and_the_exact_mode_asked_for() {
+    let v = TestVault::new(&[]);
+    let m = v.mount("mnt", &["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(m.p("existing"), b"root's").unwrap();
+    fs::set_permissions(m.p("existing"), fs::Permissions::from_mode(0o666)).unwrap();
+    // O_CREAT|O_EXCL (cp, tar) and plain O_CREAT of a new file, with setuid/setgid modes:
+    // envfs makes the backing file as root, then gives it to the caller. The chown must
+    // come first, or it would clear the bits the mode asks for. O_CREAT of an existing
+    // file changes neither its owner nor its mode.
+    let script = "umask 022 && python3 -c \"
+import os
+os.close(os.open('excl', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o4755))
+os.close(os.open('plain', os.O_CREAT | os.O_WRONLY, 0o2750))
+os.close(os.open('existing', os.O_CREAT | os.O_WRONLY, 0o4777))
+\"";
+    let out = as_nobody(&m.path, script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nobody = fs::metadata(m.p("excl")).unwrap();
+    assert_ne!(nobody.uid(), 0, "owned by the caller, not the daemon");
+    for (name, mode) in [("excl", 0o4755), ("plain", 0o2750)] {
+        let meta = fs::metadata(m.p(name)).unwrap();
+        assert_eq!(meta.mode() & 0o7777, mode, "{name}");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (nobody.uid(), nobody.gid()),
+            "{name}"
+        );
+    }
+    // The backing files carry the same modes (metadata is not encrypted).
+    let mut backing_modes: Vec<u32> = walk(&v.backing)
+        .iter()
+        .filter_map(|p| fs::symlink_metadata(p).ok())
+        .filter(|meta| meta.is_file() && meta.uid() != 0)
+        .map(|meta| meta.mode() & 0o7777)
+        .collect();
+    backing_modes.sort();
+    assert_eq!(backing_modes, [0o2750, 0o4755]);
+    let existing = fs::metadata(m.p("existing")).unwrap();
+    assert_eq!((existing.mode() & 0o7777, existing.uid()), (0o666, 0));
+    assert_eq!(fs::read(m.p("existing")).unwrap(), b"root's");
+}
+
+#[test]
 fn a_removed_hard_link_name_never_aliases_the_file_that_takes_it() {
     let v = TestVault::new(&[]);
     let m = v.mount("mnt", &[]);

@@ -7,6 +7,7 @@
 
 pub mod attr;
 pub mod file;
+mod name_cache;
 pub mod names;
 pub mod rewrap;
 pub mod sys;
@@ -18,6 +19,7 @@ use crate::vault::Vault;
 use attr::SizeMap;
 pub use attr::{Attr, FileKind};
 use file::{Engine, IntegrityLog, OpenFile, OpenFiles};
+use name_cache::NameCache;
 use names::{BackingEntry, NameMap};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -105,6 +107,7 @@ pub struct Owner {
 
 pub struct Fs {
     vault: Arc<Vault>,
+    names: NameCache,
     open: OpenFiles,
     log: IntegrityLog,
     sizes: SizeMap,
@@ -131,6 +134,7 @@ impl Fs {
                 link_encoding,
             },
             vault,
+            names: NameCache::default(),
             open: OpenFiles::default(),
             log: IntegrityLog::default(),
         }
@@ -141,7 +145,7 @@ impl Fs {
     }
 
     fn names(&self) -> NameMap<'_> {
-        NameMap::new(&self.vault)
+        NameMap::new(&self.vault, &self.names)
     }
 
     fn engine(&self) -> Engine<'_> {
@@ -328,14 +332,16 @@ impl Fs {
 
     /// Apply the exact mode (the daemon's umask must not apply twice) and owner.
     fn finish_create(&self, backing: &Path, mode: u32, owner: Option<Owner>) -> Result<()> {
-        let meta = fs::symlink_metadata(backing)?;
-        if meta.mode() & 0o7777 != mode & 0o7777 && !meta.file_type().is_symlink() {
-            fs::set_permissions(backing, fs::Permissions::from_mode(mode & 0o7777))?;
-        }
+        let mut meta = fs::symlink_metadata(backing)?;
+        // Owner first: a chown clears setuid/setgid, which the mode may ask for.
         if let Some(o) = owner
             && (meta.uid() != o.uid || meta.gid() != o.gid)
         {
             sys::lchown(backing, Some(o.uid), Some(o.gid))?;
+            meta = fs::symlink_metadata(backing)?;
+        }
+        if meta.mode() & 0o7777 != mode & 0o7777 && !meta.file_type().is_symlink() {
+            fs::set_permissions(backing, fs::Permissions::from_mode(mode & 0o7777))?;
         }
         Ok(())
     }
@@ -513,21 +519,44 @@ impl Fs {
         let (dir, entry) = self.entry(path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
         let backing = dir.join(&entry.name);
-        let existed = fs::symlink_metadata(&backing).is_ok();
+        // With O_EXCL (cp, tar, editors) success means this call made the file, so the
+        // extra lookup is needed only without it.
+        let exclusive = flags & libc::O_EXCL != 0;
+        let existed = !exclusive && fs::symlink_metadata(&backing).is_ok();
         let handle = match self.open_backing(&backing, flags, true, mode) {
             Ok(h) => h,
             Err(e) => {
-                if !existed {
+                if !existed && e.errno() != libc::EEXIST {
                     self.names().remove_sidecar(&dir, &entry);
                 }
                 return Err(e);
             }
         };
-        if !existed {
-            self.finish_create(&backing, mode, owner)?;
-        }
-        let attr = self.getattr(path)?;
+        let attr = if existed {
+            self.getattr_handle(&handle)?
+        } else {
+            self.finish_create_file(&handle, mode, owner)?
+        };
         Ok((handle, attr))
+    }
+
+    /// finish_create for a regular file, through its descriptor: no path walk, and the
+    /// attributes come from the same fstat.
+    fn finish_create_file(&self, handle: &Handle, mode: u32, owner: Option<Owner>) -> Result<Attr> {
+        let fd = handle.file.fd();
+        let mut meta = fd.metadata()?;
+        // Owner first: a chown clears setuid/setgid, which the mode may ask for.
+        if let Some(o) = owner
+            && (meta.uid() != o.uid || meta.gid() != o.gid)
+        {
+            std::os::unix::fs::fchown(&*fd, Some(o.uid), Some(o.gid))?;
+            meta = fd.metadata()?;
+        }
+        if meta.mode() & 0o7777 != mode & 0o7777 {
+            fd.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+            meta = fd.metadata()?;
+        }
+        Ok(self.sizes.attr(&meta))
     }
 
     fn open_backing(&self, backing: &Path, flags: i32, create: bool, mode: u32) -> Result<Handle> {

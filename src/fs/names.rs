@@ -5,6 +5,7 @@
 //! that sync services see no extra metadata files to conflict on and a directory rename is
 //! one backing rename. See format/names.rs for the spelling.
 
+use super::name_cache::NameCache;
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::{CONFIG_FILE_NAME, NameEncoding};
@@ -38,11 +39,12 @@ impl BackingEntry {
 
 pub struct NameMap<'v> {
     vault: &'v Vault,
+    cache: &'v NameCache,
 }
 
 impl<'v> NameMap<'v> {
-    pub fn new(vault: &'v Vault) -> NameMap<'v> {
-        NameMap { vault }
+    pub fn new(vault: &'v Vault, cache: &'v NameCache) -> NameMap<'v> {
+        NameMap { vault, cache }
     }
 
     fn plaintext(&self) -> bool {
@@ -74,19 +76,24 @@ impl<'v> NameMap<'v> {
                 long: None,
             });
         }
+        self.cache.get_or_insert(name, || Ok(self.seal(name)))
+    }
+
+    /// Encrypt and spell one (already checked) name.
+    fn seal(&self, name: &OsStr) -> BackingEntry {
         let sealed = self.vault.names.encrypt(&[domain::NAME], name.as_bytes());
         let encoded = spelling::encode(self.vault.config.name_encoding, &sealed);
         if encoded.len() > self.vault.config.long_name_limit as usize {
             let entry = spelling::long_name_entry(self.vault.config.name_encoding, &encoded);
-            Ok(BackingEntry {
+            BackingEntry {
                 name: entry.into(),
                 long: Some(encoded),
-            })
+            }
         } else {
-            Ok(BackingEntry {
+            BackingEntry {
                 name: encoded.into(),
                 long: None,
-            })
+            }
         }
     }
 
