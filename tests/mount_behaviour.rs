@@ -381,6 +381,38 @@ fn changes_behind_the_mounts_back_show_up_within_the_attribute_timeout() {
         == Some(b"new content from another host")));
 }
 
+/// The kernel's readahead window of the mount (its backing device info in sysfs).
+fn readahead_kb(mountpoint: &Path) -> u32 {
+    let meta = fs::metadata(mountpoint).unwrap();
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The kernel opens every FUSE mount with a 128 KiB readahead window; envfs (as root) asks
+/// for one full 1 MiB request, or what `-o readahead_kb` says. A bad value is refused
+/// before anything is mounted.
+#[test]
+fn the_readahead_window_is_one_full_request_or_what_the_option_says() {
+    let v = TestVault::new(&[]);
+    let default = v.mount("default", &[]);
+    assert_eq!(readahead_kb(&default.path), 1024);
+    let small = v.mount("small", &["-o", "readahead_kb=256"]);
+    assert_eq!(readahead_kb(&small.path), 256);
+    fs::write(small.p("f"), vec![7u8; 300_000]).unwrap();
+    assert_eq!(fs::read(default.p("f")).unwrap(), vec![7u8; 300_000]);
+    let bad = v.mountpoint("bad");
+    let out = v.try_mount(&bad, &["-o", "readahead_kb=1M"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("readahead_kb=1M"), "{stderr}");
+    assert!(!is_mounted(&bad));
+}
+
 /// A failed lookup may be remembered for `negative_timeout`: names made through the mount
 /// replace the remembered miss at once; a name made behind the mount's back is found once
 /// the miss expires (at once with `negative_timeout=0`).
