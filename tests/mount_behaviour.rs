@@ -602,6 +602,23 @@ fn foreground_mount_notifies_systemd_when_live() {
     let _ = child.wait();
 }
 
+/// A mount every user may enter and write the root of (allow_other, root mode 0777).
+fn shared_mount(v: &TestVault) -> Mount {
+    let m = v.mount("mnt", &["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
+    m
+}
+
+/// Run `script` in `dir` as nobody and insist that it succeeds.
+fn as_nobody_ok(dir: &Path, script: &str) {
+    let out = as_nobody(dir, script);
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run `script` in `dir` as user nobody (uid/gid 65534, no supplementary groups).
 fn as_nobody(dir: &Path, script: &str) -> std::process::Output {
     std::process::Command::new("setpriv")
@@ -621,8 +638,7 @@ fn as_nobody(dir: &Path, script: &str) -> std::process::Output {
 #[test]
 fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     let v = TestVault::new(&[]);
-    let m = v.mount("mnt", &["-o", "allow_other"]);
-    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
+    let m = shared_mount(&v);
     fs::write(m.p("root-only"), b"secret").unwrap();
     fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
     let as_nobody = |script: &str| as_nobody(&m.path, script);
@@ -645,16 +661,8 @@ fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
 #[test]
 fn modifying_a_file_drops_setuid_and_setgid_as_on_a_local_filesystem() {
     let v = TestVault::new(&[]);
-    let m = v.mount("mnt", &["-o", "allow_other"]);
-    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
-    let as_nobody = |script: &str| {
-        let out = as_nobody(&m.path, script);
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let m = shared_mount(&v);
+    let as_nobody = |script: &str| as_nobody_ok(&m.path, script);
     let perm = |name: &str| fs::metadata(m.p(name)).unwrap().mode() & 0o7777;
     let setup = |name: &str, mode: u32| {
         fs::write(m.p(name), b"0123456789").unwrap();
@@ -712,8 +720,7 @@ fn modifying_a_file_drops_setuid_and_setgid_as_on_a_local_filesystem() {
 #[test]
 fn files_another_user_creates_get_that_owner_and_the_exact_mode_asked_for() {
     let v = TestVault::new(&[]);
-    let m = v.mount("mnt", &["-o", "allow_other"]);
-    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o777)).unwrap();
+    let m = shared_mount(&v);
     fs::write(m.p("existing"), b"root's").unwrap();
     fs::set_permissions(m.p("existing"), fs::Permissions::from_mode(0o666)).unwrap();
     // O_CREAT|O_EXCL (cp, tar) and plain O_CREAT of a new file, with setuid/setgid modes:
@@ -726,12 +733,7 @@ os.close(os.open('excl', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o4755))
 os.close(os.open('plain', os.O_CREAT | os.O_WRONLY, 0o2750))
 os.close(os.open('existing', os.O_CREAT | os.O_WRONLY, 0o4777))
 \"";
-    let out = as_nobody(&m.path, script);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    as_nobody_ok(&m.path, script);
     let nobody = fs::metadata(m.p("excl")).unwrap();
     assert_ne!(nobody.uid(), 0, "owned by the caller, not the daemon");
     for (name, mode) in [("excl", 0o4755), ("plain", 0o2750)] {

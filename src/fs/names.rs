@@ -76,7 +76,7 @@ impl<'v> NameMap<'v> {
                 long: None,
             });
         }
-        self.cache.get_or_insert(name, || Ok(self.seal(name)))
+        Ok(self.cache.get_or_insert(name, || self.seal(name)))
     }
 
     /// Encrypt and spell one (already checked) name.
