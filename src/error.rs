@@ -8,7 +8,7 @@ use std::io;
 use std::path::PathBuf;
 
 /// What was found wrong with authenticated data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IntegrityKind {
     /// A chunk failed AES-GCM authentication (bit flip, moved, zeroed, reordered chunk).
     Chunk,
@@ -17,8 +17,12 @@ pub enum IntegrityKind {
     Length,
     /// The file header is malformed or fails its MAC or key commitment.
     Header,
-    /// An encrypted name, symlink target or xattr failed to decrypt.
+    /// An encrypted name (or its long-name sidecar) failed to decrypt or verify.
     Name,
+    /// A symlink's encrypted target failed to decrypt.
+    LinkTarget,
+    /// A `user.*` xattr value failed to decrypt (its name is never logged: it is plaintext).
+    XattrValue,
 }
 
 impl std::fmt::Display for IntegrityKind {
@@ -28,6 +32,8 @@ impl std::fmt::Display for IntegrityKind {
             IntegrityKind::Length => "file length is invalid (truncated or appended data)",
             IntegrityKind::Header => "file header is corrupt or not authentic",
             IntegrityKind::Name => "encrypted name is corrupt or not authentic",
+            IntegrityKind::LinkTarget => "encrypted symlink target is corrupt or not authentic",
+            IntegrityKind::XattrValue => "encrypted xattr value is corrupt or not authentic",
         })
     }
 }
@@ -73,6 +79,16 @@ pub enum Error {
     /// The pinned key-encryption key differs from the one the vault config names.
     #[error("{0}")]
     KeyPinMismatch(String),
+
+    /// The vault secret is not the one this host (or the operator, or the recovery key's own
+    /// proof) knows for this vault id: the config was forged or replaced.
+    #[error("{0}")]
+    VaultMismatch(String),
+
+    /// The config is authentic but older than one this host has already seen (restored from
+    /// a backup, or rolled back by whoever can write the backing store).
+    #[error("{0}")]
+    ConfigRollback(String),
 
     /// `init` was pointed at a directory that is not empty or already holds a vault.
     #[error("{0}")]
@@ -125,7 +141,9 @@ impl Error {
             Error::KeyFile(_)
             | Error::WrongKey(_)
             | Error::KeyService(_)
-            | Error::KeyPinMismatch(_) => libc::EIO,
+            | Error::KeyPinMismatch(_)
+            | Error::VaultMismatch(_)
+            | Error::ConfigRollback(_) => libc::EIO,
             Error::AlreadyExists(_) => libc::EEXIST,
             Error::Mount(_) | Error::FuseUnavailable(_) | Error::Reported(..) => libc::EIO,
             Error::Invalid(_) => libc::EINVAL,

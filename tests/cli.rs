@@ -479,13 +479,15 @@ fn info_describes_the_vault() {
         .out();
     for want in [
         format!("vault id:       {id}"),
-        "format version: 1".into(),
+        "format version: 2".into(),
         "chunk size:     4096 bytes".into(),
         "header size:    1024 bytes".into(),
         "names:          encrypted, base64url".into(),
         "keys:".into(),
         format!("local    {key_id}"),
         "authenticated:  yes".into(),
+        "generation:     1".into(),
+        "fingerprint:    ".into(),
     ] {
         assert!(out.contains(&want), "missing {want:?} in:\n{out}");
     }
@@ -841,7 +843,7 @@ fn cat_on_a_newer_vault_version_exits_5() {
     let vault = golden_copy(&env);
     let conf = vault.join("envfs.conf");
     let original = std::fs::read(&conf).unwrap();
-    for (what, offset, value) in [("version", 9, 2u8), ("unknown flag", 11, 0x80)] {
+    for (what, offset, value) in [("version", 9, 3u8), ("unknown flag", 11, 0x80)] {
         let mut bytes = original.clone();
         bytes[offset] = value;
         std::fs::write(&conf, &bytes).unwrap();

@@ -388,15 +388,15 @@ fn bumped_config_version_is_refused() {
 
     let conf = root.join(CONFIG_FILE_NAME);
     let mut bytes = std::fs::read(&conf).unwrap();
-    bytes[8..10].copy_from_slice(&2u16.to_be_bytes());
+    bytes[8..10].copy_from_slice(&3u16.to_be_bytes());
     std::fs::write(&conf, &bytes).unwrap();
     match Vault::open(&root, vec![golden_key()]) {
         Err(Error::UnsupportedVersion(msg)) => {
-            assert!(msg.contains("version 2"), "{msg}");
+            assert!(msg.contains("version 3"), "{msg}");
             assert!(msg.contains("upgrade"), "{msg}");
         }
         Err(other) => panic!("expected UnsupportedVersion, got {other:?}"),
-        Ok(_) => panic!("a version 2 vault must not open"),
+        Ok(_) => panic!("a version 3 vault must not open"),
     }
 }
 

@@ -542,7 +542,7 @@ fn systemd_units_verify() {
     for unit in ["mnt-secure.mount", "envfs-secure.service"] {
         let text = fs::read_to_string(units.join(unit))
             .unwrap()
-            .replace("/usr/local/bin/envfs", envfs_bin());
+            .replace("/usr/local/bin/envfs", &envfs_bin());
         fs::write(dir.path().join(unit), text).unwrap();
         sh(dir.path(), &format!("systemd-analyze verify ./{unit}"));
     }

@@ -623,8 +623,9 @@ fn config_fixture() -> (TestVault, Vec<u8>) {
 #[test]
 fn config_edits_refuse_to_open() {
     let (_, pristine) = config_fixture();
-    let id_len = pristine[41] as usize;
-    let slot = 40;
+    // Format version 2: the generation is at 40..48, the first slot at 48.
+    let slot = 48;
+    let id_len = pristine[slot + 1] as usize;
     let wrapped_len_at = slot + 2 + id_len;
     let wrapped = wrapped_len_at + 2;
     let mac = pristine.len() - 32;
@@ -639,13 +640,15 @@ fn config_edits_refuse_to_open() {
         ("magic", flip(0, 0), Corrupt),
         ("magic", flip(7, 7), Corrupt),
         (
-            "version 2",
-            set(8, 2u16.to_be_bytes().to_vec()),
+            "version 3",
+            set(8, 3u16.to_be_bytes().to_vec()),
             Unsupported,
         ),
-        ("version 257", flip(8, 0), Unsupported),
-        ("version 0", flip(9, 0), Corrupt),
-        ("version 3", flip(9, 1), Unsupported),
+        ("version 258", flip(8, 0), Unsupported),
+        ("version 0", flip(9, 1), Corrupt),
+        // Read as version 1 (no generation field), the bytes no longer authenticate: the
+        // version cannot be downgraded to drop the generation.
+        ("version 1", set(8, 1u16.to_be_bytes().to_vec()), Corrupt),
         ("flag: plaintext names", flip(11, 0), Corrupt),
         ("flag: base32 names", flip(11, 1), Corrupt),
         ("unknown flag", flip(10, 7), Unsupported),
@@ -674,6 +677,8 @@ fn config_edits_refuse_to_open() {
             Corrupt,
         ),
         ("long-name limit", flip(39, 0), Corrupt),
+        ("generation", flip(47, 0), Corrupt),
+        ("generation", flip(40, 7), Corrupt),
         (
             "long-name limit 254",
             set(38, 254u16.to_be_bytes().to_vec()),

@@ -22,6 +22,11 @@ pub const FUSE_UNAVAILABLE: u8 = 14;
 pub const FSCK_FOUND_PROBLEMS: u8 = 15;
 /// `rewrap` or `rekey` could not process every file; rerunning finishes the job.
 pub const INCOMPLETE: u8 = 16;
+/// The vault secret's fingerprint is not the one this host, `--vault-fingerprint` or the
+/// recovery key's proof vouches for: a forged or replaced config.
+pub const VAULT_MISMATCH: u8 = 17;
+/// The config is older (a lower generation) than one this host has seen.
+pub const CONFIG_ROLLBACK: u8 = 18;
 
 pub fn code_for(err: &Error) -> u8 {
     match err {
@@ -32,6 +37,8 @@ pub fn code_for(err: &Error) -> u8 {
         Error::WrongKey(_) => WRONG_KEY,
         Error::KeyService(_) => KEY_SERVICE,
         Error::KeyPinMismatch(_) => KEY_PIN_MISMATCH,
+        Error::VaultMismatch(_) => VAULT_MISMATCH,
+        Error::ConfigRollback(_) => CONFIG_ROLLBACK,
         Error::AlreadyExists(_) => ALREADY_EXISTS,
         Error::Integrity { .. } => INTEGRITY,
         Error::Mount(_) => MOUNT,

@@ -2,6 +2,7 @@
 //! subcommand. Every failure ends as one line on stderr and a distinct exit code (exit.rs).
 
 pub mod exit;
+pub mod logging;
 pub mod mount;
 pub mod syslog;
 
@@ -49,6 +50,12 @@ pub struct KeyArgs {
     /// AWS KMS key (id, ARN or alias/NAME) to open the vault with; pins it on this host
     #[arg(long, value_name = "KEY", env = "ENVFS_KMS_KEY")]
     pub kms_key: Option<String>,
+    /// Refuse the vault unless its secret has this fingerprint (from `envfs info`)
+    #[arg(long, value_name = "HEX", env = "ENVFS_VAULT_FINGERPRINT")]
+    pub vault_fingerprint: Option<crate::crypto::Fingerprint>,
+    /// Accept a config older than one this host has seen (a backup restored on purpose)
+    #[arg(long)]
+    pub accept_rollback: bool,
 }
 
 impl KeyArgs {
@@ -56,6 +63,10 @@ impl KeyArgs {
         KeyOptions {
             key_file: self.key_file.clone(),
             kms_key: self.kms_key.clone(),
+            vouch: crate::vault::known::Vouch {
+                fingerprint: self.vault_fingerprint,
+                accept_rollback: self.accept_rollback,
+            },
         }
     }
 }
@@ -194,8 +205,9 @@ pub enum Command {
 pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Vault> {
     // Not a vault is a clearer answer than "no key file" when both are true.
     read_config_unverified(backing)?;
-    let vault = Vault::open(backing, providers_for(backing, &keys.options())?)?;
-    crate::vault::keysource::remember(backing, &vault)?;
+    let opts = keys.options();
+    let vault = Vault::open(backing, providers_for(backing, &opts)?)?;
+    crate::vault::keysource::remember(backing, &vault, &opts)?;
     Ok(vault)
 }
 
@@ -277,6 +289,8 @@ fn init(
 ) -> Result<()> {
     // Validate everything before creating a key file, so a bad flag leaves nothing behind.
     let probe = VaultConfig {
+        version: CONFIG_VERSION,
+        generation: 1,
         vault_id: [0; 16],
         plaintext_names: opts.plaintext_names,
         name_encoding: opts.name_encoding,
@@ -314,9 +328,9 @@ fn init(
     };
     if let Some(key) = kms_key {
         let kms = Arc::new(KmsKeyProvider::connect(&key)?);
-        Vault::init(backing, kms.clone(), &opts)?;
+        let vault = Vault::init(backing, kms.clone(), &opts)?;
         let pin = pin_kms_key(&id, kms.arn())?;
-        crate::vault::pin::record_vault_at_path(backing, &id)?;
+        remember_new_vault(backing, &vault)?;
         println!("Created envfs vault {id} in {}", backing.display());
         println!(
             "DEKs come from AWS KMS key {}; pinned for this host in {}.",
@@ -335,18 +349,40 @@ fn init(
             (LocalKeyProvider::create(&path, &id)?, path, true)
         }
     };
-    if let Err(e) = Vault::init(backing, Arc::new(provider), &opts) {
-        if created {
-            let _ = std::fs::remove_file(&key_path);
+    let vault = match Vault::init(backing, Arc::new(provider), &opts) {
+        Ok(v) => v,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(&key_path);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    crate::vault::pin::record_vault_at_path(backing, &id)?;
+    };
+    remember_new_vault(backing, &vault)?;
     println!("Created envfs vault {id} in {}", backing.display());
     println!(
         "Key file: {} ({}). Back it up: without a key of the vault its files cannot be read.",
         key_path.display(),
         if created { "new" } else { "existing" }
+    );
+    Ok(())
+}
+
+/// This host made the vault: it knows its fingerprint and generation from the start.
+fn remember_new_vault(backing: &Path, vault: &Vault) -> Result<()> {
+    let id = vault.config.vault_id_hex();
+    crate::vault::known::check_and_update(
+        &id,
+        vault.fingerprint(),
+        vault.config.generation,
+        true,
+        vault.unlocked_by(),
+        &Default::default(),
+    )?;
+    crate::vault::pin::record_vault_at_path(backing, &id)?;
+    println!(
+        "Vault fingerprint: {} (write it down with your key backups).",
+        vault.fingerprint()
     );
     Ok(())
 }
@@ -373,10 +409,11 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
     let path = path.map(vault_path).transpose()?;
     let path = path.as_deref();
     let (config, _) = read_config_unverified(backing)?;
-    let opened = match providers_for(backing, &keys.options()) {
+    let opts = keys.options();
+    let opened = match providers_for(backing, &opts) {
         Ok(p) => {
             let vault = Vault::open(backing, p)?;
-            crate::vault::keysource::remember(backing, &vault)?;
+            crate::vault::keysource::remember(backing, &vault, &opts)?;
             Some(vault)
         }
         // Without a key the vault can still be described, but not verified.
@@ -389,7 +426,7 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "vault:          {}", backing.display())?;
     writeln!(out, "vault id:       {}", config.vault_id_hex())?;
-    writeln!(out, "format version: {CONFIG_VERSION}")?;
+    writeln!(out, "format version: {}", config.version)?;
     writeln!(
         out,
         "cipher suite:   AES-256-GCM chunks, HKDF-SHA256 subkeys, AES-SIV names"
@@ -428,6 +465,12 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
             "no (no key available)"
         }
     )?;
+    // Only an authenticated config has a meaningful generation and fingerprint: an
+    // unverified one could say anything.
+    if let Some(vault) = &opened {
+        writeln!(out, "generation:     {}", vault.config.generation)?;
+        writeln!(out, "fingerprint:    {}", vault.fingerprint())?;
+    }
     let (Some(vault), Some(path)) = (opened, path) else {
         return Ok(());
     };
@@ -665,11 +708,23 @@ fn key_command(action: KeyCommand) -> Result<()> {
                 (None, Some(kms)) => Arc::new(KmsKeyProvider::connect(&kms)?),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            if let Err(e) = vault.add_key(provider.as_ref()) {
-                if let Some(path) = created {
-                    let _ = std::fs::remove_file(path);
+            let added = match vault.add_key(provider.as_ref()) {
+                Ok(added) => added,
+                Err(e) => {
+                    if let Some(path) = created {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+            };
+            remember_change(&backing, &vault, &keys)?;
+            if added == crate::vault::KeyAdded::Proven {
+                println!(
+                    "{} was already a key of the vault; its slot now carries the key holder's proof, \
+                     so a host holding only this key can tell the real vault from a forged one.",
+                    provider.describe()
+                );
+                return Ok(());
             }
             if let Some(path) = &created {
                 println!(
@@ -711,6 +766,7 @@ fn key_command(action: KeyCommand) -> Result<()> {
                 }
             }
             let removed = vault.remove_key(&key_id)?;
+            remember_change(&backing, &vault, &keys)?;
             println!(
                 "Removed {} key {}. Run `envfs rewrap {}` to drop its wrapped copies from every file.",
                 removed.provider.name(),
@@ -720,6 +776,12 @@ fn key_command(action: KeyCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// After this host changed the config: remember the new generation at once, so that the old
+/// config put back is refused here from now on.
+fn remember_change(backing: &Path, vault: &Vault, keys: &KeyArgs) -> Result<()> {
+    crate::vault::keysource::remember(backing, vault, &keys.options())
 }
 
 /// A progress line on stderr when it is a terminal, at most ~10 updates a second.

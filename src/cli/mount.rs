@@ -329,6 +329,7 @@ fn mount_or_serve(
     let keys = KeyArgs {
         key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
         kms_key: config.kms_key.clone().or_else(|| keys.kms_key.clone()),
+        ..keys.clone()
     };
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.

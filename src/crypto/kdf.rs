@@ -17,6 +17,8 @@ pub mod label {
     pub const LOCAL_WRAP: &[u8] = b"envfs/v1/local-wrap";
     pub const LOCAL_KEY_ID: &[u8] = b"envfs/v1/local-key-id";
     pub const X25519_BINDING: &[u8] = b"envfs/v1/x25519-binding";
+    pub const VAULT_FINGERPRINT: &[u8] = b"envfs/v1/vault-fingerprint";
+    pub const X25519_PROOF: &[u8] = b"envfs/v1/x25519-proof";
 }
 
 /// HKDF-SHA256(ikm, salt, info) → 32 bytes.

@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod file_keys;
+pub mod fingerprint;
 pub mod kdf;
 pub mod random;
 pub mod secret;
@@ -10,5 +11,6 @@ pub mod siv;
 
 pub use chunk::ChunkCipher;
 pub use file_keys::FileKeys;
+pub use fingerprint::Fingerprint;
 pub use secret::Secret32;
 pub use siv::SivCipher;

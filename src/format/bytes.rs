@@ -44,6 +44,10 @@ impl<'a> Reader<'a> {
     pub fn u32(&mut self) -> Option<u32> {
         self.array().map(u32::from_be_bytes)
     }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_be_bytes)
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +67,9 @@ impl Writer {
         self.bytes(&v.to_be_bytes())
     }
     pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes(&v.to_be_bytes())
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
         self.bytes(&v.to_be_bytes())
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! 0   8  magic "ENVFSVLT"
-//! 8   2  format version (1)
+//! 8   2  format version (2; 1 is still read)
 //! 10  2  flags: bit 0 plaintext names, bit 1 base32 names; other bits must be 0
 //! 12 16  vault id
 //! 28  1  cipher suite (1)
@@ -12,9 +12,15 @@
 //! 30  4  chunk size (plaintext bytes per chunk)
 //! 34  4  header size (bytes of every file header)
 //! 38  2  long-name limit (longest encrypted name stored as is)
-//! 40  …  N key slots (see slot.rs), each wrapping the 32-byte vault secret
+//! 40  8  generation (version 2 only): raised by every change of the config
+//! 48  …  N key slots (see slot.rs), each wrapping the 32-byte vault secret
 //! …  32  HMAC-SHA256 over every byte before it
 //! ```
+//!
+//! A version 1 config has no generation field (its slots start at 40) and reads as
+//! generation 0; envfs writes version 2 whenever it writes a config, so the first change of
+//! an old vault upgrades it. The generation lets each host refuse an older config than one it
+//! has seen (a rollback: vault/known.rs).
 //!
 //! Parsing is strict: a newer version, an unknown flag or suite, or trailing bytes refuse to
 //! open, because silently ignoring a field from the future could weaken the crypto.
@@ -24,7 +30,9 @@ use super::slot::KeySlot;
 
 pub const CONFIG_FILE_NAME: &str = "envfs.conf";
 pub const CONFIG_MAGIC: &[u8; 8] = b"ENVFSVLT";
-pub const CONFIG_VERSION: u16 = 1;
+pub const CONFIG_VERSION: u16 = 2;
+/// The first version, without a generation field; still read.
+pub const CONFIG_VERSION_1: u16 = 1;
 pub const CONFIG_MAC_LEN: usize = 32;
 pub const MAX_CONFIG_SLOTS: usize = 32;
 
@@ -57,6 +65,11 @@ pub enum NameEncoding {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultConfig {
+    /// The format version the config was read in (`CONFIG_VERSION` for a new one); a config
+    /// is always written in `CONFIG_VERSION`.
+    pub version: u16,
+    /// Raised by one on every change; 0 for a version 1 config.
+    pub generation: u64,
     pub vault_id: [u8; 16],
     pub plaintext_names: bool,
     pub name_encoding: NameEncoding,
@@ -131,7 +144,8 @@ impl VaultConfig {
         Ok(())
     }
 
-    /// The authenticated bytes: everything but the trailing MAC.
+    /// The authenticated bytes of the config in the current version (whatever version it
+    /// was read in): everything but the trailing MAC.
     pub fn encode_body(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(CONFIG_MAGIC)
@@ -142,7 +156,8 @@ impl VaultConfig {
             .u8(self.slots.len() as u8)
             .u32(self.chunk_size)
             .u32(self.header_size)
-            .u16(self.long_name_limit);
+            .u16(self.long_name_limit)
+            .u64(self.generation);
         for slot in &self.slots {
             slot.encode(&mut w);
         }
@@ -185,6 +200,10 @@ impl VaultConfig {
         let chunk_size = r.u32().ok_or_else(short)?;
         let header_size = r.u32().ok_or_else(short)?;
         let long_name_limit = r.u16().ok_or_else(short)?;
+        let generation = match version {
+            CONFIG_VERSION_1 => 0,
+            _ => r.u64().ok_or_else(short)?,
+        };
         let mut slots = Vec::with_capacity(slot_count);
         for _ in 0..slot_count {
             slots.push(KeySlot::decode(&mut r).ok_or_else(|| Corrupt("bad key slot".into()))?);
@@ -195,6 +214,8 @@ impl VaultConfig {
             return Err(Corrupt("trailing bytes after the MAC".into()));
         }
         let config = VaultConfig {
+            version,
+            generation,
             vault_id,
             plaintext_names: flags & FLAG_PLAINTEXT_NAMES != 0,
             name_encoding: if flags & FLAG_BASE32_NAMES != 0 {
@@ -219,6 +240,8 @@ mod tests {
 
     fn sample() -> VaultConfig {
         VaultConfig {
+            version: CONFIG_VERSION,
+            generation: 3,
             vault_id: [7; 16],
             plaintext_names: false,
             name_encoding: NameEncoding::Base32,
@@ -249,10 +272,10 @@ mod tests {
     fn newer_version_and_unknown_flags_refuse() {
         let mut bytes = sample().encode_body();
         bytes.extend_from_slice(&[0; 32]);
-        let mut v2 = bytes.clone();
-        v2[9] = 2;
+        let mut newer = bytes.clone();
+        newer[9] = CONFIG_VERSION as u8 + 1;
         assert!(matches!(
-            VaultConfig::parse(&v2),
+            VaultConfig::parse(&newer),
             Err(ConfigParseError::Unsupported(_))
         ));
         let mut flag = bytes.clone();
@@ -270,5 +293,24 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(VaultConfig::parse(&longer).is_err());
+    }
+
+    #[test]
+    fn version_1_reads_as_generation_0_and_is_written_as_version_2() {
+        let c = sample();
+        let v2 = c.encode_body();
+        // The same config as version 1 wrote it: no generation field.
+        let mut v1 = v2[..40].to_vec();
+        v1[9] = 1;
+        v1.extend_from_slice(&v2[48..]);
+        v1.extend_from_slice(&[0; 32]);
+        let (parsed, body, _) = VaultConfig::parse(&v1).unwrap();
+        assert_eq!(parsed.version, 1);
+        assert_eq!(parsed.generation, 0);
+        assert_eq!(body, &v1[..v1.len() - 32]);
+        assert_eq!(parsed.slots, c.slots);
+        let rewritten = parsed.encode_body();
+        assert_eq!(u16::from_be_bytes([rewritten[8], rewritten[9]]), 2);
+        assert_eq!(&rewritten[40..48], &[0; 8]);
     }
 }

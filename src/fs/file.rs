@@ -123,24 +123,31 @@ impl OpenFiles {
 
 /// Remembers which failures were already logged, so a damaged chunk (or a key service
 /// refusing one file) read again and again by the page cache logs one line, not thousands.
-/// Integrity failures are keyed by file and chunk; key failures by file and message, so a
-/// different failure of the same file is logged again. Bounded.
+/// Integrity failures are keyed by what failed (a backing inode, or the backing path of a
+/// name), the chunk and the kind; key failures by file and message, so a different failure
+/// of the same file is logged again. Bounded.
+/// What one logged integrity failure is about: (device, inode) or a path hash, the chunk,
+/// and the kind of failure.
+type FailureKey = (u64, u64, Option<u64>, IntegrityKind);
+
 #[derive(Default)]
 pub struct IntegrityLog {
-    seen: Mutex<HashSet<(u64, u64, Option<u64>)>>,
+    seen: Mutex<HashSet<FailureKey>>,
     key_errors: Mutex<HashSet<(u64, u64, String)>>,
 }
 
 impl IntegrityLog {
     const MAX: usize = 100_000;
 
-    fn report(&self, file: (u64, u64), err: &Error) {
+    /// Log an integrity failure of a backing inode (device, inode) once; other errors are
+    /// not integrity failures and are ignored here.
+    pub(crate) fn report(&self, file: (u64, u64), err: &Error) {
         if let Error::Integrity { path, chunk, kind } = err {
             let mut seen = self.seen.lock().unwrap();
             if seen.len() >= Self::MAX {
                 seen.clear();
             }
-            if seen.insert((file.0, file.1, *chunk)) {
+            if seen.insert((file.0, file.1, *chunk, *kind)) {
                 match chunk {
                     Some(c) => {
                         tracing::error!(backing_path = %path.display(), chunk = c, "integrity failure: {kind}")
@@ -150,6 +157,17 @@ impl IntegrityLog {
                     }
                 }
             }
+        }
+    }
+
+    /// Log an integrity failure keyed by its backing path (a name, whose entry may have no
+    /// inode to speak of: a missing sidecar, say).
+    pub(crate) fn report_at_path(&self, err: &Error) {
+        if let Error::Integrity { path, .. } = err {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(path);
+            self.report((u64::MAX, hash), err);
         }
     }
 
@@ -199,6 +217,18 @@ impl<'a> Engine<'a> {
                     self.integrity(file, Some(last), IntegrityKind::Length)
                 }
             })
+    }
+
+    /// Refuse a file whose backing length cannot hold a header (cut into the header):
+    /// `stat` shows it as empty, so without this check the kernel would never ask for its
+    /// bytes and a damaged file would read as an empty one.
+    pub fn check_openable(&self, file: &OpenFile) -> Result<()> {
+        let backing_size = file.io.read().unwrap().fd.metadata()?.len();
+        match self.geometry().plain_size(backing_size) {
+            Err(BadLength::ShortHeader) => Err(self.integrity(file, None, IntegrityKind::Header)),
+            // A damaged tail still leaves the chunks before it readable.
+            _ => Ok(()),
+        }
     }
 
     /// Read, unwrap and authenticate the header.

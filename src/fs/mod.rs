@@ -155,9 +155,12 @@ impl Fs {
         }
     }
 
-    /// The absolute backing path of a plaintext path.
+    /// The absolute backing path of a plaintext path whose components exist (long names
+    /// verified against their sidecars, as listings do; a failure is logged once).
     pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
-        self.names().backing_path(path)
+        self.names()
+            .backing_path(path)
+            .inspect_err(|e| self.log.report_at_path(e))
     }
 
     /// Backing parent directory and entry of a plaintext path.
@@ -291,9 +294,8 @@ impl Fs {
                     out.push((listed, name));
                 }
                 Ok(None) => {}
-                Err(e @ Error::Integrity { .. }) => {
-                    tracing::warn!("skipping undecryptable entry: {e}");
-                }
+                // Left out of the listing, logged once (fsck reports it too).
+                Err(e @ Error::Integrity { .. }) => self.log.report_at_path(&e),
                 Err(e) => return Err(e),
             }
         }
@@ -467,10 +469,14 @@ impl Fs {
         if self.vault.config.plaintext_names {
             return Ok(stored.into_os_string());
         }
-        let bad = || Error::Integrity {
-            path: backing.clone(),
-            chunk: None,
-            kind: IntegrityKind::Name,
+        let bad = || {
+            let err = Error::Integrity {
+                path: backing.clone(),
+                chunk: None,
+                kind: IntegrityKind::LinkTarget,
+            };
+            self.log.report_at_path(&err);
+            err
         };
         let text = stored.to_str().ok_or_else(bad)?;
         let sealed =
@@ -605,7 +611,11 @@ impl Fs {
             append: flags & libc::O_APPEND != 0,
         };
         if flags & libc::O_TRUNC != 0 && wants_write {
+            // Truncation discards every byte, authenticated or not: a damaged file can be
+            // overwritten.
             self.engine().set_size(&handle.file, 0)?;
+        } else {
+            self.engine().check_openable(&handle.file)?;
         }
         Ok(handle)
     }
@@ -702,10 +712,14 @@ impl Fs {
         self.vault
             .xattrs
             .decrypt(&[domain::XATTR_VALUE, name.as_bytes()], &value)
-            .ok_or(Error::Integrity {
-                path: backing,
-                chunk: None,
-                kind: IntegrityKind::Name,
+            .ok_or_else(|| {
+                let err = Error::Integrity {
+                    path: backing,
+                    chunk: None,
+                    kind: IntegrityKind::XattrValue,
+                };
+                self.log.report_at_path(&err);
+                err
             })
     }
 

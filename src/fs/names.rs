@@ -97,14 +97,21 @@ impl<'v> NameMap<'v> {
         }
     }
 
-    /// The absolute backing path of a mount-relative plaintext path ("" is the root).
+    /// The absolute backing path of a mount-relative plaintext path ("" is the root), whose
+    /// components are meant to exist. A long name is held to its sidecar here exactly as a
+    /// listing holds it (`read_sidecar`): an entry whose sidecar is missing or wrong is left
+    /// out of listings, so it must not open by name either (docs/SEMANTICS.md §3).
     pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
         let mut out = self.vault.root().to_path_buf();
         let mut at_root = true;
         for component in path.components() {
             match component {
                 Component::Normal(name) => {
-                    out.push(self.encrypt(name, at_root)?.name);
+                    let entry = self.encrypt(name, at_root)?;
+                    if entry.long.is_some() {
+                        self.verify_long_entry(&out, &entry)?;
+                    }
+                    out.push(entry.name);
                     at_root = false;
                 }
                 Component::CurDir => {}
@@ -151,6 +158,26 @@ impl<'v> NameMap<'v> {
             return Err(bad());
         }
         Ok(Some(OsString::from_vec(plain)))
+    }
+
+    /// Whether the long-name entry `entry` of backing directory `dir` may be used by name:
+    /// its sidecar must pass `read_sidecar`. A name with neither entry nor sidecar is simply
+    /// not there (ENOENT); an entry without a valid sidecar is an integrity failure.
+    fn verify_long_entry(&self, dir: &Path, entry: &BackingEntry) -> Result<()> {
+        let name = entry.name.to_string_lossy();
+        match self.read_sidecar(dir, &name) {
+            Ok(encoded) if Some(&encoded) == entry.long.as_ref() => Ok(()),
+            Ok(_) => Err(Error::Integrity {
+                path: dir.join(spelling::sidecar_for(&name)),
+                chunk: None,
+                kind: IntegrityKind::Name,
+            }),
+            Err(e @ Error::Integrity { .. }) => match fs::symlink_metadata(dir.join(&entry.name)) {
+                Err(missing) if missing.kind() == io::ErrorKind::NotFound => Err(missing.into()),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The full encoded name a long-name entry stands for, checked against the entry's hash

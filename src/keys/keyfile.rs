@@ -40,3 +40,25 @@ pub fn create_private_file(path: &Path, text: &Zeroizing<String>) -> Result<()> 
         .and_then(|_| file.sync_all())
         .map_err(|e| Error::KeyFile(format!("cannot write {}: {e}", path.display())))
 }
+
+/// Replace `path` with `text` atomically (a private temporary file, synced, renamed over
+/// it), for host-side records that change; never for key files.
+pub fn replace_private_file(path: &Path, text: &Zeroizing<String>) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.tmp",
+        hex::encode(crate::crypto::random::array::<6>())
+    ));
+    create_private_file(&tmp, text)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::KeyFile(format!("cannot write {}: {e}", path.display()))
+    })?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}

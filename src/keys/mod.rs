@@ -95,6 +95,14 @@ pub trait KeyProvider: Send + Sync {
         Ok((secret, slot))
     }
 
+    /// Whether a vault-secret slot of this provider, once unwrapped, proves that the secret
+    /// is the vault's real one: only a holder of the key could have made it. True for a
+    /// symmetric key (wrapping needs the key) and a key service (wrapping needs the right
+    /// to call it). A recovery key's slot made from its public key alone does not vouch.
+    fn vouches_for(&self, _slot: &KeySlot) -> bool {
+        true
+    }
+
     /// Whether `slot` was written by this provider's key.
     fn recognises(&self, slot: &KeySlot) -> bool {
         slot.provider == self.kind() && slot.key_id == self.key_id()

@@ -11,6 +11,14 @@
 //! AES-256-GCM of the 32-byte secret with the key context as associated data.
 //! Wrapped form: ephemeral public (32) || nonce (12) || ciphertext (32) || tag (16).
 //!
+//! A vault-secret slot made by the key's holder (`envfs key add`) carries a 32-byte proof
+//! after that: HMAC-SHA256 keyed from X25519(private, own public) — a value only the holder
+//! of the private key can compute — over the vault id and the vault secret's fingerprint.
+//! Anyone can wrap a secret of their choosing for the public key, so without the proof a
+//! host holding only the recovery key could not tell a forged config from the real one.
+//! Slots written before the proof existed (92 bytes) still unwrap, but do not vouch for the
+//! secret (see `vouches_for`).
+//!
 //! Key file (text, mode 0600):
 //! ```text
 //! # comment lines
@@ -18,6 +26,9 @@
 //! ```
 
 use super::{KeyContext, KeyProvider};
+use crate::crypto::Fingerprint;
+use crate::crypto::file_keys::hmac32;
+use crate::crypto::kdf::label;
 use crate::crypto::{Secret32, random};
 use crate::error::{Error, Result};
 use crate::format::{KeySlot, ProviderKind};
@@ -27,6 +38,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 use std::path::Path;
+use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -34,6 +46,9 @@ const KEY_LINE_PREFIX: &str = "envfs-x25519-key-v1:";
 const KEY_ID_PREFIX: &str = "x25519:";
 const WRAP_LABEL: &[u8] = b"envfs/v1/x25519-wrap";
 const WRAPPED_LEN: usize = 32 + 12 + 32 + 16;
+const PROOF_LEN: usize = 32;
+/// A vault-secret slot with its holder's proof.
+const PROVEN_LEN: usize = WRAPPED_LEN + PROOF_LEN;
 
 pub struct X25519KeyProvider {
     /// HKDF(vault secret, vault id, "envfs/v1/x25519-binding"), set when the vault opens.
@@ -159,6 +174,22 @@ impl X25519KeyProvider {
     }
 }
 
+/// The holder's proof that `fingerprint` is the vault secret of `vault_id` (module doc).
+fn holder_proof(
+    secret: &StaticSecret,
+    public: &PublicKey,
+    vault_id: &[u8; 16],
+    fingerprint: &Fingerprint,
+) -> [u8; 32] {
+    let own = secret.diffie_hellman(public);
+    let key = crate::crypto::kdf::derive32(
+        &Secret32::from_bytes(*own.as_bytes()),
+        public.as_bytes(),
+        label::X25519_PROOF,
+    );
+    hmac32(&key, &[label::X25519_PROOF, vault_id, &fingerprint.0])
+}
+
 impl X25519KeyProvider {
     /// The vault binding for a file-key context (none for the vault secret itself, which
     /// the recovery key must unwrap before any binding exists).
@@ -200,6 +231,15 @@ impl KeyProvider for X25519KeyProvider {
             .encrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), (&mut wrapped[44..]).into())
             .expect("32-byte message");
         wrapped.extend_from_slice(&tag);
+        if let (None, Some(own)) = (ctx.file_id, &self.secret) {
+            let fingerprint = Fingerprint::of(secret, &ctx.vault_id);
+            wrapped.extend_from_slice(&holder_proof(
+                own,
+                &self.public,
+                &ctx.vault_id,
+                &fingerprint,
+            ));
+        }
         Ok(KeySlot {
             provider: ProviderKind::X25519,
             key_id: self.key_id.clone(),
@@ -216,11 +256,18 @@ impl KeyProvider for X25519KeyProvider {
         })?;
         let not_authentic =
             || Error::WrongKey(format!("{} did not unwrap the key slot", self.describe()));
-        if slot.wrapped.len() != WRAPPED_LEN {
-            return Err(not_authentic());
-        }
+        let proven = match (slot.wrapped.len(), ctx.file_id) {
+            (WRAPPED_LEN, _) => false,
+            (PROVEN_LEN, None) => true,
+            _ => return Err(not_authentic()),
+        };
         let ephemeral_bytes: [u8; 32] = slot.wrapped[..32].try_into().expect("length checked");
         let ephemeral = PublicKey::from(ephemeral_bytes);
+        // The holder never computes X25519(private, own public) for a slot: that value keys
+        // the proof.
+        if ephemeral.as_bytes() == self.public.as_bytes() {
+            return Err(not_authentic());
+        }
         let shared = secret.diffie_hellman(&ephemeral);
         if !shared.was_contributory() {
             return Err(not_authentic());
@@ -234,10 +281,27 @@ impl KeyProvider for X25519KeyProvider {
         let mut body = Zeroizing::new([0u8; 32]);
         body.copy_from_slice(&slot.wrapped[44..76]);
         let nonce = Nonce::try_from(&slot.wrapped[32..44]).map_err(|_| not_authentic())?;
-        let tag = Tag::try_from(&slot.wrapped[76..]).map_err(|_| not_authentic())?;
+        let tag = Tag::try_from(&slot.wrapped[76..WRAPPED_LEN]).map_err(|_| not_authentic())?;
         aead.decrypt_inout_detached(&nonce, &ctx.aad(), (&mut body[..]).into(), &tag)
             .map_err(|_| not_authentic())?;
-        Ok(Secret32::from_bytes(*body))
+        let unwrapped = Secret32::from_bytes(*body);
+        if proven {
+            let fingerprint = Fingerprint::of(&unwrapped, &ctx.vault_id);
+            let expected = holder_proof(secret, &self.public, &ctx.vault_id, &fingerprint);
+            if !bool::from(expected.ct_eq(&slot.wrapped[WRAPPED_LEN..])) {
+                return Err(Error::VaultMismatch(format!(
+                    "the slot of {} in envfs.conf carries a proof its holder did not make: \
+                     the vault secret it wraps (fingerprint {fingerprint}) is not the one this \
+                     key was added to; envfs.conf was forged",
+                    self.describe()
+                )));
+            }
+        }
+        Ok(unwrapped)
+    }
+
+    fn vouches_for(&self, slot: &KeySlot) -> bool {
+        slot.wrapped.len() == PROVEN_LEN
     }
 
     fn can_unwrap(&self) -> bool {
@@ -287,5 +351,51 @@ mod tests {
         forger.bind_to_vault(&Secret32::from_bytes([6; 32]));
         let forged = forger.wrap(&secret, &ctx).unwrap();
         assert!(loaded.unwrap(&forged, &ctx).is_err());
+    }
+
+    #[test]
+    fn vault_secret_slots_made_by_the_holder_carry_a_proof_nobody_else_can_make() {
+        let dir = tempfile::tempdir().unwrap();
+        let holder = X25519KeyProvider::create(&dir.path().join("r.key")).unwrap();
+        let ctx = KeyContext::vault_secret([7; 16]);
+        let secret = Secret32::random();
+        let proven = holder.wrap(&secret, &ctx).unwrap();
+        assert_eq!(proven.wrapped.len(), PROVEN_LEN);
+        assert!(holder.vouches_for(&proven));
+        assert_eq!(holder.unwrap(&proven, &ctx).unwrap(), secret);
+        // Bound to the vault id.
+        assert!(
+            holder
+                .unwrap(&proven, &KeyContext::vault_secret([8; 16]))
+                .is_err()
+        );
+
+        // From the public key alone: a slot without a proof unwraps but does not vouch.
+        let anyone = X25519KeyProvider::recipient(holder.key_id()).unwrap();
+        let public_only = anyone.wrap(&secret, &ctx).unwrap();
+        assert_eq!(public_only.wrapped.len(), WRAPPED_LEN);
+        assert!(!holder.vouches_for(&public_only));
+        assert_eq!(holder.unwrap(&public_only, &ctx).unwrap(), secret);
+
+        // A proof copied from the real slot onto a slot wrapping another secret, or any
+        // bytes of the forger's choosing, is refused as a forgery.
+        let other = anyone.wrap(&Secret32::random(), &ctx).unwrap();
+        for proof in [proven.wrapped[WRAPPED_LEN..].to_vec(), vec![0; PROOF_LEN]] {
+            let mut forged = other.clone();
+            forged.wrapped.extend_from_slice(&proof);
+            assert!(matches!(
+                holder.unwrap(&forged, &ctx),
+                Err(Error::VaultMismatch(_))
+            ));
+        }
+        // File keys never carry a proof.
+        let mut file_slot = proven.clone();
+        assert!(
+            holder
+                .unwrap(&file_slot, &KeyContext::file([7; 16], [1; 16]))
+                .is_err()
+        );
+        file_slot.wrapped.truncate(WRAPPED_LEN + 5);
+        assert!(holder.unwrap(&file_slot, &ctx).is_err());
     }
 }

@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub struct KeyOptions {
     pub key_file: Option<PathBuf>,
     pub kms_key: Option<String>,
+    /// What the operator vouches for (`--vault-fingerprint`, `--accept-rollback`).
+    pub vouch: super::known::Vouch,
 }
 
 fn kms_keys_of(config: &VaultConfig) -> Vec<&str> {
@@ -107,10 +109,20 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
     }))
 }
 
-/// After a vault opened (its config authenticated): remember on this host which vault lives
-/// at this path and, for a KMS vault, pin the key it was opened with if nothing is pinned yet.
-pub fn remember(backing: &Path, vault: &crate::vault::Vault) -> Result<()> {
+/// After a vault opened (its config authenticated): hold it to what this host knows of it
+/// (fingerprint, generation: vault/known.rs), then remember which vault lives at this path
+/// and, for a KMS vault, pin the key it was opened with if nothing is pinned yet. Every
+/// command that opens a vault comes through here, so no command can skip the checks.
+pub fn remember(backing: &Path, vault: &crate::vault::Vault, opts: &KeyOptions) -> Result<()> {
     let id = vault.config.vault_id_hex();
+    super::known::check_and_update(
+        &id,
+        vault.fingerprint(),
+        vault.config.generation,
+        vault.secret_vouched(),
+        vault.unlocked_by(),
+        &opts.vouch,
+    )?;
     pin::record_vault_at_path(backing, &id)?;
     if let Some(kms) = vault
         .held_providers()

@@ -6,7 +6,7 @@
 //! also makes and opens file headers, because that needs the providers and the vault id.
 
 use crate::crypto::kdf::{derive32, derive64, label};
-use crate::crypto::{FileKeys, Secret32, SivCipher, file_keys::hmac32, random};
+use crate::crypto::{FileKeys, Fingerprint, Secret32, SivCipher, file_keys::hmac32, random};
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::{CONFIG_FILE_NAME, ConfigParseError};
 use crate::format::header::HeaderParseError;
@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
 pub mod keysource;
+pub mod known;
 pub mod pin;
 
 /// Choices made once, at `envfs init`.
@@ -52,6 +53,15 @@ impl Default for InitOptions {
     }
 }
 
+/// What `Vault::add_key` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAdded {
+    /// A new key of the vault.
+    New,
+    /// A key already in the vault got a slot that proves the vault secret (an upgrade).
+    Proven,
+}
+
 pub struct Vault {
     root: PathBuf,
     pub config: VaultConfig,
@@ -72,6 +82,14 @@ pub struct Vault {
     wrappers: OnceLock<Vec<Arc<dyn KeyProvider>>>,
     /// Kept for key management (adding a key wraps it; the config MAC is keyed from it).
     secret: Secret32,
+    /// The public name of `secret`, which hosts remember (vault/known.rs).
+    fingerprint: Fingerprint,
+    /// Whether the slot that opened the vault could only have been made by a holder of its
+    /// key (`KeyProvider::vouches_for`). When not, only a remembered or given fingerprint
+    /// tells the real vault from a forged one.
+    secret_vouched: bool,
+    /// The key whose slot opened the vault, for messages.
+    unlocked_by: String,
 }
 
 pub fn config_path(root: &Path) -> PathBuf {
@@ -131,6 +149,8 @@ impl Vault {
         let secret = Secret32::random();
         let slot = provider.wrap(&secret, &KeyContext::vault_secret(vault_id))?;
         let config = VaultConfig {
+            version: crate::format::config::CONFIG_VERSION,
+            generation: 1,
             vault_id,
             plaintext_names: opts.plaintext_names,
             name_encoding: opts.name_encoding,
@@ -163,8 +183,17 @@ impl Vault {
                                 "authentication failed: envfs.conf was modified".into(),
                             ));
                         }
-                        return Vault::from_secret(root, config.clone(), &secret, providers);
+                        let vouched = provider.vouches_for(slot);
+                        let unlocked_by = provider.describe();
+                        let mut vault =
+                            Vault::from_secret(root, config.clone(), &secret, providers)?;
+                        vault.secret_vouched = vouched;
+                        vault.unlocked_by = unlocked_by;
+                        return Ok(vault);
                     }
+                    // A recovery slot whose holder's proof is false: a forgery, whatever
+                    // other slots say.
+                    Err(e @ Error::VaultMismatch(_)) => return Err(e),
                     Err(Error::WrongKey(_)) => {
                         failure = Some(Error::CorruptConfig(format!(
                             "the key slot of {} does not unwrap: envfs.conf was modified",
@@ -214,6 +243,7 @@ impl Vault {
             .into_iter()
             .filter(|p| config.slots.iter().any(|s| p.recognises(s)))
             .collect();
+        let config_vault_id = config.vault_id;
         let binding = derive32(secret, &config.vault_id, label::X25519_BINDING);
         for p in &providers {
             p.bind_to_vault(&binding);
@@ -228,8 +258,27 @@ impl Vault {
             dek_cache: DekCache::new(CacheLimits::default()),
             prefetch: OnceLock::new(),
             wrappers: OnceLock::new(),
+            fingerprint: Fingerprint::of(secret, &config_vault_id),
             secret: secret.clone(),
+            secret_vouched: true,
+            unlocked_by: String::from("the key that created it"),
         })
+    }
+
+    /// The key whose slot opened the vault (described for people).
+    pub fn unlocked_by(&self) -> &str {
+        &self.unlocked_by
+    }
+
+    /// The vault secret's fingerprint (public; crypto/fingerprint.rs).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Whether the key that opened the vault vouches for its secret by itself (see the
+    /// field). `false` means: check the fingerprint against what the host knows.
+    pub fn secret_vouched(&self) -> bool {
+        self.secret_vouched
     }
 
     /// Replace the DEK cache limits (from mount options).
@@ -257,8 +306,6 @@ impl Vault {
         ));
     }
 
-    /// Write the config with its MAC: to a temporary file, then hard-linked into place so an
-    /// existing config is never overwritten and a crash never leaves half a config.
     /// Write `config` with its MAC: to a temporary file, fsynced, then moved into place —
     /// hard-linked when creating (never overwriting an existing vault), renamed over the old
     /// one when replacing — so a crash never leaves half a config.
@@ -343,19 +390,44 @@ impl Vault {
         })
     }
 
+    /// Replace the config with `config` as the next generation: every change goes through
+    /// here, so every change raises the generation hosts compare (vault/known.rs).
+    fn commit_config(&mut self, mut config: VaultConfig) -> Result<()> {
+        config.version = crate::format::config::CONFIG_VERSION;
+        config.generation = self.config.generation + 1;
+        self.write_config(&config, true)?;
+        self.config = config;
+        self.wrappers = OnceLock::new();
+        Ok(())
+    }
+
     /// Add a key to the vault: it wraps the vault secret (so it opens the vault) and, from
     /// now on, every new DEK. Existing files get it with `envfs rewrap`.
-    pub fn add_key(&mut self, provider: &dyn KeyProvider) -> Result<()> {
-        if self.config.slots.iter().any(|s| provider.recognises(s)) {
-            return Err(Error::AlreadyExists(format!(
-                "{} is already a key of this vault",
-                provider.describe()
-            )));
-        }
+    ///
+    /// Adding a key that is already there is refused, except to upgrade a slot that does not
+    /// vouch for the secret (a recovery slot from before holder proofs) to one that does.
+    pub fn add_key(&mut self, provider: &dyn KeyProvider) -> Result<KeyAdded> {
         let slot = provider.wrap(
             &self.secret,
             &KeyContext::vault_secret(self.config.vault_id),
         )?;
+        if let Some(i) = self
+            .config
+            .slots
+            .iter()
+            .position(|s| provider.recognises(s))
+        {
+            if provider.vouches_for(&self.config.slots[i]) || !provider.vouches_for(&slot) {
+                return Err(Error::AlreadyExists(format!(
+                    "{} is already a key of this vault",
+                    provider.describe()
+                )));
+            }
+            let mut config = self.config.clone();
+            config.slots[i] = slot;
+            self.commit_config(config)?;
+            return Ok(KeyAdded::Proven);
+        }
         let mut config = self.config.clone();
         config.slots.push(slot);
         config.validate().map_err(Error::Invalid)?;
@@ -369,10 +441,8 @@ impl Vault {
                 config.header_size
             )));
         }
-        self.write_config(&config, true)?;
-        self.config = config;
-        self.wrappers = OnceLock::new();
-        Ok(())
+        self.commit_config(config)?;
+        Ok(KeyAdded::New)
     }
 
     /// Remove a key (by the short id `envfs key list` prints, or its full key id). Refuses to
@@ -395,9 +465,7 @@ impl Vault {
         }
         let mut config = self.config.clone();
         let removed = config.slots.remove(index);
-        self.write_config(&config, true)?;
-        self.config = config;
-        self.wrappers = OnceLock::new();
+        self.commit_config(config)?;
         Ok(removed)
     }
 

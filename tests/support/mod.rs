@@ -10,8 +10,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-pub fn envfs_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_envfs")
+/// The binary under test: this build's, or the one `ENVFS_TEST_BIN` names (to show that a
+/// test fails on an older envfs: build it elsewhere and point this at it).
+pub fn envfs_bin() -> String {
+    std::env::var("ENVFS_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_envfs").to_string())
 }
 
 /// A vault in a temp dir, with its own key file and config home.
