@@ -18,11 +18,10 @@
 //! gone, and envfs' own leftover temporary files (`.envfs-*`). Nothing else is ever changed.
 
 use crate::crypto::FileKeys;
-use crate::crypto::siv::domain;
 use crate::error::{Error, Result};
 use crate::format::config::{CONFIG_FILE_NAME, NameEncoding};
 use crate::format::geometry::BadLength;
-use crate::format::names::{self as spelling, BackingName, RESERVED_PREFIX, SIV_OVERHEAD};
+use crate::format::names::{self as spelling, BackingName, RESERVED_PREFIX};
 use crate::format::{FileHeader, Geometry};
 use crate::vault::Vault;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -758,7 +757,7 @@ impl Checker<'_> {
                 None => return NameCheck::Damaged,
             },
             BackingName::Encrypted(e) => {
-                if !self.looks_encrypted(e) {
+                if !spelling::looks_encrypted(self.encoding(), e) {
                     self.report(
                         FindingKind::UnknownFile,
                         backing,
@@ -771,19 +770,9 @@ impl Checker<'_> {
                 e.to_string()
             }
         };
-        let plain = spelling::decode(self.encoding(), &encoded)
-            .and_then(|sealed| self.vault.names.decrypt(&[domain::NAME], &sealed));
-        match plain {
-            Some(p)
-                if !p.is_empty()
-                    && p != b"."
-                    && p != b".."
-                    && !p.contains(&b'/')
-                    && !p.contains(&0) =>
-            {
-                NameCheck::Named(OsStr::from_bytes(&p).to_os_string())
-            }
-            _ => {
+        match crate::fs::names::open_name(&self.vault.names, self.encoding(), &encoded) {
+            Some(p) => NameCheck::Named(p),
+            None => {
                 self.report(
                     FindingKind::UndecryptableName,
                     backing,
@@ -794,23 +783,6 @@ impl Checker<'_> {
                 NameCheck::Damaged
             }
         }
-    }
-
-    /// Whether a dot-less name has the shape of an encrypted name: only characters of the
-    /// vault's alphabet, and long enough to hold the synthetic IV and one byte. Anything else
-    /// is a foreign file rather than a damaged name.
-    fn looks_encrypted(&self, name: &str) -> bool {
-        let (alphabet_ok, min_len): (fn(u8) -> bool, usize) = match self.encoding() {
-            NameEncoding::Base64Url => (
-                |c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_',
-                ((SIV_OVERHEAD + 1) * 4).div_ceil(3),
-            ),
-            NameEncoding::Base32 => (
-                |c| c.is_ascii_alphabetic() || (b'2'..=b'7').contains(&c),
-                ((SIV_OVERHEAD + 1) * 8).div_ceil(5),
-            ),
-        };
-        name.len() >= min_len && name.bytes().all(alphabet_ok)
     }
 
     /// The full encoded name behind long-name entry `entry`, or `None` (reported) when its
@@ -835,13 +807,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let matches = String::from_utf8(bytes).ok().filter(|encoded| {
-            let expected = spelling::long_name_entry(self.encoding(), encoded);
-            match self.encoding() {
-                NameEncoding::Base64Url => expected == entry,
-                NameEncoding::Base32 => expected.eq_ignore_ascii_case(entry),
-            }
-        });
+        let matches = spelling::sidecar_name(self.encoding(), entry, &bytes);
         if matches.is_none() {
             self.report(
                 FindingKind::MismatchedSidecar,
@@ -885,12 +851,12 @@ impl Checker<'_> {
         if self.vault.config.plaintext_names {
             return;
         }
-        let ok = target
-            .to_str()
-            .and_then(|t| spelling::decode(self.encoding(), t))
-            .filter(|sealed| sealed.len() > SIV_OVERHEAD)
-            .and_then(|sealed| self.vault.names.decrypt(&[domain::SYMLINK], &sealed))
-            .is_some_and(|t| !t.is_empty() && !t.contains(&0));
+        let ok = crate::fs::names::open_link_target(
+            &self.vault.names,
+            self.encoding(),
+            target.as_os_str(),
+        )
+        .is_some();
         if !ok {
             self.report(
                 FindingKind::UndecryptableSymlink,

@@ -690,15 +690,17 @@ fn key_command(action: KeyCommand) -> Result<()> {
             let mut created = None;
             let provider: Arc<dyn crate::keys::KeyProvider> = match (new_key_file, new_kms_key) {
                 (Some(path), _) if path.exists() => {
+                    use crate::keys::x25519::X25519KeyProvider;
+                    let text = crate::keys::keyfile::read_key_text(&path)?;
                     // A symmetric key can wrap only where its file is, so it could never
                     // reach files created on other hosts: only key pairs are added.
-                    if !crate::keys::x25519::X25519KeyProvider::is_key_file(&path) {
+                    if !X25519KeyProvider::is_key_text(&text) {
                         return Err(Error::Invalid(format!(
                             "{} is a symmetric key file; add a recovery key (a new --new-key-file path) or a KMS key",
                             path.display()
                         )));
                     }
-                    Arc::new(crate::keys::x25519::X25519KeyProvider::load(&path)?)
+                    Arc::new(X25519KeyProvider::from_text(&text, &path)?)
                 }
                 (Some(path), _) => {
                     let key = crate::keys::x25519::X25519KeyProvider::create(&path)?;

@@ -68,6 +68,37 @@ pub enum BackingName<'a> {
     Foreign,
 }
 
+/// Whether a dot-less backing name has the shape of an encrypted name: only characters of
+/// the vault's alphabet, and long enough to hold the synthetic IV and one byte. Anything
+/// else was not written by envfs (a foreign file), rather than a damaged name. The mount and
+/// fsck both judge names by this.
+pub fn looks_encrypted(encoding: NameEncoding, name: &str) -> bool {
+    let (alphabet_ok, min_len): (fn(u8) -> bool, usize) = match encoding {
+        NameEncoding::Base64Url => (
+            |c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_',
+            ((SIV_OVERHEAD + 1) * 4).div_ceil(3),
+        ),
+        NameEncoding::Base32 => (
+            |c| c.is_ascii_alphabetic() || (b'2'..=b'7').contains(&c),
+            ((SIV_OVERHEAD + 1) * 8).div_ceil(5),
+        ),
+    };
+    name.len() >= min_len && name.bytes().all(alphabet_ok)
+}
+
+/// The full encoded name a long-name sidecar holds, if its bytes belong to long-name entry
+/// `entry` (they must hash to it, so sidecars cannot be swapped between entries). The one
+/// rule for sidecars: the mount's listings and lookups and fsck all call it.
+pub fn sidecar_name(encoding: NameEncoding, entry: &str, bytes: &[u8]) -> Option<String> {
+    let encoded = std::str::from_utf8(bytes).ok()?;
+    let expected = long_name_entry(encoding, encoded);
+    let matches = match encoding {
+        NameEncoding::Base64Url => expected == entry,
+        NameEncoding::Base32 => expected.eq_ignore_ascii_case(entry),
+    };
+    matches.then(|| encoded.to_string())
+}
+
 pub fn classify(name: &str) -> BackingName<'_> {
     // Suffixes match in any case: base32 vaults live on backends that may change case.
     let lower = name.to_ascii_lowercase();

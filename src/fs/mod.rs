@@ -14,7 +14,6 @@ pub mod sys;
 
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
-use crate::format::names::SIV_OVERHEAD;
 use crate::vault::Vault;
 use attr::SizeMap;
 pub use attr::{Attr, FileKind};
@@ -478,18 +477,12 @@ impl Fs {
             self.log.report_at_path(&err);
             err
         };
-        let text = stored.to_str().ok_or_else(bad)?;
-        let sealed =
-            crate::format::names::decode(self.vault.config.name_encoding, text).ok_or_else(bad)?;
-        if sealed.len() < SIV_OVERHEAD {
-            return Err(bad());
-        }
-        let plain = self
-            .vault
-            .names
-            .decrypt(&[domain::SYMLINK], &sealed)
-            .ok_or_else(bad)?;
-        Ok(OsString::from_vec(plain))
+        names::open_link_target(
+            &self.vault.names,
+            self.vault.config.name_encoding,
+            stored.as_os_str(),
+        )
+        .ok_or_else(bad)
     }
 
     pub fn mknod(&self, path: &Path, mode: u32, rdev: u64, owner: Option<Owner>) -> Result<Attr> {
@@ -709,18 +702,15 @@ impl Fs {
         if !name.as_bytes().starts_with(b"user.") {
             return Ok(value);
         }
-        self.vault
-            .xattrs
-            .decrypt(&[domain::XATTR_VALUE, name.as_bytes()], &value)
-            .ok_or_else(|| {
-                let err = Error::Integrity {
-                    path: backing,
-                    chunk: None,
-                    kind: IntegrityKind::XattrValue,
-                };
-                self.log.report_at_path(&err);
-                err
-            })
+        xattr_value_plaintext(&self.vault.xattrs, name.as_bytes(), &value).ok_or_else(|| {
+            let err = Error::Integrity {
+                path: backing,
+                chunk: None,
+                kind: IntegrityKind::XattrValue,
+            };
+            self.log.report_at_path(&err);
+            err
+        })
     }
 
     pub fn listxattr(&self, path: &Path) -> Result<Vec<OsString>> {
@@ -728,11 +718,11 @@ impl Fs {
         let mut out = Vec::new();
         for stored in sys::llistxattr(&backing)? {
             if let Some(encoded) = stored.strip_prefix(b"user.") {
-                let Ok(text) = std::str::from_utf8(encoded) else {
-                    continue;
-                };
-                let plain = crate::format::names::decode(self.vault.config.name_encoding, text)
-                    .and_then(|sealed| self.vault.xattrs.decrypt(&[domain::XATTR_NAME], &sealed));
+                let plain = xattr_name_plaintext(
+                    &self.vault.xattrs,
+                    self.vault.config.name_encoding,
+                    encoded,
+                );
                 match plain {
                     Some(p) => {
                         let mut name = b"user.".to_vec();
@@ -837,6 +827,26 @@ impl Fs {
             namelen: names::NAME_MAX as u32,
         })
     }
+}
+
+/// The plaintext of a stored `user.*` xattr name (the part after `user.`), if authentic.
+pub fn xattr_name_plaintext(
+    xattrs: &crate::crypto::SivCipher,
+    encoding: crate::format::NameEncoding,
+    stored: &[u8],
+) -> Option<Vec<u8>> {
+    let sealed = crate::format::names::decode(encoding, std::str::from_utf8(stored).ok()?)?;
+    xattrs.decrypt(&[domain::XATTR_NAME], &sealed)
+}
+
+/// The plaintext of a stored `user.*` xattr value, if authentic for attribute `name` (the
+/// full plaintext name: a value copied to another attribute does not open).
+pub fn xattr_value_plaintext(
+    xattrs: &crate::crypto::SivCipher,
+    name: &[u8],
+    stored: &[u8],
+) -> Option<Vec<u8>> {
+    xattrs.decrypt(&[domain::XATTR_VALUE, name], stored)
 }
 
 fn file_type_mode(t: fs::FileType) -> u32 {

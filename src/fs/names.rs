@@ -6,6 +6,7 @@
 //! one backing rename. See format/names.rs for the spelling.
 
 use super::name_cache::NameCache;
+use crate::crypto::SivCipher;
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::{CONFIG_FILE_NAME, NameEncoding};
@@ -133,31 +134,21 @@ impl<'v> NameMap<'v> {
         let Some(text) = backing.to_str() else {
             return Ok(None);
         };
+        let encoding = self.vault.config.name_encoding;
         let encoded = match spelling::classify(text) {
-            BackingName::Encrypted(e) => e.to_string(),
+            BackingName::Encrypted(e) if spelling::looks_encrypted(encoding, e) => e.to_string(),
             BackingName::Long(entry) => self.read_sidecar(dir, entry)?,
-            BackingName::Sidecar | BackingName::Foreign => return Ok(None),
+            BackingName::Encrypted(_) | BackingName::Sidecar | BackingName::Foreign => {
+                return Ok(None);
+            }
         };
-        let bad = || Error::Integrity {
-            path: dir.join(backing),
-            chunk: None,
-            kind: IntegrityKind::Name,
-        };
-        let sealed = spelling::decode(self.vault.config.name_encoding, &encoded).ok_or_else(bad)?;
-        let plain = self
-            .vault
-            .names
-            .decrypt(&[domain::NAME], &sealed)
-            .ok_or_else(bad)?;
-        if plain.is_empty()
-            || plain == b"."
-            || plain == b".."
-            || plain.contains(&b'/')
-            || plain.contains(&0)
-        {
-            return Err(bad());
-        }
-        Ok(Some(OsString::from_vec(plain)))
+        open_name(&self.vault.names, encoding, &encoded)
+            .map(Some)
+            .ok_or_else(|| Error::Integrity {
+                path: dir.join(backing),
+                chunk: None,
+                kind: IntegrityKind::Name,
+            })
     }
 
     /// Whether the long-name entry `entry` of backing directory `dir` may be used by name:
@@ -196,16 +187,7 @@ impl<'v> NameMap<'v> {
                 Error::Io(e)
             }
         })?;
-        let encoded = String::from_utf8(bytes).map_err(|_| bad())?;
-        let expected = spelling::long_name_entry(self.vault.config.name_encoding, &encoded);
-        let matches = match self.vault.config.name_encoding {
-            NameEncoding::Base64Url => expected == entry,
-            NameEncoding::Base32 => expected.eq_ignore_ascii_case(entry),
-        };
-        if !matches {
-            return Err(bad());
-        }
-        Ok(encoded)
+        spelling::sidecar_name(self.vault.config.name_encoding, entry, &bytes).ok_or_else(bad)
     }
 
     /// Make sure the sidecar of a long-name entry exists with the right content. Written to a
@@ -243,6 +225,34 @@ impl<'v> NameMap<'v> {
             let _ = fs::remove_file(dir.join(sidecar));
         }
     }
+}
+
+/// The plaintext of an encrypted name (the encoded text, for a long name the sidecar's), if
+/// it is authentic and a name a directory can hold. The mount and fsck both decide by it.
+pub fn open_name(names: &SivCipher, encoding: NameEncoding, encoded: &str) -> Option<OsString> {
+    let sealed = spelling::decode(encoding, encoded)?;
+    let plain = names.decrypt(&[domain::NAME], &sealed)?;
+    let valid = !plain.is_empty()
+        && plain != b"."
+        && plain != b".."
+        && !plain.contains(&b'/')
+        && !plain.contains(&0);
+    valid.then(|| OsString::from_vec(plain))
+}
+
+/// The plaintext target of a symlink whose stored target is `stored`, if it is authentic
+/// (and a target a symlink can have: not empty, no NUL). Mount and fsck both decide by it.
+pub fn open_link_target(
+    names: &SivCipher,
+    encoding: NameEncoding,
+    stored: &OsStr,
+) -> Option<OsString> {
+    let sealed = spelling::decode(encoding, stored.to_str()?)?;
+    if sealed.len() <= spelling::SIV_OVERHEAD {
+        return None;
+    }
+    let plain = names.decrypt(&[domain::SYMLINK], &sealed)?;
+    (!plain.is_empty() && !plain.contains(&0)).then(|| OsString::from_vec(plain))
 }
 
 /// Names a plaintext-names vault keeps for itself: the config at the root, and envfs'

@@ -7,6 +7,35 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
+/// Key files are a few lines; anything larger is not one (and is not read into memory).
+pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+
+/// Read a key file's text exactly once (it may be a pipe: `--key-file /dev/stdin` or
+/// `<(…)`), bounded in size. Errors name the path, never the contents.
+pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| Error::KeyFile(format!("cannot read key file {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_KEY_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(Error::KeyFile(format!(
+            "{} is not an envfs key file (larger than {MAX_KEY_FILE_LEN} bytes)",
+            path.display()
+        )));
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_string())),
+        Err(_) => Err(Error::KeyFile(format!(
+            "{} is not an envfs key file",
+            path.display()
+        ))),
+    }
+}
+
 /// `$XDG_CONFIG_HOME/envfs`, falling back to `~/.config/envfs`.
 pub fn config_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")

@@ -44,11 +44,14 @@ impl LocalKeyProvider {
 
     /// Load a key file. Errors name the path, never the contents.
     pub fn load(path: &Path) -> Result<LocalKeyProvider> {
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
-            Error::KeyFile(format!("cannot read key file {}: {e}", path.display()))
-        })?);
+        let text = super::keyfile::read_key_text(path)?;
+        LocalKeyProvider::from_text(&text, path)
+    }
+
+    /// A key file's text already read from `path` (named in errors only).
+    pub fn from_text(text: &str, path: &Path) -> Result<LocalKeyProvider> {
         warn_if_readable_by_others(path);
-        let kek = parse_key_file(&text).ok_or_else(|| {
+        let kek = parse_key_file(text).ok_or_else(|| {
             Error::KeyFile(format!("{} is not an envfs key file", path.display()))
         })?;
         Ok(LocalKeyProvider::from_kek(&kek))
@@ -83,7 +86,9 @@ pub(crate) fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-fn parse_key_file(text: &str) -> Option<Secret32> {
+/// The KEK in a local key file's text: exactly one non-comment line, the prefix and the
+/// base64 of 32 bytes.
+pub fn parse_key_file(text: &str) -> Option<Secret32> {
     let mut lines = text
         .lines()
         .map(str::trim)

@@ -111,46 +111,37 @@ impl X25519KeyProvider {
         })
     }
 
-    /// Whether `path` holds an X25519 key file (rather than a symmetric one).
-    pub fn is_key_file(path: &Path) -> bool {
-        std::fs::read_to_string(path)
-            .is_ok_and(|t| t.lines().any(|l| l.trim().starts_with(KEY_LINE_PREFIX)))
+    /// Whether a key file's text is an X25519 key file (rather than a symmetric one).
+    pub fn is_key_text(text: &str) -> bool {
+        text.lines().any(|l| l.trim().starts_with(KEY_LINE_PREFIX))
     }
 
     pub fn load(path: &Path) -> Result<X25519KeyProvider> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            Error::KeyFile(format!("cannot read key file {}: {e}", path.display()))
-        })?);
+        let text = super::keyfile::read_key_text(path)?;
+        X25519KeyProvider::from_text(&text, path)
+    }
+
+    /// A key file's text already read from `path` (named in errors only).
+    pub fn from_text(text: &str, path: &Path) -> Result<X25519KeyProvider> {
         super::local::warn_if_readable_by_others(path);
-        let bad = || {
+        let secret = parse_key_text(text).ok_or_else(|| {
             Error::KeyFile(format!(
                 "{} is not an envfs recovery key file",
                 path.display()
             ))
-        };
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(KEY_LINE_PREFIX))
-            .ok_or_else(bad)?;
-        let bytes = Zeroizing::new(
-            data_encoding::BASE64
-                .decode(&line.as_bytes()[KEY_LINE_PREFIX.len()..])
-                .map_err(|_| bad())?,
-        );
-        let mut arr = Zeroizing::new([0u8; 32]);
-        if bytes.len() != 32 {
-            return Err(bad());
-        }
-        arr.copy_from_slice(&bytes);
-        let secret = StaticSecret::from(*arr);
+        })?;
+        Ok(X25519KeyProvider::from_secret(secret))
+    }
+
+    /// The key pair of a private key (already read from its key file).
+    pub fn from_secret(secret: StaticSecret) -> X25519KeyProvider {
         let public = PublicKey::from(&secret);
-        Ok(X25519KeyProvider {
+        X25519KeyProvider {
             binding: std::sync::OnceLock::new(),
             key_id: key_id_of(&public),
             public,
             secret: Some(secret),
-        })
+        }
     }
 
     /// Create a new key file (mode 0600); refuses to overwrite one.
@@ -172,6 +163,22 @@ impl X25519KeyProvider {
             secret: Some(secret),
         })
     }
+}
+
+/// The private key in an X25519 key file's text: the first key line (comments and other
+/// lines are ignored), the prefix and the base64 of 32 bytes.
+pub fn parse_key_text(text: &str) -> Option<StaticSecret> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(KEY_LINE_PREFIX))?;
+    let bytes = Zeroizing::new(
+        data_encoding::BASE64
+            .decode(&line.as_bytes()[KEY_LINE_PREFIX.len()..])
+            .ok()?,
+    );
+    let arr: Zeroizing<[u8; 32]> = Zeroizing::new(bytes.as_slice().try_into().ok()?);
+    Some(StaticSecret::from(*arr))
 }
 
 /// The holder's proof that `fingerprint` is the vault secret of `vault_id` (module doc).

@@ -49,12 +49,14 @@ fn check_pin(config: &VaultConfig, arn: &str, source: &str) -> Result<()> {
     )))
 }
 
-/// A key file of either kind: a symmetric vault key or an X25519 recovery key.
+/// A key file of either kind: a symmetric vault key or an X25519 recovery key. Read once,
+/// so a pipe works as well as a file.
 pub fn load_key_file(path: &Path) -> Result<Arc<dyn KeyProvider>> {
-    if X25519KeyProvider::is_key_file(path) {
-        Ok(Arc::new(X25519KeyProvider::load(path)?))
+    let text = crate::keys::keyfile::read_key_text(path)?;
+    if X25519KeyProvider::is_key_text(&text) {
+        Ok(Arc::new(X25519KeyProvider::from_text(&text, path)?))
     } else {
-        Ok(Arc::new(LocalKeyProvider::load(path)?))
+        Ok(Arc::new(LocalKeyProvider::from_text(&text, path)?))
     }
 }
 

@@ -50,11 +50,7 @@ pub fn check_vault_at_path(backing: &Path, vault_id_hex: &str) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(&record) else {
         return Ok(());
     };
-    let known = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("vault "))
-        .unwrap_or("")
-        .trim();
+    let known = parse_path_record(&text).unwrap_or("");
     if known.is_empty() || known == vault_id_hex {
         return Ok(());
     }
@@ -64,6 +60,14 @@ pub fn check_vault_at_path(backing: &Path, vault_id_hex: &str) -> Result<()> {
         backing.display(),
         record.display()
     )))
+}
+
+/// The vault id a path record names (its `vault <id>` line), if any.
+pub fn parse_path_record(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("vault "))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
 }
 
 /// Remember that `vault_id_hex` lives at `backing` (first open only).
