@@ -224,8 +224,11 @@ pub fn host_record(data: &[u8]) {
     let _ = crate::vault::pin::parse_path_record(text);
 }
 
+/// A parser's entry point: any bytes in, a panic only for a bug.
+pub type EntryPoint = fn(&[u8]);
+
 /// Every entry point, by name (the fuzz targets and the property tests list them from here).
-pub const ENTRY_POINTS: &[(&str, fn(&[u8]))] = &[
+pub const ENTRY_POINTS: &[(&str, EntryPoint)] = &[
     ("config", config),
     ("header", header),
     ("slot", slot),
