@@ -1,18 +1,22 @@
-//! Generates the golden-vector vault checked into `tests/golden/v1/`.
+//! Generates a golden-vector vault in the current format, as checked into `tests/golden/v2/`
+//! (`tests/golden/v1/` was made by the same program at format version 1).
 //!
 //! ```text
 //! cargo run --example make_golden -- OUTDIR
 //! ```
 //!
-//! writes `OUTDIR/golden.key` (a fresh local key file) and `OUTDIR/vault/` (the backing
-//! directory). The output is random (keys, file ids, nonces), so it is generated once and
-//! frozen; tests/golden.rs checks the frozen copy. Do not regenerate `tests/golden/v1/`: a
-//! format change must keep reading it. A new format version gets a new `tests/golden/vN/`.
+//! writes `OUTDIR/golden.key` (a fresh local key file), `OUTDIR/recovery.key` (an X25519
+//! recovery key, added as the vault's second key: config generation 2, its slot with the
+//! holder's proof) and `OUTDIR/vault/` (the backing directory). The output is random (keys,
+//! file ids, nonces), so it is generated once and frozen; tests/golden.rs checks the frozen
+//! copies. Never regenerate a `tests/golden/vN/`: a format change must keep reading it. A
+//! new format version gets a new `tests/golden/vN/`.
 //!
 //! The plaintext is deterministic and must match the table in tests/golden.rs.
 
 use envfs::fs::Fs;
 use envfs::keys::local::LocalKeyProvider;
+use envfs::keys::x25519::X25519KeyProvider;
 use envfs::vault::{InitOptions, Vault};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -38,7 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = out.join("vault");
     let key_path = out.join("golden.key");
     std::fs::create_dir_all(&root)?;
-    if std::fs::read_dir(&root)?.next().is_some() || key_path.exists() {
+    if std::fs::read_dir(&root)?.next().is_some()
+        || key_path.exists()
+        || out.join("recovery.key").exists()
+    {
         return Err(format!("{} already holds a golden vault", out.display()).into());
     }
 
@@ -49,7 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..InitOptions::default()
     };
     assert_eq!((opts.chunk_size, opts.header_size), (4096, 1024));
-    let vault = Vault::init(&root, Arc::new(provider), &opts)?;
+    let mut vault = Vault::init(&root, Arc::new(provider), &opts)?;
+    let recovery = X25519KeyProvider::create(&out.join("recovery.key"))?;
+    vault.add_key(&recovery)?;
     let fs = Fs::new(Arc::new(vault));
 
     let files: Vec<(String, u64, usize)> = vec![
@@ -67,8 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs.symlink(OsStr::new("docs/nested.txt"), Path::new("link"), None)?;
 
     println!(
-        "golden vault {} written to {}",
+        "golden vault {} (fingerprint {}) written to {}",
         hex::encode(vault_id),
+        fs.vault().fingerprint(),
         out.display()
     );
     Ok(())

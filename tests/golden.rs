@@ -1,5 +1,7 @@
-//! Golden vectors: a small vault written once by `examples/make_golden.rs` and frozen in
-//! `tests/golden/v1/` (backing directory `vault/`, key file `golden.key`).
+//! Golden vectors: small vaults written once by `examples/make_golden.rs` and frozen in
+//! `tests/golden/v1/` (format version 1: backing directory `vault/`, key file `golden.key`)
+//! and `tests/golden/v2/` (format version 2: the same files, plus `recovery.key`, an X25519
+//! key added as the second key, so the config is at generation 2).
 //!
 //! These tests must keep passing forever. A change to the on-disk format must either keep
 //! reading this vault byte for byte, or (for a new format version) refuse it with a clear
@@ -410,4 +412,104 @@ fn golden_vault_refuses_another_key() {
         Err(other) => panic!("expected WrongKey, got {other:?}"),
         Ok(_) => panic!("the golden vault opened with a wrong key"),
     }
+}
+
+// ---- format version 2 (tests/golden/v2/): config generation, recovery slot with proof ----
+
+const V2_VAULT_ID: &str = "524469105b85dcadde875f290aff8b20";
+const V2_FINGERPRINT: &str = "26c71b172f4b65d8ddd5c3631677a73e";
+
+fn golden_v2_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v2")
+}
+
+fn v2_keys() -> [Arc<dyn KeyProvider>; 2] {
+    let dir = golden_v2_dir();
+    [
+        Arc::new(LocalKeyProvider::load(&dir.join("golden.key")).expect("fixture key")),
+        Arc::new(
+            envfs::keys::x25519::X25519KeyProvider::load(&dir.join("recovery.key"))
+                .expect("fixture recovery key"),
+        ),
+    ]
+}
+
+#[test]
+fn v2_config_bytes_are_frozen() {
+    let bytes = std::fs::read(golden_v2_dir().join("vault").join(CONFIG_FILE_NAME)).unwrap();
+    assert_eq!(&bytes[..8], CONFIG_MAGIC);
+    assert_eq!(&bytes[8..10], &[0, 2], "format version 2");
+    assert_eq!(hex::encode(&bytes[12..28]), V2_VAULT_ID);
+    assert_eq!(
+        &bytes[40..48],
+        &2u64.to_be_bytes(),
+        "generation 2: init, then key add"
+    );
+    let (config, _, _) = VaultConfig::parse(&bytes).unwrap();
+    assert_eq!((config.version, config.generation), (2, 2));
+    assert_eq!(config.slots.len(), 2);
+    assert_eq!(config.slots[0].provider, ProviderKind::Local);
+    assert_eq!(config.slots[1].provider, ProviderKind::X25519);
+    // The recovery slot: ephemeral key, nonce, secret, tag, and the holder's 32-byte proof.
+    assert_eq!(config.slots[1].wrapped.len(), 32 + 12 + 32 + 16 + 32);
+}
+
+#[test]
+fn v2_opens_with_either_key_to_the_same_vault_and_reads_every_file() {
+    let root = golden_v2_dir().join("vault");
+    let before = snapshot(&root);
+    for key in v2_keys() {
+        let described = key.describe();
+        let vault = Vault::open(&root, vec![key]).expect("golden v2 opens");
+        assert_eq!(
+            vault.fingerprint().to_string(),
+            V2_FINGERPRINT,
+            "{described}"
+        );
+        assert!(
+            vault.secret_vouched(),
+            "{described}: the slot that opened it proves the secret"
+        );
+        let fs = Fs::new(Arc::new(vault));
+        for f in golden_files() {
+            assert!(
+                read_all(&fs, Path::new(&f.path), 4096) == content(f.seed, f.len),
+                "{described}: {}",
+                f.path
+            );
+        }
+        assert_eq!(fs.readlink(Path::new(LINK)).unwrap(), LINK_TARGET);
+    }
+    assert!(
+        before == snapshot(&root),
+        "reading modified the golden vault"
+    );
+}
+
+#[test]
+fn v1_still_opens_as_generation_0_and_its_first_change_writes_v2() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("vault");
+    copy_tree(&golden_root(), &root);
+    let mut vault = Vault::open(&root, vec![golden_key()]).unwrap();
+    assert_eq!((vault.config.version, vault.config.generation), (1, 0));
+    let fingerprint = vault.fingerprint();
+    let recovery =
+        envfs::keys::x25519::X25519KeyProvider::create(&dir.path().join("r.key")).unwrap();
+    vault.add_key(&recovery).unwrap();
+    drop(vault);
+    let bytes = std::fs::read(root.join(CONFIG_FILE_NAME)).unwrap();
+    assert_eq!(&bytes[8..10], &[0, 2]);
+    let vault = Vault::open(&root, vec![golden_key()]).unwrap();
+    assert_eq!((vault.config.version, vault.config.generation), (2, 1));
+    assert_eq!(
+        vault.fingerprint(),
+        fingerprint,
+        "the vault secret never changes"
+    );
+    let fs = Fs::new(Arc::new(vault));
+    assert_eq!(
+        read_all(&fs, Path::new("one-byte.bin"), 4096),
+        content(1, 1)
+    );
 }
