@@ -101,7 +101,7 @@ impl<'v> NameMap<'v> {
     /// The absolute backing path of a mount-relative plaintext path ("" is the root), whose
     /// components are meant to exist. A long name is held to its sidecar here exactly as a
     /// listing holds it (`read_sidecar`): an entry whose sidecar is missing or wrong is left
-    /// out of listings, so it must not open by name either (docs/SEMANTICS.md §3).
+    /// out of listings, so it must not open by name either (docs/SEMANTICS.md §8).
     pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
         let mut out = self.vault.root().to_path_buf();
         let mut at_root = true;
