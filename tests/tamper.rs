@@ -209,6 +209,21 @@ fn verify(fs: &Fs, g: Geometry, name: &str, original: &[u8], expect: &[Expect], 
         "{case}: expectations cover the apparent size {}",
         attr.size
     );
+    let backing_len = fs::metadata(&backing).unwrap().len();
+    if backing_len > 0 && backing_len < g.header_size {
+        // Cut into the header: refused at open (stat shows 0 bytes, so a reader would
+        // otherwise never ask for any and see an empty file).
+        let err = fs
+            .open(path, libc::O_RDONLY)
+            .err()
+            .unwrap_or_else(|| panic!("{case}: a file cut into its header opened"));
+        check_error(&err, Expect::Header, &backing, &format!("{case}: open"));
+        assert!(
+            expect.iter().all(|e| matches!(e, Expect::Header)),
+            "{case}: a file without a whole header can only fail as a header"
+        );
+        return;
+    }
     let h = fs.open(path, libc::O_RDONLY).unwrap();
     let cs = g.chunk_size as usize;
     for (i, &e) in expect.iter().enumerate() {
@@ -925,7 +940,7 @@ fn tampered_symlink_targets_fail_to_read() {
         tv.reopen();
         match tv.fs.readlink(Path::new("link")) {
             Err(Error::Integrity { path, chunk, kind }) => {
-                assert_eq!((kind, chunk), (IntegrityKind::Name, None), "{what}");
+                assert_eq!((kind, chunk), (IntegrityKind::LinkTarget, None), "{what}");
                 assert_eq!(path, backing);
             }
             other => panic!("{what}: expected an integrity error, got {other:?}"),
