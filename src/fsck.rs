@@ -789,8 +789,10 @@ impl Checker<'_> {
     /// sidecar is missing or does not match.
     fn read_sidecar(&self, dir: &Path, entry: &str, backing: &Path) -> Option<String> {
         let sidecar = dir.join(spelling::sidecar_for(entry));
-        let bytes = match fs::read(&sidecar) {
+        let bytes = match crate::fs::names::read_sidecar_file(&sidecar) {
             Ok(b) => b,
+            // Not a regular sidecar-sized file: as wrong as wrong content.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Vec::new(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.report(
                     FindingKind::MissingSidecar,

@@ -342,6 +342,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 kms_key: Some("arn:aws:kms:eu-west-1:111122223333:key/1".into()),
                 fingerprint: Some(crate::crypto::Fingerprint([4; 16])),
                 generation: Some(9),
+                config: Some([5; 16]),
+                highest: Some(11),
             }
             .encode("00")
             .into_bytes(),

@@ -13,6 +13,7 @@ pub mod format;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
 pub mod vault;

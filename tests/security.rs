@@ -189,6 +189,44 @@ fn a_config_forged_for_the_recovery_key_is_refused_on_a_fresh_host_and_on_a_know
         .arg(&v.backing)
         .arg("--key-file")
         .arg(&v.key)));
+    // The fresh hosts that refused a forgery recorded nothing of it.
+    for host in ["fresh-false", "fresh-true"] {
+        let record = v
+            .dir
+            .path()
+            .join(host)
+            .join("envfs/trust")
+            .join(read_config(&v.backing).vault_id_hex());
+        let text = fs::read_to_string(&record).unwrap_or_default();
+        let real = fresh_fingerprint(&v);
+        assert!(
+            text.is_empty() || text.contains(&real),
+            "{host} remembered a forged vault: {text}"
+        );
+    }
+    assert!(
+        !v.dir
+            .path()
+            .join("fresh-false/envfs/trust")
+            .join(read_config(&v.backing).vault_id_hex())
+            .exists(),
+        "a refused open wrote a record"
+    );
+}
+
+/// The real vault's fingerprint, as `envfs info` shows it with the real key.
+fn fresh_fingerprint(v: &TestVault) -> String {
+    let info = ok(run(v
+        .cmd()
+        .arg("info")
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)));
+    info.lines()
+        .find_map(|l| l.strip_prefix("fingerprint:"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -197,6 +235,7 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
     let key = ["--key-file", v.key.to_str().unwrap()];
     // Dragon keeps a copy of the config while it still lists the recovery key.
     let old = fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap();
+    let old_generation = VaultConfig::parse(&old).unwrap().0.generation.to_string();
     let ids: Vec<String> = ok(run(v.cmd().args(["key", "list"]).arg(&v.backing).args(key)))
         .lines()
         .map(|l| l.split_whitespace().next().unwrap().to_string())
@@ -225,7 +264,8 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
         );
         let err = stderr(&out);
         assert!(
-            err.contains("generation") && err.contains("--accept-rollback"),
+            err.contains("generation")
+                && err.contains(&format!("--accept-rollback {old_generation}")),
             "{args:?}: {err}"
         );
     }
@@ -241,13 +281,21 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
         "a refused open must not touch the config"
     );
 
+    // Accepting another generation than the one in place accepts nothing.
+    let out = run(v
+        .cmd()
+        .arg("info")
+        .arg(&v.backing)
+        .args(key)
+        .args(["--accept-rollback", "99"]));
+    assert_eq!(out.status.code(), Some(CONFIG_ROLLBACK), "{}", stderr(&out));
     // The operator restored it on purpose: accepted once, then remembered.
     let out = ok(run(v
         .cmd()
         .arg("info")
         .arg(&v.backing)
         .args(key)
-        .arg("--accept-rollback")));
+        .args(["--accept-rollback", &old_generation])));
     assert!(out.contains("generation:"), "{out}");
     ok(run(v.cmd().arg("info").arg(&v.backing).args(key)));
     let m = v.mount("mnt", &[]);
@@ -261,9 +309,62 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
         .arg("--key-file")
         .arg(&recovery)));
 
-    // Going forward again is never a rollback.
+    // The line the operator abandoned stays out: its newer generation is not "newer".
+    let restored = fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap();
     fs::write(v.backing.join(CONFIG_FILE_NAME), &current).unwrap();
+    let out = run(v.cmd().arg("info").arg(&v.backing).args(key));
+    assert_eq!(
+        out.status.code(),
+        Some(CONFIG_ROLLBACK),
+        "a config of the abandoned line was accepted: {}",
+        stderr(&out)
+    );
+    // The next change is numbered above everything this host has seen, so no config of
+    // the abandoned line can pass for it.
+    fs::write(v.backing.join(CONFIG_FILE_NAME), &restored).unwrap();
+    let abandoned = VaultConfig::parse(&current).unwrap().0.generation;
+    ok(run(v
+        .cmd()
+        .args(["key", "add"])
+        .arg(&v.backing)
+        .args(key)
+        .arg("--new-key-file")
+        .arg(v.dir.path().join("second-recovery.key"))));
+    assert!(read_config(&v.backing).generation > abandoned);
+    let next = fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap();
+    fs::write(v.backing.join(CONFIG_FILE_NAME), &current).unwrap();
+    let out = run(v.cmd().arg("info").arg(&v.backing).args(key));
+    assert_eq!(out.status.code(), Some(CONFIG_ROLLBACK), "{}", stderr(&out));
+    fs::write(v.backing.join(CONFIG_FILE_NAME), &next).unwrap();
     ok(run(v.cmd().arg("info").arg(&v.backing).args(key)));
+}
+
+#[test]
+fn a_host_without_a_home_still_opens_a_vault_and_says_what_it_cannot_check() {
+    let v = TestVault::new(&[]);
+    let out = run(Command::new(envfs_bin())
+        .env_remove("HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .arg("info")
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("keeps no record") && err.contains("--vault-fingerprint"),
+        "{err}"
+    );
+    // ... and still refuses what needs no record: a wrong --vault-fingerprint.
+    let out = run(Command::new(envfs_bin())
+        .env_remove("HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .arg("info")
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)
+        .args(["--vault-fingerprint", "00112233445566778899aabbccddeeff"]));
+    assert_eq!(out.status.code(), Some(VAULT_MISMATCH), "{}", stderr(&out));
 }
 
 #[test]
@@ -421,6 +522,10 @@ fn logged_while(v: &TestVault, env: &[(&str, &str)], f: impl FnOnce(&Mount)) -> 
     m.unmount();
     let _ = child.wait();
     fs::read_to_string(&log_path).unwrap()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn rand_suffix() -> String {
@@ -608,6 +713,33 @@ fn a_long_name_with_a_tampered_sidecar_is_refused_by_name_as_it_is_hidden_from_l
     let lines = error_lines(&log, &sidecar.display().to_string());
     assert_eq!(lines.len(), 1, "one error line naming the sidecar:\n{log}");
     assert!(lines[0].contains("name"), "{}", lines[0]);
+    // A sidecar that is a FIFO (a read would wait forever) or a symlink to an endless file
+    // (a read would fill memory) is damage like any other, answered at once.
+    for (what, make) in [
+        ("fifo", "mkfifo"),
+        ("symlink to /dev/zero", "ln -s /dev/zero"),
+    ] {
+        fs::remove_file(&sidecar).unwrap();
+        sh(
+            &v.backing,
+            &format!("{make} {}", shell_quote(&sidecar.display().to_string())),
+        );
+        let out = run(Command::new("timeout")
+            .arg("20")
+            .arg(envfs_bin())
+            .env("XDG_CONFIG_HOME", v.dir.path().join("config"))
+            .arg("info")
+            .arg(&v.backing)
+            .arg(format!("{long}/inside"))
+            .arg("--key-file")
+            .arg(&v.key));
+        assert_ne!(
+            out.status.code(),
+            Some(124),
+            "{what}: envfs hung on the sidecar"
+        );
+        assert_eq!(out.status.code(), Some(12), "{what}: {}", stderr(&out));
+    }
     // fsck agrees that the entry is damaged.
     let out = run(v
         .cmd()

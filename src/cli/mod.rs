@@ -53,9 +53,10 @@ pub struct KeyArgs {
     /// Refuse the vault unless its secret has this fingerprint (from `envfs info`)
     #[arg(long, value_name = "HEX", env = "ENVFS_VAULT_FINGERPRINT")]
     pub vault_fingerprint: Option<crate::crypto::Fingerprint>,
-    /// Accept a config older than one this host has seen (a backup restored on purpose)
-    #[arg(long)]
-    pub accept_rollback: bool,
+    /// Accept this config generation although this host has seen a newer one (a backup
+    /// restored on purpose)
+    #[arg(long, value_name = "GENERATION")]
+    pub accept_rollback: Option<u64>,
 }
 
 impl KeyArgs {
@@ -206,8 +207,8 @@ pub fn open_vault(backing: &Path, keys: &KeyArgs) -> Result<Vault> {
     // Not a vault is a clearer answer than "no key file" when both are true.
     read_config_unverified(backing)?;
     let opts = keys.options();
-    let vault = Vault::open(backing, providers_for(backing, &opts)?)?;
-    crate::vault::keysource::remember(backing, &vault, &opts)?;
+    let mut vault = Vault::open(backing, providers_for(backing, &opts)?)?;
+    crate::vault::keysource::remember(backing, &mut vault, &opts)?;
     Ok(vault)
 }
 
@@ -332,6 +333,7 @@ fn init(
         let pin = pin_kms_key(&id, kms.arn())?;
         remember_new_vault(backing, &vault)?;
         println!("Created envfs vault {id} in {}", backing.display());
+        print_fingerprint(&vault);
         println!(
             "DEKs come from AWS KMS key {}; pinned for this host in {}.",
             kms.arn(),
@@ -360,6 +362,7 @@ fn init(
     };
     remember_new_vault(backing, &vault)?;
     println!("Created envfs vault {id} in {}", backing.display());
+    print_fingerprint(&vault);
     println!(
         "Key file: {} ({}). Back it up: without a key of the vault its files cannot be read.",
         key_path.display(),
@@ -372,19 +375,24 @@ fn init(
 fn remember_new_vault(backing: &Path, vault: &Vault) -> Result<()> {
     let id = vault.config.vault_id_hex();
     crate::vault::known::check_and_update(
-        &id,
-        vault.fingerprint(),
-        vault.config.generation,
-        true,
-        vault.unlocked_by(),
+        &crate::vault::known::OpenedConfig {
+            vault_id_hex: &id,
+            fingerprint: vault.fingerprint(),
+            generation: vault.config.generation,
+            digest: vault.config_digest(),
+            vouched_by_key: true,
+            opened_by: vault.unlocked_by(),
+        },
         &Default::default(),
     )?;
-    crate::vault::pin::record_vault_at_path(backing, &id)?;
+    crate::vault::pin::record_vault_at_path(backing, &id)
+}
+
+fn print_fingerprint(vault: &Vault) {
     println!(
         "Vault fingerprint: {} (write it down with your key backups).",
         vault.fingerprint()
     );
-    Ok(())
 }
 
 /// A path inside the vault as the user typed it: "/docs/a" and "docs/a" are the same file.
@@ -408,12 +416,12 @@ fn vault_path(path: &Path) -> Result<PathBuf> {
 fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
     let path = path.map(vault_path).transpose()?;
     let path = path.as_deref();
-    let (config, _) = read_config_unverified(backing)?;
+    let (unverified, _) = read_config_unverified(backing)?;
     let opts = keys.options();
     let opened = match providers_for(backing, &opts) {
         Ok(p) => {
-            let vault = Vault::open(backing, p)?;
-            crate::vault::keysource::remember(backing, &vault, &opts)?;
+            let mut vault = Vault::open(backing, p)?;
+            crate::vault::keysource::remember(backing, &mut vault, &opts)?;
             Some(vault)
         }
         // Without a key the vault can still be described, but not verified.
@@ -423,6 +431,9 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
+    // Describe the config that was authenticated, not an earlier read of it (which the
+    // backing store could have swapped in between).
+    let config = opened.as_ref().map_or(unverified, |v| v.config.clone());
     let mut out = std::io::stdout().lock();
     writeln!(out, "vault:          {}", backing.display())?;
     writeln!(out, "vault id:       {}", config.vault_id_hex())?;
@@ -719,7 +730,7 @@ fn key_command(action: KeyCommand) -> Result<()> {
                     return Err(e);
                 }
             };
-            remember_change(&backing, &vault, &keys)?;
+            remember_change(&backing, &mut vault, &keys);
             if added == crate::vault::KeyAdded::Proven {
                 println!(
                     "{} was already a key of the vault; its slot now carries the key holder's proof, \
@@ -768,7 +779,7 @@ fn key_command(action: KeyCommand) -> Result<()> {
                 }
             }
             let removed = vault.remove_key(&key_id)?;
-            remember_change(&backing, &vault, &keys)?;
+            remember_change(&backing, &mut vault, &keys);
             println!(
                 "Removed {} key {}. Run `envfs rewrap {}` to drop its wrapped copies from every file.",
                 removed.provider.name(),
@@ -782,8 +793,13 @@ fn key_command(action: KeyCommand) -> Result<()> {
 
 /// After this host changed the config: remember the new generation at once, so that the old
 /// config put back is refused here from now on.
-fn remember_change(backing: &Path, vault: &Vault, keys: &KeyArgs) -> Result<()> {
-    crate::vault::keysource::remember(backing, vault, &keys.options())
+///
+/// The change is made by then, so a failure to record it is a warning, not the command's
+/// failure: the next open records it.
+fn remember_change(backing: &Path, vault: &mut Vault, keys: &KeyArgs) {
+    if let Err(e) = crate::vault::keysource::remember(backing, vault, &keys.options()) {
+        eprintln!("envfs: warning: the change was made, but this host could not record it: {e}");
+    }
 }
 
 /// A progress line on stderr when it is a terminal, at most ~10 updates a second.

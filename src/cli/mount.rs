@@ -44,6 +44,10 @@ pub struct MountConfig {
     pub negative_timeout: Option<Duration>,
     pub key_file: Option<PathBuf>,
     pub kms_key: Option<String>,
+    /// `vault_fingerprint=` and `accept_rollback=`: as `--vault-fingerprint` and
+    /// `--accept-rollback` (vault/known.rs), for fstab and units.
+    pub vault_fingerprint: Option<crate::crypto::Fingerprint>,
+    pub accept_rollback: Option<u64>,
     /// DEK cache bounds (entries, seconds) and how many new-file DEKs to keep ready.
     pub dek_cache_entries: Option<usize>,
     pub dek_cache_ttl: Option<Duration>,
@@ -101,6 +105,19 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             ("nonempty", None) => config.nonempty = true,
             ("key_file", Some(v)) => config.key_file = Some(PathBuf::from(v)),
             ("kms_key", Some(v)) => config.kms_key = Some(v.to_string()),
+            ("vault_fingerprint", Some(v)) => {
+                config.vault_fingerprint = Some(
+                    v.parse()
+                        .map_err(|e| Error::Invalid(format!("-o vault_fingerprint={v}: {e}")))?,
+                )
+            }
+            ("accept_rollback", Some(v)) => {
+                config.accept_rollback = Some(v.parse().map_err(|_| {
+                    Error::Invalid(format!(
+                        "-o accept_rollback={v}: expected a config generation (a number)"
+                    ))
+                })?)
+            }
             ("dek_cache_size", Some(v)) => {
                 config.dek_cache_entries = Some(v.parse().map_err(|_| {
                     Error::Invalid(format!(
@@ -329,7 +346,8 @@ fn mount_or_serve(
     let keys = KeyArgs {
         key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
         kms_key: config.kms_key.clone().or_else(|| keys.kms_key.clone()),
-        ..keys.clone()
+        vault_fingerprint: config.vault_fingerprint.or(keys.vault_fingerprint),
+        accept_rollback: config.accept_rollback.or(keys.accept_rollback),
     };
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.
@@ -883,6 +901,18 @@ mod tests {
         }
         assert!(parse_options(&["bogus".into()], &mut c).is_err());
         assert!(parse_options(&["attr_timeout=x".into()], &mut c).is_err());
+        parse_options(
+            &["vault_fingerprint=00112233445566778899aabbccddeeff,accept_rollback=4".into()],
+            &mut c,
+        )
+        .unwrap();
+        assert_eq!(
+            c.vault_fingerprint.map(|f| f.to_string()).as_deref(),
+            Some("00112233445566778899aabbccddeeff")
+        );
+        assert_eq!(c.accept_rollback, Some(4));
+        assert!(parse_options(&["vault_fingerprint=00".into()], &mut c).is_err());
+        assert!(parse_options(&["accept_rollback=yes".into()], &mut c).is_err());
     }
 
     #[test]

@@ -180,12 +180,9 @@ impl<'v> NameMap<'v> {
             chunk: None,
             kind: IntegrityKind::Name,
         };
-        let bytes = fs::read(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                bad()
-            } else {
-                Error::Io(e)
-            }
+        let bytes = read_sidecar_file(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::InvalidData => bad(),
+            _ => Error::Io(e),
         })?;
         spelling::sidecar_name(self.vault.config.name_encoding, entry, &bytes).ok_or_else(bad)
     }
@@ -197,7 +194,7 @@ impl<'v> NameMap<'v> {
             return Ok(());
         };
         let path = dir.join(&sidecar);
-        if fs::read(&path).is_ok_and(|b| b == encoded.as_bytes()) {
+        if read_sidecar_file(&path).is_ok_and(|b| b == encoded.as_bytes()) {
             return Ok(());
         }
         let tmp = dir.join(format!(
@@ -225,6 +222,39 @@ impl<'v> NameMap<'v> {
             let _ = fs::remove_file(dir.join(sidecar));
         }
     }
+}
+
+/// The most bytes a sidecar can need: an encoded 255-byte name is under 450 characters.
+const MAX_SIDECAR_LEN: u64 = 1024;
+
+/// Read a long-name sidecar's bytes, as the backing store hands them: never through a
+/// symlink, never waiting on a FIFO or device, never more than a sidecar can hold. What is
+/// not a regular file of that size is `InvalidData` (damage, like wrong content).
+pub fn read_sidecar_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = || io::Error::from(io::ErrorKind::InvalidData);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                invalid()
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_SIDECAR_LEN {
+        return Err(invalid());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_SIDECAR_LEN + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SIDECAR_LEN {
+        return Err(invalid());
+    }
+    Ok(bytes)
 }
 
 /// The plaintext of an encrypted name (the encoded text, for a long name the sidecar's), if

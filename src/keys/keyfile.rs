@@ -17,7 +17,9 @@ pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
     let cannot =
         |e: std::io::Error| Error::KeyFile(format!("cannot read key file {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Room for the whole bounded read up front: a growing buffer would leave copies of the
+    // key text in freed memory.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 1));
     file.take(MAX_KEY_FILE_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(cannot)?;

@@ -270,13 +270,11 @@ impl KeyProvider for X25519KeyProvider {
         };
         let ephemeral_bytes: [u8; 32] = slot.wrapped[..32].try_into().expect("length checked");
         let ephemeral = PublicKey::from(ephemeral_bytes);
-        // The holder never computes X25519(private, own public) for a slot: that value keys
-        // the proof.
-        if ephemeral.as_bytes() == self.public.as_bytes() {
-            return Err(not_authentic());
-        }
         let shared = secret.diffie_hellman(&ephemeral);
-        if !shared.was_contributory() {
+        // X25519(private, own public) keys the holder's proof: a slot whose "ephemeral" key
+        // is ours (in any encoding of the point) would make us use it as a wrap key too.
+        let own = secret.diffie_hellman(&self.public);
+        if !shared.was_contributory() || bool::from(shared.as_bytes().ct_eq(own.as_bytes())) {
             return Err(not_authentic());
         }
         let aead = wrap_key(

@@ -115,16 +115,20 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
 /// (fingerprint, generation: vault/known.rs), then remember which vault lives at this path
 /// and, for a KMS vault, pin the key it was opened with if nothing is pinned yet. Every
 /// command that opens a vault comes through here, so no command can skip the checks.
-pub fn remember(backing: &Path, vault: &crate::vault::Vault, opts: &KeyOptions) -> Result<()> {
+pub fn remember(backing: &Path, vault: &mut crate::vault::Vault, opts: &KeyOptions) -> Result<()> {
     let id = vault.config.vault_id_hex();
-    super::known::check_and_update(
-        &id,
-        vault.fingerprint(),
-        vault.config.generation,
-        vault.secret_vouched(),
-        vault.unlocked_by(),
+    let record = super::known::check_and_update(
+        &super::known::OpenedConfig {
+            vault_id_hex: &id,
+            fingerprint: vault.fingerprint(),
+            generation: vault.config.generation,
+            digest: vault.config_digest(),
+            vouched_by_key: vault.secret_vouched(),
+            opened_by: vault.unlocked_by(),
+        },
         &opts.vouch,
     )?;
+    vault.raise_generation_floor(record.highest_seen());
     pin::record_vault_at_path(backing, &id)?;
     if let Some(kms) = vault
         .held_providers()
@@ -134,9 +138,12 @@ pub fn remember(backing: &Path, vault: &crate::vault::Vault, opts: &KeyOptions) 
     {
         let path = pin::pin_kms_key(&id, kms.key_id())?;
         tracing::warn!(
-            "first use of vault {id} on this host: pinned KMS key {} in {}",
+            "first use of vault {id} on this host: pinned KMS key {} in {}; the vault secret's \
+             fingerprint is {} (compare it with the one `envfs init` printed, or pass \
+             --vault-fingerprint)",
             kms.key_id(),
-            path.display()
+            path.display(),
+            vault.fingerprint()
         );
     }
     Ok(())

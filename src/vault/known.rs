@@ -28,8 +28,28 @@ pub struct HostRecord {
     pub kms_key: Option<String>,
     /// The vault secret's fingerprint, once the vault was opened here.
     pub fingerprint: Option<Fingerprint>,
-    /// The highest config generation opened here.
+    /// The generation of the config in force here (the newest opened, or the one the
+    /// operator accepted with `--accept-rollback`).
     pub generation: Option<u64>,
+    /// A digest of that config's bytes: another config with the same generation is a fork
+    /// (two configs made from one), refused like a rollback.
+    pub config: Option<[u8; 16]>,
+    /// The highest generation ever opened here. After an accepted rollback it stays above
+    /// `generation`: configs of the abandoned line (up to it) stay refused, and the next
+    /// change is numbered above it.
+    pub highest: Option<u64>,
+}
+
+/// How a config compares with what the host knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Nothing known yet, or newer than anything seen: accepted.
+    New,
+    /// The config in force: accepted.
+    Current,
+    /// Older than the config in force, or a different config of the same or an abandoned
+    /// generation: refused unless the operator accepts this generation.
+    Stale { current: u64 },
 }
 
 impl HostRecord {
@@ -49,29 +69,36 @@ impl HostRecord {
                 return Err(format!("line {n}: {key} has no value"));
             }
             let repeated = || format!("line {n}: {key} appears twice");
-            match key {
-                "aws-kms" => {
-                    if record.kms_key.replace(value.to_string()).is_some() {
-                        return Err(repeated());
-                    }
-                }
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("line {n}: {key} is not a number"))
+            };
+            let once = match key {
+                "aws-kms" => record.kms_key.replace(value.to_string()).is_none(),
                 "fingerprint" => {
                     let fp = Fingerprint::parse(value)
                         .ok_or_else(|| format!("line {n}: not a vault fingerprint"))?;
-                    if record.fingerprint.replace(fp).is_some() {
-                        return Err(repeated());
-                    }
+                    record.fingerprint.replace(fp).is_none()
                 }
-                "generation" => {
-                    let g = value
-                        .parse::<u64>()
-                        .map_err(|_| format!("line {n}: generation is not a number"))?;
-                    if record.generation.replace(g).is_some() {
-                        return Err(repeated());
-                    }
+                "generation" => record.generation.replace(number(value)?).is_none(),
+                "highest" => record.highest.replace(number(value)?).is_none(),
+                "config" => {
+                    let digest: [u8; 16] = hex::decode(value)
+                        .ok()
+                        .and_then(|d| d.try_into().ok())
+                        .ok_or_else(|| format!("line {n}: not a config digest"))?;
+                    record.config.replace(digest).is_none()
                 }
                 _ => return Err(format!("line {n}: unknown entry {key:?}")),
+            };
+            if !once {
+                return Err(repeated());
             }
+        }
+        if let (Some(g), Some(h)) = (record.generation, record.highest)
+            && h < g
+        {
+            return Err(format!("highest generation {h} is below generation {g}"));
         }
         Ok(record)
     }
@@ -90,7 +117,32 @@ impl HostRecord {
         if let Some(g) = self.generation {
             text.push_str(&format!("generation {g}\n"));
         }
+        if let Some(d) = &self.config {
+            text.push_str(&format!("config {}\n", hex::encode(d)));
+        }
+        if let Some(h) = self.highest {
+            text.push_str(&format!("highest {h}\n"));
+        }
         text
+    }
+
+    /// The highest generation this host has seen (0 if none).
+    pub fn highest_seen(&self) -> u64 {
+        self.highest.or(self.generation).unwrap_or(0)
+    }
+
+    fn standing(&self, generation: u64, digest: &[u8; 16]) -> Standing {
+        let Some(current) = self.generation else {
+            return Standing::New;
+        };
+        if generation > self.highest_seen() {
+            return Standing::New;
+        }
+        // A record written before digests were kept knows only the number.
+        if generation == current && self.config.is_none_or(|d| &d == digest) {
+            return Standing::Current;
+        }
+        Standing::Stale { current }
     }
 }
 
@@ -155,27 +207,79 @@ pub fn store(vault_id_hex: &str, record: &HostRecord) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Holds the host's lock on a vault's record while it is read, checked and rewritten, so
+/// that two envfs processes on one host cannot interleave and lower what it remembers.
+struct RecordLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_record(vault_id_hex: &str) -> Result<Option<RecordLock>> {
+    use std::os::fd::AsRawFd;
+    let Some(path) = record_path(vault_id_hex) else {
+        return Ok(None);
+    };
+    let lock_path = path.with_file_name(format!(".{vault_id_hex}.lock"));
+    if let Some(dir) = lock_path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::KeyFile(format!("cannot open {}: {e}", lock_path.display())))?
+    };
+    // SAFETY: flock on a descriptor we own; it is released when the file is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::KeyFile(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        )));
+    }
+    Ok(Some(RecordLock(file)))
+}
+
 /// What the operator says about this open (command-line flags).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Vouch {
     /// The fingerprint the operator expects (`--vault-fingerprint`).
     pub fingerprint: Option<Fingerprint>,
-    /// Accept a config older than the one this host has seen (`--accept-rollback`).
-    pub accept_rollback: bool,
+    /// Accept this generation although the host has seen a newer or another config
+    /// (`--accept-rollback GEN`): only this one, so a flag left in a script accepts nothing
+    /// else.
+    pub accept_rollback: Option<u64>,
 }
 
-/// Hold an opened (authenticated) vault to what this host knows of it, then remember what
-/// it now knows: the fingerprint and the generation. Returns the updated record; nothing is
-/// written when the vault is refused.
-pub fn check_and_update(
-    vault_id_hex: &str,
-    fingerprint: Fingerprint,
-    generation: u64,
-    vouched_by_key: bool,
-    opened_by: &str,
-    vouch: &Vouch,
-) -> Result<HostRecord> {
-    let (mut record, path) = load(vault_id_hex)?;
+/// What an opened, authenticated config is, for the host's checks.
+pub struct OpenedConfig<'a> {
+    pub vault_id_hex: &'a str,
+    pub fingerprint: Fingerprint,
+    pub generation: u64,
+    /// Digest of the config's bytes.
+    pub digest: [u8; 16],
+    /// Whether the slot that opened it proves the vault secret by itself.
+    pub vouched_by_key: bool,
+    /// The key that opened it, for messages.
+    pub opened_by: &'a str,
+}
+
+/// Hold an opened (authenticated) config to what this host knows of the vault, then
+/// remember what it now knows. Returns the record in force; nothing is written when the
+/// config is refused. Without a place for records (no XDG_CONFIG_HOME or HOME) the checks
+/// that need none still run, and a warning says the others cannot.
+pub fn check_and_update(opened: &OpenedConfig<'_>, vouch: &Vouch) -> Result<HostRecord> {
+    let id = opened.vault_id_hex;
+    let fingerprint = opened.fingerprint;
+    let generation = opened.generation;
+    let _lock = lock_record(id)?;
+    let (mut record, path) = load(id)?;
     let before = record.clone();
     let where_known = path
         .as_ref()
@@ -185,7 +289,7 @@ pub fn check_and_update(
         && expected != fingerprint
     {
         return Err(Error::VaultMismatch(format!(
-            "refusing to open vault {vault_id_hex}: its vault secret has fingerprint {fingerprint}, \
+            "refusing to open vault {id}: its vault secret has fingerprint {fingerprint}, \
              not {expected} as given with --vault-fingerprint. envfs.conf is forged or belongs \
              to another vault"
         )));
@@ -194,50 +298,69 @@ pub fn check_and_update(
         && known != fingerprint
     {
         return Err(Error::VaultMismatch(format!(
-            "refusing to open vault {vault_id_hex}: this host knows its vault secret by \
-             fingerprint {known}, but envfs.conf now holds one with fingerprint {fingerprint}. \
-             Whoever can write the backing store replaced the config (a forgery: files written \
-             now would be readable by them). If the vault was re-created on purpose, remove \
-             {where_known}"
+            "refusing to open vault {id}: this host knows its vault secret by fingerprint \
+             {known}, but envfs.conf now holds one with fingerprint {fingerprint}. Whoever can \
+             write the backing store replaced the config (a forgery: files written now would \
+             be readable by them). If the vault was re-created on purpose, remove {where_known}"
         )));
     }
-    if record.fingerprint.is_none() && vouch.fingerprint.is_none() && !vouched_by_key {
+    if record.fingerprint.is_none() && vouch.fingerprint.is_none() && !opened.vouched_by_key {
         return Err(Error::VaultMismatch(format!(
-            "refusing to open vault {vault_id_hex}: it was opened by {opened_by}, whose slot in \
-             envfs.conf carries no proof from the key's holder (written by envfs 0.1), and this \
-             host has never opened the vault, so a forged config cannot be told from the real \
-             one. Its vault secret has fingerprint {fingerprint}: if that is the fingerprint you \
+            "refusing to open vault {id}: it was opened by {}, whose slot in envfs.conf \
+             carries no proof from the key's holder (written by envfs 0.1), and this host has \
+             never opened the vault, so a forged config cannot be told from the real one. Its \
+             vault secret has fingerprint {fingerprint}: if that is the fingerprint you \
              recorded, pass --vault-fingerprint {fingerprint}. To make the slot carry a proof, \
-             run `envfs key add BACKING --new-key-file RECOVERY-KEY` with the vault's normal key"
+             run `envfs key add BACKING --new-key-file RECOVERY-KEY` with the vault's normal key",
+            opened.opened_by
         )));
     }
-    if let Some(seen) = record.generation
-        && generation < seen
-    {
-        if !vouch.accept_rollback {
+    match record.standing(generation, &opened.digest) {
+        Standing::New | Standing::Current => {}
+        Standing::Stale { current } if vouch.accept_rollback == Some(generation) => {
+            tracing::warn!(
+                "vault {id}: accepting config generation {generation} in place of generation \
+                 {current} (--accept-rollback {generation})"
+            );
+        }
+        Standing::Stale { current } => {
+            let what = if generation < current {
+                format!(
+                    "envfs.conf is generation {generation}, but this host has seen generation {current}"
+                )
+            } else if generation == current {
+                format!(
+                    "envfs.conf is generation {generation}, as is the config this host knows, \
+                     but it is a different config"
+                )
+            } else {
+                format!(
+                    "envfs.conf is generation {generation}, a config this host abandoned when \
+                     generation {current} was accepted in its place"
+                )
+            };
             return Err(Error::ConfigRollback(format!(
-                "refusing to open vault {vault_id_hex}: envfs.conf is generation {generation}, but \
-                 this host has seen generation {seen}. An older copy of the config was put back \
+                "refusing to open vault {id}: {what}. An older copy of the config was put back \
                  (it may list keys that were removed since). If you restored it on purpose, run \
-                 the command again with --accept-rollback; this host then remembers generation \
-                 {generation}"
+                 the command again with --accept-rollback {generation}"
             )));
         }
-        tracing::warn!(
-            "vault {vault_id_hex}: accepting config generation {generation}, older than \
-             generation {seen} seen before (--accept-rollback)"
-        );
     }
+    let highest = record.highest_seen().max(generation);
     record.fingerprint = Some(fingerprint);
-    // Accepting a rollback lowers what this host remembers to the accepted generation;
-    // otherwise it only ever rises.
-    record.generation = Some(if vouch.accept_rollback {
-        generation
-    } else {
-        record.generation.unwrap_or(0).max(generation)
-    });
+    record.generation = Some(generation);
+    record.config = Some(opened.digest);
+    record.highest = Some(highest);
+    if path.is_none() {
+        tracing::warn!(
+            "vault {id}: neither XDG_CONFIG_HOME nor HOME is set, so this host keeps no record \
+             of the vault: a forged or rolled-back config cannot be detected (set HOME, or pass \
+             --vault-fingerprint {fingerprint})"
+        );
+        return Ok(record);
+    }
     if record != before {
-        store(vault_id_hex, &record)?;
+        store(id, &record)?;
     }
     Ok(record)
 }
@@ -252,6 +375,8 @@ mod tests {
             kms_key: Some("arn:aws:kms:eu-west-1:111122223333:key/abc".into()),
             fingerprint: Some(Fingerprint([9; 16])),
             generation: Some(7),
+            config: Some([3; 16]),
+            highest: Some(9),
         };
         assert_eq!(HostRecord::parse(&r.encode("00")).unwrap(), r);
         // What envfs 0.1 wrote: only the pin.
@@ -276,8 +401,49 @@ mod tests {
             "something else",
             "generation 1\ngeneration 2",
             "aws-kms a\naws-kms b",
+            "config 00",
+            "generation 5\nhighest 4",
         ] {
             assert!(HostRecord::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn standing_after_an_accepted_rollback_keeps_the_abandoned_line_out() {
+        let a = [1; 16];
+        let b = [2; 16];
+        let fresh = HostRecord::default();
+        assert_eq!(fresh.standing(0, &a), Standing::New);
+        let at5 = HostRecord {
+            generation: Some(5),
+            config: Some(a),
+            highest: Some(5),
+            ..HostRecord::default()
+        };
+        assert_eq!(at5.standing(5, &a), Standing::Current);
+        assert_eq!(at5.standing(6, &b), Standing::New);
+        assert_eq!(at5.standing(4, &b), Standing::Stale { current: 5 });
+        assert_eq!(
+            at5.standing(5, &b),
+            Standing::Stale { current: 5 },
+            "a fork"
+        );
+        // Rolled back to 3 on purpose; 4 and 5 of the old line stay out, 6 is new.
+        let accepted = HostRecord {
+            generation: Some(3),
+            config: Some(b),
+            highest: Some(5),
+            ..HostRecord::default()
+        };
+        assert_eq!(accepted.standing(3, &b), Standing::Current);
+        assert_eq!(accepted.standing(4, &a), Standing::Stale { current: 3 });
+        assert_eq!(accepted.standing(5, &a), Standing::Stale { current: 3 });
+        assert_eq!(accepted.standing(6, &a), Standing::New);
+        // A record from before digests: the number alone.
+        let legacy = HostRecord {
+            generation: Some(2),
+            ..HostRecord::default()
+        };
+        assert_eq!(legacy.standing(2, &a), Standing::Current);
     }
 }

@@ -90,6 +90,11 @@ pub struct Vault {
     secret_vouched: bool,
     /// The key whose slot opened the vault, for messages.
     unlocked_by: String,
+    /// A digest of the config's bytes as opened or last written (vault/known.rs).
+    config_digest: [u8; 16],
+    /// The next config change is numbered above this (the highest generation this host has
+    /// seen: after an accepted rollback it is above the config's own).
+    generation_floor: u64,
 }
 
 pub fn config_path(root: &Path) -> PathBuf {
@@ -160,10 +165,10 @@ impl Vault {
             slots: vec![slot],
         };
         config.validate().map_err(Error::Invalid)?;
-        let vault = Vault::from_secret(root, config, &secret, vec![provider])?;
+        let mut vault = Vault::from_secret(root, config, &secret, vec![provider])?;
         // Every header must be able to hold this key's slot, or the first write would fail.
         vault.new_file()?;
-        vault.write_config(&vault.config, false)?;
+        vault.config_digest = vault.write_config(&vault.config, false)?;
         Ok(vault)
     }
 
@@ -172,7 +177,11 @@ impl Vault {
         let (config, bytes) = read_config_unverified(root)?;
         let (_, body, mac) = VaultConfig::parse(&bytes).expect("parsed above");
         let ctx = KeyContext::vault_secret(config.vault_id);
+        let digest = config_digest(&bytes);
         let mut failure: Option<Error> = None;
+        // A slot that unwraps but does not vouch for the secret is kept in reserve: another
+        // key given may open it with a slot that does.
+        let mut unvouched: Option<(Secret32, String)> = None;
         for provider in &providers {
             for slot in config.slots.iter().filter(|s| provider.recognises(s)) {
                 match provider.unwrap(slot, &ctx) {
@@ -183,12 +192,15 @@ impl Vault {
                                 "authentication failed: envfs.conf was modified".into(),
                             ));
                         }
-                        let vouched = provider.vouches_for(slot);
+                        if !provider.vouches_for(slot) {
+                            unvouched.get_or_insert((secret, provider.describe()));
+                            continue;
+                        }
                         let unlocked_by = provider.describe();
                         let mut vault =
                             Vault::from_secret(root, config.clone(), &secret, providers)?;
-                        vault.secret_vouched = vouched;
                         vault.unlocked_by = unlocked_by;
+                        vault.config_digest = digest;
                         return Ok(vault);
                     }
                     // A recovery slot whose holder's proof is false: a forgery, whatever
@@ -203,6 +215,13 @@ impl Vault {
                     Err(e) => failure = Some(e),
                 }
             }
+        }
+        if let Some((secret, unlocked_by)) = unvouched {
+            let mut vault = Vault::from_secret(root, config.clone(), &secret, providers)?;
+            vault.secret_vouched = false;
+            vault.unlocked_by = unlocked_by;
+            vault.config_digest = digest;
+            return Ok(vault);
         }
         // A slot that carries one of our key ids under another provider kind was edited.
         if failure.is_none()
@@ -262,7 +281,21 @@ impl Vault {
             secret: secret.clone(),
             secret_vouched: true,
             unlocked_by: String::from("the key that created it"),
+            config_digest: [0; 16],
+            generation_floor: 0,
         })
+    }
+
+    /// A digest of the config's bytes (opened or last written), which hosts remember to
+    /// tell two configs of one generation apart.
+    pub fn config_digest(&self) -> [u8; 16] {
+        self.config_digest
+    }
+
+    /// Number the next config change above `highest` (the highest generation this host has
+    /// seen), so that it never reuses a generation of a line abandoned by a rollback.
+    pub fn raise_generation_floor(&mut self, highest: u64) {
+        self.generation_floor = self.generation_floor.max(highest);
     }
 
     /// The key whose slot opened the vault (described for people).
@@ -309,10 +342,11 @@ impl Vault {
     /// Write `config` with its MAC: to a temporary file, fsynced, then moved into place —
     /// hard-linked when creating (never overwriting an existing vault), renamed over the old
     /// one when replacing — so a crash never leaves half a config.
-    fn write_config(&self, config: &VaultConfig, replace: bool) -> Result<()> {
+    fn write_config(&self, config: &VaultConfig, replace: bool) -> Result<[u8; 16]> {
         let body = config.encode_body();
         let mac_key = derive32(&self.secret, &config.vault_id, label::CONFIG_MAC);
         let mac = hmac32(&mac_key, &[&body]);
+        let digest = config_digest(&[body.as_slice(), &mac].concat());
         let tmp = self.root.join(format!(
             ".envfs-config-{}.tmp",
             hex::encode(random::array::<8>())
@@ -333,7 +367,7 @@ impl Vault {
             fs::File::open(&self.root)?.sync_all()
         })();
         let _ = fs::remove_file(&tmp);
-        result.map_err(|e| {
+        result.map(|()| digest).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Error::AlreadyExists(format!(
                     "{} already holds an envfs vault",
@@ -394,8 +428,8 @@ impl Vault {
     /// here, so every change raises the generation hosts compare (vault/known.rs).
     fn commit_config(&mut self, mut config: VaultConfig) -> Result<()> {
         config.version = crate::format::config::CONFIG_VERSION;
-        config.generation = self.config.generation + 1;
-        self.write_config(&config, true)?;
+        config.generation = self.config.generation.max(self.generation_floor) + 1;
+        self.config_digest = self.write_config(&config, true)?;
         self.config = config;
         self.wrappers = OnceLock::new();
         Ok(())
@@ -407,24 +441,31 @@ impl Vault {
     /// Adding a key that is already there is refused, except to upgrade a slot that does not
     /// vouch for the secret (a recovery slot from before holder proofs) to one that does.
     pub fn add_key(&mut self, provider: &dyn KeyProvider) -> Result<KeyAdded> {
+        let existing = self
+            .config
+            .slots
+            .iter()
+            .position(|s| provider.recognises(s));
+        let already = || {
+            Error::AlreadyExists(format!(
+                "{} is already a key of this vault",
+                provider.describe()
+            ))
+        };
+        if existing.is_some_and(|i| provider.vouches_for(&self.config.slots[i])) {
+            return Err(already());
+        }
         let slot = provider.wrap(
             &self.secret,
             &KeyContext::vault_secret(self.config.vault_id),
         )?;
-        if let Some(i) = self
-            .config
-            .slots
-            .iter()
-            .position(|s| provider.recognises(s))
-        {
-            if provider.vouches_for(&self.config.slots[i]) || !provider.vouches_for(&slot) {
-                return Err(Error::AlreadyExists(format!(
-                    "{} is already a key of this vault",
-                    provider.describe()
-                )));
+        if let Some(i) = existing {
+            if !provider.vouches_for(&slot) {
+                return Err(already());
             }
             let mut config = self.config.clone();
             config.slots[i] = slot;
+            config.validate().map_err(Error::Invalid)?;
             self.commit_config(config)?;
             return Ok(KeyAdded::Proven);
         }
@@ -611,6 +652,15 @@ impl Vault {
             ))
         }))
     }
+}
+
+/// A digest of a config's bytes: 16 bytes of SHA-256.
+fn config_digest(bytes: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 /// A fresh DEK for a new file: generated by `primary`, wrapped by every other key of the
