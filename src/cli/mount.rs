@@ -9,7 +9,8 @@ use super::exit;
 use super::{KeyArgs, open_vault};
 use crate::error::{Error, Result};
 use crate::fs::Fs;
-use crate::fuse::{AdapterOptions, EnvFs};
+use crate::fuse::AdapterOptions;
+use crate::fuse::session::{is_mount_point, mount_device, mount_fstype};
 use crate::keys::cache::CacheLimits;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -179,59 +180,11 @@ fn mount_error(msg: String) -> Error {
     Error::Mount(msg)
 }
 
-/// Is `path` currently a mount point (per /proc/self/mountinfo)?
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|line| {
-        line.split(' ').nth(4).map(unescape_mount_path).as_deref()
-            == Some(canon.as_os_str().to_string_lossy().as_ref())
-    })
-}
-
-/// The filesystem type of the mount at `path`, if it is one.
-fn mount_fstype(path: &Path) -> Option<String> {
-    let canon = path.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let mount_point = unescape_mount_path(line.split(' ').nth(4)?);
-        if mount_point != canon.to_string_lossy() {
-            return None;
-        }
-        let after = line.split(" - ").nth(1)?;
-        after.split(' ').next().map(str::to_string)
-    })
-}
-
-fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
 /// The readahead window envfs asks for: one full 1 MiB request. The kernel starts every FUSE
 /// mount at 128 KiB whatever the filesystem offers at INIT, so a cold sequential read would
 /// cost eight requests per MiB; with 1 MiB it reads ~1.5x faster (docs/BENCHMARKS.md).
 pub const DEFAULT_READAHEAD_KB: u32 = 1024;
 const MAX_READAHEAD_KB: u32 = 65536;
-
-/// The `major:minor` device of the mount at `path`, from mountinfo: a stat of the mountpoint
-/// would ask the filesystem, which is not serving yet.
-fn mount_device(path: &Path) -> Option<String> {
-    let canon = path.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let mut fields = line.split(' ');
-        let device = fields.nth(2)?;
-        let mount_point = unescape_mount_path(fields.nth(1)?);
-        (mount_point == canon.to_string_lossy()).then(|| device.to_string())
-    })
-}
 
 /// Set the mount's readahead window. Only root may write sysfs; anyone else keeps the
 /// kernel's 128 KiB (an administrator can raise it, docs/OPERATIONS.md). Never fatal.
@@ -341,7 +294,7 @@ fn mount_or_serve(
     if serving {
         // Before any thread exists (the KMS client's, the DEK prefetchers', the FUSE
         // workers'): blocked here, shutdown signals reach only our signal thread.
-        block_shutdown_signals();
+        crate::fuse::session::block_shutdown_signals();
     }
     let keys = KeyArgs {
         key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
@@ -499,7 +452,26 @@ fn serve(
     backing: &Path,
     config: &MountConfig,
 ) -> Result<()> {
-    let result = start_session(vault, mountpoint, backing, config);
+    let defaults = AdapterOptions::default();
+    let spec = crate::fuse::session::MountSpec {
+        fs_name: backing
+            .canonicalize()
+            .unwrap_or_else(|_| backing.to_path_buf())
+            .to_string_lossy()
+            .into_owned(),
+        read_only: config.read_only,
+        allow_other: config.allow_other,
+        default_permissions: config.default_permissions,
+        kernel_flags: config.passthrough.clone(),
+        threads: config.threads,
+        adapter: AdapterOptions {
+            attr_timeout: config.attr_timeout.unwrap_or(defaults.attr_timeout),
+            entry_timeout: config.entry_timeout.unwrap_or(defaults.entry_timeout),
+            negative_timeout: config.negative_timeout.unwrap_or(defaults.negative_timeout),
+            writeback_cache: config.writeback_cache,
+        },
+    };
+    let result = crate::fuse::session::mount(Fs::new(vault), mountpoint, &spec);
     match result {
         Err(e) => {
             notify_ready(Err(&e));
@@ -513,256 +485,15 @@ fn serve(
     }
 }
 
-fn start_session(
-    vault: std::sync::Arc<crate::vault::Vault>,
-    mountpoint: &Path,
-    backing: &Path,
-    config: &MountConfig,
-) -> Result<fuser::Session<EnvFs>> {
-    use fuser::MountOption as M;
-    let defaults = AdapterOptions::default();
-    let adapter = AdapterOptions {
-        attr_timeout: config.attr_timeout.unwrap_or(defaults.attr_timeout),
-        entry_timeout: config.entry_timeout.unwrap_or(defaults.entry_timeout),
-        negative_timeout: config.negative_timeout.unwrap_or(defaults.negative_timeout),
-        writeback_cache: config.writeback_cache,
-    };
-    let fs = EnvFs::new(Fs::new(vault), adapter)?;
-    let mut opts = vec![
-        M::FSName(
-            backing
-                .canonicalize()
-                .unwrap_or_else(|_| backing.to_path_buf())
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        M::Subtype("envfs".into()),
-    ];
-    if config.read_only {
-        opts.push(M::RO);
-    }
-    // allow_other lets other users in; only the kernel's permission checks keep them to
-    // what the mode bits allow.
-    if config.allow_other || config.default_permissions {
-        opts.push(M::DefaultPermissions);
-    }
-    for p in &config.passthrough {
-        opts.push(match p.as_str() {
-            "nosuid" => M::NoSuid,
-            "suid" => M::Suid,
-            "nodev" => M::NoDev,
-            "dev" => M::Dev,
-            "noexec" => M::NoExec,
-            "exec" => M::Exec,
-            "noatime" => M::NoAtime,
-            "atime" => M::Atime,
-            "dirsync" => M::DirSync,
-            "sync" => M::Sync,
-            _ => M::Async,
-        });
-    }
-    let mut fuse_config = fuser::Config::default();
-    fuse_config.acl = if config.allow_other {
-        fuser::SessionACL::All
-    } else {
-        fuser::SessionACL::Owner
-    };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    // More workers than cores: a request finds a worker already waiting in read(2) while
-    // others are descheduled, answer asynchronous FORGET/RELEASE requests, or sit in a
-    // backing syscall. One worker halves random-read IOPS and 4 vs 8 costs ~10% on small-file
-    // creation on 2 cores (docs/BENCHMARKS.md); beyond 8 the gain is lost in the noise.
-    fuse_config.n_threads = Some(config.threads.unwrap_or((cores * 4).clamp(8, 32)));
-    fuse_config.clone_fd = true;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        // As root we mount(2) ourselves: fuser would mount as plain "fuse", but mount(8),
-        // fstab and `envfs umount` know us by the type "fuse.envfs".
-        let fd = kernel_mount(backing, mountpoint, config)?;
-        return fuser::Session::from_fd(fs, fd, fuse_config.acl, fuse_config.clone()).map_err(
-            |e| {
-                let _ = kernel_unmount(mountpoint);
-                mount_error(format!(
-                    "FUSE handshake on {} failed: {e}",
-                    mountpoint.display()
-                ))
-            },
-        );
-    }
-    fuse_config.mount_options = opts;
-    fuser::Session::new(fs, mountpoint, &fuse_config).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::FuseUnavailable(format!(
-                "cannot mount: {e} (is fuse3 installed? fusermount3 must be on PATH)"
-            ))
-        } else {
-            mount_error(format!("cannot mount on {}: {e}", mountpoint.display()))
-        }
-    })
-}
-
-/// mount(2) a FUSE filesystem of type fuse.envfs and return the /dev/fuse connection.
-fn kernel_mount(backing: &Path, mountpoint: &Path, config: &MountConfig) -> Result<OwnedFd> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .map_err(|e| Error::FuseUnavailable(format!("cannot open /dev/fuse: {e}")))?;
-    let fd = OwnedFd::from(dev);
-    // SAFETY: getuid/getgid have no preconditions.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data = format!(
-        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
-        fd.as_raw_fd()
-    );
-    if config.allow_other {
-        data.push_str(",allow_other");
-    }
-    if config.allow_other || config.default_permissions {
-        data.push_str(",default_permissions");
-    }
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if config.read_only {
-        flags |= libc::MS_RDONLY;
-    }
-    for p in &config.passthrough {
-        match p.as_str() {
-            "suid" => flags &= !libc::MS_NOSUID,
-            "dev" => flags &= !libc::MS_NODEV,
-            "noexec" => flags |= libc::MS_NOEXEC,
-            "noatime" => flags |= libc::MS_NOATIME,
-            "dirsync" => flags |= libc::MS_DIRSYNC,
-            "sync" => flags |= libc::MS_SYNCHRONOUS,
-            _ => {}
-        }
-    }
-    let source = CString::new(
-        backing
-            .canonicalize()
-            .unwrap_or_else(|_| backing.to_path_buf())
-            .as_os_str()
-            .as_bytes(),
-    )
-    .map_err(|_| Error::Invalid("backing path contains a NUL byte".into()))?;
-    let target = CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid("mountpoint contains a NUL byte".into()))?;
-    let fstype = CString::new("fuse.envfs").expect("no NUL");
-    let data = CString::new(data).expect("no NUL");
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let ret = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if ret != 0 {
-        return Err(mount_error(format!(
-            "cannot mount on {}: {}",
-            mountpoint.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(fd)
-}
-
-/// Detach the mount now; it goes away for good once the last open file closes.
-fn lazy_unmount(mountpoint: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Unmount; if files are still open, detach lazily so the mount goes away once they close.
-fn kernel_unmount(mountpoint: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    Err(std::io::Error::last_os_error())
-}
-
-fn shutdown_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
-    }
-}
-
-fn block_shutdown_signals() {
-    let set = shutdown_signals();
-    // SAFETY: valid set; blocking signals in this thread (inherited by threads it spawns).
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
-/// Serve until the filesystem is unmounted (by `envfs umount`, `fusermount3 -u`, or a
-/// SIGTERM/SIGINT/SIGHUP, which unmount first so no request is cut off).
-fn run_until_unmounted(session: fuser::Session<EnvFs>, mountpoint: &Path) -> Result<()> {
+/// Serve until the filesystem is unmounted, with the daemon's pid recorded for
+/// `envfs umount` to wait on.
+fn run_until_unmounted(session: crate::fuse::session::Session, mountpoint: &Path) -> Result<()> {
     let pid_path = pid_file(mountpoint);
     let _ = std::fs::create_dir_all(pid_path.parent().expect("has parent"));
     let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
-    let result = serve_session(session, mountpoint);
+    let result = session.serve_until_unmounted(mountpoint);
     let _ = std::fs::remove_file(&pid_path);
     result
-}
-
-fn serve_session(mut session: fuser::Session<EnvFs>, mountpoint: &Path) -> Result<()> {
-    let mut unmounter = session.unmount_callable();
-    let mountpoint = mountpoint.to_path_buf();
-    std::thread::Builder::new()
-        .name("envfs-signals".into())
-        .spawn(move || {
-            let set = shutdown_signals();
-            let mut attempts = 0;
-            loop {
-                let mut sig = 0;
-                // SAFETY: valid set and out pointer.
-                unsafe { libc::sigwait(&set, &mut sig) };
-                attempts += 1;
-                tracing::info!("signal {sig}: unmounting");
-                // fuser unmounts what it mounted; our own mount(2) we undo ourselves (lazily
-                // from the second signal on, when files are still open).
-                let result = unmounter.unmount().and_then(|_| {
-                    if !is_mount_point(&mountpoint) {
-                        Ok(())
-                    } else if attempts == 1 {
-                        kernel_unmount(&mountpoint)
-                    } else {
-                        lazy_unmount(&mountpoint)
-                    }
-                });
-                match result {
-                    Ok(()) => return,
-                    Err(e) => tracing::error!(
-                        "unmount on signal failed: {e}; send it again to detach lazily"
-                    ),
-                }
-            }
-        })?;
-    session.run()?;
-    Ok(())
 }
 
 /// `envfs umount MOUNTPOINT`: unmount an envfs mount and wait until its daemon has
@@ -810,33 +541,7 @@ fn unmount_now(mountpoint: &Path) -> Result<()> {
         }
         Some(_) => {}
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::ffi::OsStrExt;
-        let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
-            .map_err(|_| Error::Invalid("mountpoint contains a NUL byte".into()))?;
-        // SAFETY: valid C string.
-        if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(mount_error(format!(
-                "cannot unmount {}: {e}",
-                mountpoint.display()
-            )));
-        }
-        return Ok(());
-    }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(mountpoint)
-        .status()
-        .map_err(|e| Error::FuseUnavailable(format!("cannot run fusermount3: {e}")))?;
-    if !status.success() {
-        return Err(mount_error(format!(
-            "fusermount3 -u {} failed (is it busy?)",
-            mountpoint.display()
-        )));
-    }
-    Ok(())
+    crate::fuse::session::unmount(mountpoint)
 }
 
 /// mount(8) runs `envfs BACKING MOUNTPOINT -o OPTS` (via mount.fuse3). Rewrite that into

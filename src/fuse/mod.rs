@@ -5,6 +5,7 @@
 //! names or keys is the filesystem core's.
 
 pub mod inodes;
+pub mod session;
 
 use crate::error::Error;
 use crate::fs::{Attr, FileKind, Fs, Handle, Owner, SetAttr, TimeSet};

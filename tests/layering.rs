@@ -1,0 +1,93 @@
+//! The layering check (scripts/check-layering.sh, run by CI) passes on this tree and fails,
+//! naming file and line, on copies of it that break each rule.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn check(src: &Path) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/check-layering.sh"))
+        .arg(src)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dst = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dst);
+        } else {
+            std::fs::copy(entry.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn this_tree_keeps_its_layers() {
+    let (ok, err) = check(&repo().join("src"));
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn each_rule_fails_when_broken() {
+    let cases = [
+        (
+            "fs/mod.rs",
+            "use fuser::Request;\n",
+            "fs/mod.rs:1: fuser outside src/fuse/",
+        ),
+        (
+            "vault/mod.rs",
+            "fn x() { let _ = aws_sdk_kms::Client::new; }\n",
+            "vault/mod.rs:1: the AWS SDK outside src/keys/",
+        ),
+        (
+            "format/config.rs",
+            "use crate::cli::exit;\n",
+            "format/config.rs:1: 'format' uses crate::cli, a layer above it",
+        ),
+        (
+            "keys/local.rs",
+            "use crate::{crypto::Secret32, vault::Vault};\n",
+            "keys/local.rs:1: 'keys' uses crate::vault, a layer above it",
+        ),
+    ];
+    for (file, line, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        copy_tree(&repo().join("src"), &src);
+        let path = src.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{line}{text}")).unwrap();
+        let (ok, err) = check(&src);
+        assert!(!ok, "{file}: a broken rule passed");
+        assert!(
+            err.contains(expected),
+            "{file}: expected {expected:?} in:\n{err}"
+        );
+    }
+    // Names in comments and strings are not uses.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    copy_tree(&repo().join("src"), &src);
+    let path = src.join("format/config.rs");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("// fuser::Request and crate::cli are only named here\nconst _S: &str = \"aws_sdk_kms::x\";\n{text}"),
+    )
+    .unwrap();
+    let (ok, err) = check(&src);
+    assert!(ok, "{err}");
+}
