@@ -7,7 +7,7 @@
 # 2. The AWS SDK (aws_sdk_kms, aws_config, aws_smithy_*, aws_credential_types) only under
 #    src/keys/.
 # 3. No upward imports: a module may use `crate::X` only for layers X below its own, in
-#    the order error < format < crypto < keys < vault < fs, fsck < fuse < cli.
+#    the order error < format, backing < crypto < keys < vault < fs, fsck < fuse < cli.
 #    (`fuzzing` is the fuzzers' and property tests' entry into every layer and may use any.)
 # Prints every violation with file and line, and exits 1 if there is any. CI runs it, and
 # tests/layering.rs shows that it fails on a tree that breaks a rule.
@@ -31,7 +31,7 @@ violation() {
 level() {
   case "$1" in
     error) echo 0 ;;
-    format) echo 1 ;;
+    format | backing) echo 1 ;;
     crypto) echo 2 ;;
     keys) echo 3 ;;
     vault) echo 4 ;;

@@ -6,6 +6,7 @@
 //! (open/init, pinning) → `fs` (filesystem core over the backing directory) → `fuse` (thin
 //! fuser adapter) → `cli`.
 
+pub mod backing;
 pub mod cli;
 pub mod crypto;
 pub mod error;

@@ -1,0 +1,629 @@
+//! The backing store, reached only through directory file descriptors.
+//!
+//! The backing directory is the attacker's (docs/SECURITY.md): while envfs works in it,
+//! whoever can write the backing store may replace any directory with a symlink to the
+//! mounting host's own files, and a path-based syscall would follow it. So nothing here
+//! takes a path string to the kernel. A `BackingRoot` holds an `O_PATH` descriptor of the
+//! backing directory; a relative backing path is resolved beneath it with `openat2`
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`) where the kernel has it,
+//! and one `O_NOFOLLOW | O_DIRECTORY` component at a time where it does not. Every
+//! operation is then an `*at` call on the final name relative to its parent's descriptor,
+//! never following a symlink in the final component either. Because no whole path is ever
+//! handed to the kernel, a backing path may be longer than `PATH_MAX`.
+//!
+//! Names here are backing names (what the backing directory holds), never mount paths.
+//! Issue 14 moves every backing-store access of the fs core, fsck and the FUSE adapter onto
+//! this module; until then only its tests use it.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A single backing name: not empty, not `.` or `..`, no `/` or NUL.
+fn name_arg(name: &OsStr) -> io::Result<CString> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    cstr(name)
+}
+
+/// Whether the kernel has openat2 (unknown until first tried).
+const UNKNOWN: u8 = 0;
+const HAS_OPENAT2: u8 = 1;
+const NO_OPENAT2: u8 = 2;
+
+/// The backing directory, held open.
+pub struct BackingRoot {
+    root: OwnedFd,
+    /// For messages only.
+    path: PathBuf,
+    openat2: AtomicU8,
+}
+
+/// One open backing directory (an `O_PATH` descriptor) and its path below the root, for
+/// messages.
+pub struct Dir {
+    fd: OwnedFd,
+    rel: PathBuf,
+}
+
+impl BackingRoot {
+    /// Open the backing directory `path` (which may itself be reached through symlinks:
+    /// the operator chose it; only what lies beneath it is the attacker's).
+    pub fn open(path: &Path) -> io::Result<BackingRoot> {
+        let c = cstr(path.as_os_str())?;
+        // SAFETY: c is a valid NUL-terminated string.
+        let fd = check(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        Ok(BackingRoot {
+            // SAFETY: open returned a fresh descriptor that we now own.
+            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+            openat2: AtomicU8::new(UNKNOWN),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root directory itself.
+    pub fn root(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.root.try_clone()?,
+            rel: PathBuf::new(),
+        })
+    }
+
+    /// The directory at `rel` (backing names, relative to the root). A symlink anywhere on
+    /// the way is refused with `ELOOP`, a component that is not a directory with `ENOTDIR`,
+    /// and `..` with `EINVAL`.
+    pub fn dir(&self, rel: &Path) -> io::Result<Dir> {
+        let mut names = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => names.push(n),
+                Component::CurDir => {}
+                _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            }
+        }
+        if names.is_empty() {
+            return self.root();
+        }
+        let fd = match self.openat2.load(Ordering::Relaxed) {
+            NO_OPENAT2 => self.walk(&names)?,
+            _ => match self.resolve_openat2(&names) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    self.openat2.store(NO_OPENAT2, Ordering::Relaxed);
+                    self.walk(&names)?
+                }
+                // openat2 takes one path string, which PATH_MAX bounds: walk longer ones.
+                Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => self.walk(&names)?,
+                other => {
+                    self.openat2.store(HAS_OPENAT2, Ordering::Relaxed);
+                    other?
+                }
+            },
+        };
+        Ok(Dir {
+            fd,
+            rel: names.iter().collect(),
+        })
+    }
+
+    fn resolve_openat2(&self, names: &[&OsStr]) -> io::Result<OwnedFd> {
+        let mut joined = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                joined.push(b'/');
+            }
+            joined.extend_from_slice(n.as_bytes());
+        }
+        let c = CString::new(joined).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: open_how is plain data; zeroed is its documented "no options" value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        how.resolve =
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: valid dirfd, NUL-terminated path, and a pointer to an open_how of the
+        // size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat2 returned a fresh descriptor that we now own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    /// One component at a time, each opened `O_NOFOLLOW | O_DIRECTORY` relative to the last.
+    fn walk(&self, names: &[&OsStr]) -> io::Result<OwnedFd> {
+        let mut cur = self.root.try_clone()?;
+        for n in names {
+            cur = open_dir_at(&cur, n)?;
+        }
+        Ok(cur)
+    }
+}
+
+/// Open directory `name` of `dir` as an `O_PATH` descriptor, never through a symlink. A
+/// symlink in its place is `ELOOP`, as openat2's `RESOLVE_NO_SYMLINKS` says it (the kernel
+/// itself answers `ENOTDIR` for `O_NOFOLLOW | O_DIRECTORY` on a symlink).
+fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    let c = name_arg(name)?;
+    // SAFETY: valid dirfd and NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: openat returned a fresh descriptor that we now own.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOTDIR) {
+        // SAFETY: stat is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid dirfd, NUL-terminated name and out pointer.
+        let is_link = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        } == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if is_link {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+    }
+    Err(err)
+}
+
+/// What `Dir::stat` returns: the entry's own attributes (a symlink's, never its target's).
+pub type Stat = libc::stat;
+
+impl Dir {
+    /// This directory's path below the backing root (for messages).
+    pub fn rel(&self) -> &Path {
+        &self.rel
+    }
+
+    /// A subdirectory, refusing a symlink or non-directory in its place.
+    pub fn subdir(&self, name: &OsStr) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: open_dir_at(&self.fd, name)?,
+            rel: self.rel.join(name),
+        })
+    }
+
+    /// lstat of an entry.
+    pub fn stat(&self, name: &OsStr) -> io::Result<Stat> {
+        let c = name_arg(name)?;
+        // SAFETY: stat is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid dirfd, NUL-terminated name and out pointer.
+        check(unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        Ok(st)
+    }
+
+    /// Open a regular file (`flags` as for open(2); `O_NOFOLLOW` is always added, so a
+    /// symlink in its place fails with `ELOOP`). `mode` applies when creating.
+    pub fn open_file(&self, name: &OsStr, flags: i32, mode: u32) -> io::Result<std::fs::File> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        let fd = check(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        })?;
+        // SAFETY: fresh descriptor from openat.
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn mkdir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })
+            .map(drop)
+    }
+
+    /// Remove a non-directory entry (a symlink itself, never its target).
+    pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+    }
+
+    pub fn rmdir(&self, name: &OsStr) -> io::Result<()> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(drop)
+    }
+
+    /// renameat2 (`flags`: 0, `RENAME_NOREPLACE` or `RENAME_EXCHANGE`).
+    pub fn rename(&self, name: &OsStr, to: &Dir, to_name: &OsStr, flags: u32) -> io::Result<()> {
+        let (a, b) = (name_arg(name)?, name_arg(to_name)?);
+        // SAFETY: valid dirfds and NUL-terminated names.
+        check(unsafe {
+            libc::renameat2(
+                self.fd.as_raw_fd(),
+                a.as_ptr(),
+                to.fd.as_raw_fd(),
+                b.as_ptr(),
+                flags,
+            )
+        })
+        .map(drop)
+    }
+
+    /// A hard link `to/to_name` of this directory's `name` (the entry itself: a symlink is
+    /// linked as a symlink).
+    pub fn link(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+        let (a, b) = (name_arg(name)?, name_arg(to_name)?);
+        // SAFETY: valid dirfds and NUL-terminated names.
+        check(unsafe {
+            libc::linkat(
+                self.fd.as_raw_fd(),
+                a.as_ptr(),
+                to.fd.as_raw_fd(),
+                b.as_ptr(),
+                0,
+            )
+        })
+        .map(drop)
+    }
+
+    pub fn symlink(&self, target: &OsStr, name: &OsStr) -> io::Result<()> {
+        let (t, n) = (cstr(target)?, name_arg(name)?);
+        // SAFETY: valid dirfd and NUL-terminated strings.
+        check(unsafe { libc::symlinkat(t.as_ptr(), self.fd.as_raw_fd(), n.as_ptr()) }).map(drop)
+    }
+
+    /// The stored target of a symlink (`EINVAL` if the entry is not one).
+    pub fn readlink(&self, name: &OsStr) -> io::Result<OsString> {
+        let c = name_arg(name)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: valid dirfd, NUL-terminated name, and a buffer of the length given.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(OsString::from_vec(buf))
+    }
+
+    pub fn mknod(&self, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        check(unsafe {
+            libc::mknodat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                mode as libc::mode_t,
+                rdev as libc::dev_t,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Change an entry's owner without following a symlink (a symlink's own owner).
+    pub fn chown(&self, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name; -1 leaves an id unchanged.
+        check(unsafe {
+            libc::fchownat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Change an entry's mode without following a symlink: through a descriptor of the entry
+    /// itself (a symlink has no mode of its own on Linux: `EOPNOTSUPP`).
+    pub fn chmod(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        let fd = check(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fresh descriptor from openat.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: stat is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor and out pointer.
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        // chmod through the descriptor's /proc link: fchmod does not take O_PATH
+        // descriptors, and the link names exactly the inode the descriptor holds.
+        let proc = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+        // SAFETY: valid NUL-terminated string.
+        check(unsafe { libc::chmod(proc.as_ptr(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// utimensat without following a symlink; `None` leaves a time unchanged.
+    pub fn set_times(
+        &self,
+        name: &OsStr,
+        atime: Option<libc::timespec>,
+        mtime: Option<libc::timespec>,
+    ) -> io::Result<()> {
+        let c = name_arg(name)?;
+        let omit = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        };
+        let times = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+        // SAFETY: valid dirfd, NUL-terminated name and two timespecs.
+        check(unsafe {
+            libc::utimensat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
+    /// The names in this directory (without `.` and `..`).
+    pub fn list(&self) -> io::Result<Vec<OsString>> {
+        let dot = CString::new(".").expect("no NUL");
+        // SAFETY: valid dirfd and NUL-terminated name.
+        let fd = check(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                dot.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fdopendir takes ownership of the fresh descriptor.
+        let dir = unsafe { libc::fdopendir(fd) };
+        if dir.is_null() {
+            let e = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so the descriptor is still ours to close.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        let mut out = Vec::new();
+        let result = loop {
+            // SAFETY: errno is thread-local; cleared to tell end-of-directory from an error.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: dir is a valid DIR stream until closedir below.
+            let entry = unsafe { libc::readdir64(dir) };
+            if entry.is_null() {
+                let errno = io::Error::last_os_error();
+                break match errno.raw_os_error() {
+                    Some(0) | None => Ok(()),
+                    _ => Err(errno),
+                };
+            }
+            // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let bytes = name.to_bytes();
+            if bytes != b"." && bytes != b".." {
+                out.push(OsString::from_vec(bytes.to_vec()));
+            }
+        };
+        // SAFETY: dir is valid and closed once.
+        unsafe { libc::closedir(dir) };
+        result.map(|()| out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let backing = t.path().join("backing");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(backing.join("a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"host file").unwrap();
+        std::fs::set_permissions(
+            outside.join("secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        (t, backing, outside)
+    }
+
+    fn b_of(root: &BackingRoot) -> Dir {
+        root.dir(Path::new("a/b")).unwrap()
+    }
+
+    #[test]
+    fn symlinks_on_the_way_or_in_place_are_never_followed() {
+        let (_t, backing, outside) = setup();
+        // A directory replaced by a symlink to a host directory.
+        std::os::unix::fs::symlink(&outside, backing.join("a/evil")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), backing.join("a/b/link")).unwrap();
+        let root = BackingRoot::open(&backing).unwrap();
+        for force_walk in [false, true] {
+            if force_walk {
+                root.openat2.store(NO_OPENAT2, Ordering::Relaxed);
+            }
+            let err = root
+                .dir(Path::new("a/evil"))
+                .err()
+                .expect("followed a symlink");
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::ELOOP),
+                "walk={force_walk}: {err}"
+            );
+            assert_eq!(
+                b_of(&root)
+                    .subdir(OsStr::new("link"))
+                    .err()
+                    .unwrap()
+                    .raw_os_error(),
+                Some(libc::ELOOP)
+            );
+            assert!(root.dir(Path::new("a/../..")).is_err());
+            let b = root.dir(Path::new("a/b")).unwrap();
+            assert_eq!(b.rel(), Path::new("a/b"));
+            // The final component: every operation acts on the symlink, never its target.
+            assert_eq!(
+                b.open_file(OsStr::new("link"), libc::O_RDONLY, 0)
+                    .unwrap_err()
+                    .raw_os_error(),
+                Some(libc::ELOOP)
+            );
+            assert_eq!(
+                b.open_file(OsStr::new("link"), libc::O_WRONLY | libc::O_TRUNC, 0)
+                    .unwrap_err()
+                    .raw_os_error(),
+                Some(libc::ELOOP)
+            );
+            assert_eq!(
+                b.chmod(OsStr::new("link"), 0o777)
+                    .unwrap_err()
+                    .raw_os_error(),
+                Some(libc::EOPNOTSUPP)
+            );
+            b.chown(OsStr::new("link"), None, None).unwrap();
+            b.set_times(OsStr::new("link"), None, None).unwrap();
+            assert!(b.subdir(OsStr::new("link")).is_err());
+            let st = b.stat(OsStr::new("link")).unwrap();
+            assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+            assert_eq!(
+                b.readlink(OsStr::new("link")).unwrap(),
+                outside.join("secret").into_os_string()
+            );
+        }
+        // Nothing outside was touched.
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"host file");
+        let mode = std::fs::metadata(outside.join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn entries_are_made_changed_and_removed_relative_to_their_directory() {
+        let (_t, backing, _) = setup();
+        let root = BackingRoot::open(&backing).unwrap();
+        let a = root.dir(Path::new("a")).unwrap();
+        a.mkdir(OsStr::new("d"), 0o750).unwrap();
+        let d = a.subdir(OsStr::new("d")).unwrap();
+        let mut f = d
+            .open_file(
+                OsStr::new("f"),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o640,
+            )
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        d.chmod(OsStr::new("f"), 0o604).unwrap();
+        assert_eq!(d.stat(OsStr::new("f")).unwrap().st_mode & 0o777, 0o604);
+        d.symlink(OsStr::new("target"), OsStr::new("s")).unwrap();
+        d.link(OsStr::new("f"), &a, OsStr::new("hard")).unwrap();
+        assert_eq!(d.stat(OsStr::new("f")).unwrap().st_nlink, 2);
+        d.rename(OsStr::new("f"), &a, OsStr::new("moved"), 0)
+            .unwrap();
+        let mut names = a.list().unwrap();
+        names.sort();
+        assert_eq!(names, ["b", "d", "hard", "moved"].map(OsString::from));
+        assert_eq!(
+            d.rename(
+                OsStr::new("s"),
+                &a,
+                OsStr::new("moved"),
+                libc::RENAME_NOREPLACE
+            )
+            .unwrap_err()
+            .raw_os_error(),
+            Some(libc::EEXIST)
+        );
+        d.unlink(OsStr::new("s")).unwrap();
+        a.rmdir(OsStr::new("d")).unwrap();
+        for bad in ["", ".", "..", "x/y"] {
+            assert!(a.stat(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backing_paths_beyond_path_max_work() {
+        let (_t, backing, _) = setup();
+        let root = BackingRoot::open(&backing).unwrap();
+        // 40 levels of 200-byte names: about 8 KiB of path, twice PATH_MAX.
+        let name = OsString::from("n".repeat(200));
+        let mut rel = PathBuf::new();
+        let mut dir = root.root().unwrap();
+        for _ in 0..40 {
+            dir.mkdir(&name, 0o700).unwrap();
+            dir = dir.subdir(&name).unwrap();
+            rel.push(&name);
+        }
+        assert!(rel.as_os_str().len() > libc::PATH_MAX as usize);
+        dir.open_file(OsStr::new("deep"), libc::O_CREAT | libc::O_WRONLY, 0o600)
+            .unwrap();
+        let again = root.dir(&rel).unwrap();
+        assert!(again.stat(OsStr::new("deep")).is_ok());
+    }
+}
