@@ -7,26 +7,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 use support::kms::{Fault, Kms};
 use support::*;
 
 const HEADER: usize = 1024;
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Every regular backing file with content: (header, chunks) bytes by path.
 fn backing_files(backing: &Path) -> BTreeMap<PathBuf, (Vec<u8>, Vec<u8>)> {

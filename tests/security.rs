@@ -22,22 +22,18 @@ use support::*;
 const VAULT_MISMATCH: i32 = 17;
 const CONFIG_ROLLBACK: i32 = 18;
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
+fn expect_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr_text(out));
 }
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// `envfs info BACKING --key-file KEY` on the vault's own host; must succeed.
+fn info(v: &TestVault, key: &Path) -> String {
+    ok(run(v
+        .cmd()
+        .arg("info")
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(key)))
 }
 
 /// A vault with its local key and a recovery key added through `envfs key add`.
@@ -112,9 +108,9 @@ fn assert_refused_as_forged(out: &Output, what: &str) {
         out.status.code(),
         Some(VAULT_MISMATCH),
         "{what}: a forged config must be refused as such; stderr: {}",
-        stderr(out)
+        stderr_text(out)
     );
-    let err = stderr(out);
+    let err = stderr_text(out);
     assert!(
         err.contains("fingerprint") || err.contains("proof"),
         "{what}: the refusal must say what differs: {err}"
@@ -126,12 +122,7 @@ fn a_config_forged_for_the_recovery_key_is_refused_on_a_fresh_host_and_on_a_know
     let (v, recovery) = vault_with_recovery();
     let real_config = fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap();
     // The host that made the vault has opened it: it knows its fingerprint.
-    ok(run(v
-        .cmd()
-        .arg("info")
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)));
+    info(&v, &v.key);
 
     for (variant, proof) in [
         ("no proof", None),
@@ -141,29 +132,26 @@ fn a_config_forged_for_the_recovery_key_is_refused_on_a_fresh_host_and_on_a_know
         // A host that holds only the recovery key file and has never seen the vault (what
         // OPERATIONS.md's recovery runbook describes).
         let mnt = v.mountpoint("forged-mnt");
-        let out = run(fresh_host(&v, &format!("fresh-{}", proof.is_some()))
-            .arg("mount")
-            .arg(&v.backing)
-            .arg(&mnt)
-            .arg("--key-file")
-            .arg(&recovery));
-        let mounted = is_mounted(&mnt);
-        drop(Mount::adopt(mnt.clone()));
-        assert!(!mounted, "{variant}: the forged vault was mounted");
-        assert_refused_as_forged(&out, &format!("fresh host, {variant}"));
-
-        // The host that knows the vault refuses it with the recovery key too.
-        let out = run(v
-            .cmd()
-            .arg("mount")
-            .arg(&v.backing)
-            .arg(&mnt)
-            .arg("--key-file")
-            .arg(&recovery));
-        let mounted = is_mounted(&mnt);
-        drop(Mount::adopt(mnt));
-        assert!(!mounted, "{variant}: the forged vault was mounted");
-        assert_refused_as_forged(&out, &format!("known host, {variant}"));
+        let hosts = [
+            (
+                "fresh host",
+                fresh_host(&v, &format!("fresh-{}", proof.is_some())),
+            ),
+            // The host that knows the vault refuses it with the recovery key too.
+            ("known host", v.cmd()),
+        ];
+        for (host, mut cmd) in hosts {
+            let out = run(cmd
+                .arg("mount")
+                .arg(&v.backing)
+                .arg(&mnt)
+                .arg("--key-file")
+                .arg(&recovery));
+            let mounted = is_mounted(&mnt);
+            drop(Mount::adopt(mnt.clone()));
+            assert!(!mounted, "{host}, {variant}: the forged vault was mounted");
+            assert_refused_as_forged(&out, &format!("{host}, {variant}"));
+        }
     }
 
     // The real config still opens with the recovery key alone on a fresh host, and nothing
@@ -183,12 +171,7 @@ fn a_config_forged_for_the_recovery_key_is_refused_on_a_fresh_host_and_on_a_know
     };
     fs::write(m.p("after"), b"written with the recovery key").unwrap();
     drop(m);
-    ok(run(v
-        .cmd()
-        .arg("info")
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)));
+    info(&v, &v.key);
     // The fresh hosts that refused a forgery recorded nothing of it.
     for host in ["fresh-false", "fresh-true"] {
         let record = v
@@ -216,12 +199,7 @@ fn a_config_forged_for_the_recovery_key_is_refused_on_a_fresh_host_and_on_a_know
 
 /// The real vault's fingerprint, as `envfs info` shows it with the real key.
 fn fresh_fingerprint(v: &TestVault) -> String {
-    let info = ok(run(v
-        .cmd()
-        .arg("info")
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)));
+    let info = info(v, &v.key);
     info.lines()
         .find_map(|l| l.strip_prefix("fingerprint:"))
         .unwrap()
@@ -260,9 +238,9 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
             out.status.code(),
             Some(CONFIG_ROLLBACK),
             "{args:?}: a rolled-back config must be refused: {}",
-            stderr(&out)
+            stderr_text(&out)
         );
-        let err = stderr(&out);
+        let err = stderr_text(&out);
         assert!(
             err.contains("generation")
                 && err.contains(&format!("--accept-rollback {old_generation}")),
@@ -274,7 +252,7 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
     let mounted = is_mounted(&mnt);
     drop(Mount::adopt(mnt.clone()));
     assert!(!mounted, "a rolled-back config was mounted");
-    assert_eq!(out.status.code(), Some(CONFIG_ROLLBACK), "{}", stderr(&out));
+    expect_exit(&out, CONFIG_ROLLBACK);
     assert_eq!(
         fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap(),
         old,
@@ -288,7 +266,7 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
         .arg(&v.backing)
         .args(key)
         .args(["--accept-rollback", "99"]));
-    assert_eq!(out.status.code(), Some(CONFIG_ROLLBACK), "{}", stderr(&out));
+    expect_exit(&out, CONFIG_ROLLBACK);
     // The operator restored it on purpose: accepted once, then remembered.
     let out = ok(run(v
         .cmd()
@@ -302,26 +280,25 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
     fs::write(m.p("f"), b"x").unwrap();
     drop(m);
     // The recovery key is a key of the restored config again, by the operator's choice.
-    ok(run(v
-        .cmd()
-        .arg("info")
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&recovery)));
+    info(&v, &recovery);
 
     // The line the operator abandoned stays out: its newer generation is not "newer".
+    let put = |bytes: &[u8]| fs::write(v.backing.join(CONFIG_FILE_NAME), bytes).unwrap();
+    let refused = |what: &str| {
+        let out = run(v.cmd().arg("info").arg(&v.backing).args(key));
+        assert_eq!(
+            out.status.code(),
+            Some(CONFIG_ROLLBACK),
+            "{what}: {}",
+            stderr_text(&out)
+        );
+    };
     let restored = fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap();
-    fs::write(v.backing.join(CONFIG_FILE_NAME), &current).unwrap();
-    let out = run(v.cmd().arg("info").arg(&v.backing).args(key));
-    assert_eq!(
-        out.status.code(),
-        Some(CONFIG_ROLLBACK),
-        "a config of the abandoned line was accepted: {}",
-        stderr(&out)
-    );
+    put(&current);
+    refused("a config of the abandoned line");
     // The next change is numbered above everything this host has seen, so no config of
     // the abandoned line can pass for it.
-    fs::write(v.backing.join(CONFIG_FILE_NAME), &restored).unwrap();
+    put(&restored);
     let abandoned = VaultConfig::parse(&current).unwrap().0.generation;
     ok(run(v
         .cmd()
@@ -332,39 +309,35 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
         .arg(v.dir.path().join("second-recovery.key"))));
     assert!(read_config(&v.backing).generation > abandoned);
     let next = fs::read(v.backing.join(CONFIG_FILE_NAME)).unwrap();
-    fs::write(v.backing.join(CONFIG_FILE_NAME), &current).unwrap();
-    let out = run(v.cmd().arg("info").arg(&v.backing).args(key));
-    assert_eq!(out.status.code(), Some(CONFIG_ROLLBACK), "{}", stderr(&out));
-    fs::write(v.backing.join(CONFIG_FILE_NAME), &next).unwrap();
+    put(&current);
+    refused("the abandoned line after the next change");
+    put(&next);
     ok(run(v.cmd().arg("info").arg(&v.backing).args(key)));
 }
 
 #[test]
 fn a_host_without_a_home_still_opens_a_vault_and_says_what_it_cannot_check() {
     let v = TestVault::new(&[]);
-    let out = run(Command::new(envfs_bin())
-        .env_remove("HOME")
-        .env_remove("XDG_CONFIG_HOME")
-        .arg("info")
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key));
-    let err = stderr(&out);
+    let homeless = |extra: &[&str]| {
+        run(Command::new(envfs_bin())
+            .env_remove("HOME")
+            .env_remove("XDG_CONFIG_HOME")
+            .arg("info")
+            .arg(&v.backing)
+            .arg("--key-file")
+            .arg(&v.key)
+            .args(extra))
+    };
+    let out = homeless(&[]);
+    let err = stderr_text(&out);
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains("keeps no record") && err.contains("--vault-fingerprint"),
         "{err}"
     );
     // ... and still refuses what needs no record: a wrong --vault-fingerprint.
-    let out = run(Command::new(envfs_bin())
-        .env_remove("HOME")
-        .env_remove("XDG_CONFIG_HOME")
-        .arg("info")
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)
-        .args(["--vault-fingerprint", "00112233445566778899aabbccddeeff"]));
-    assert_eq!(out.status.code(), Some(VAULT_MISMATCH), "{}", stderr(&out));
+    let out = homeless(&["--vault-fingerprint", "00112233445566778899aabbccddeeff"]);
+    expect_exit(&out, VAULT_MISMATCH);
 }
 
 #[test]
@@ -436,11 +409,11 @@ fn a_legacy_recovery_slot_is_refused_on_a_fresh_host_until_proven_or_upgraded() 
         .arg(&backing)
         .arg("--key-file")
         .arg(&recovery));
-    assert_eq!(out.status.code(), Some(VAULT_MISMATCH), "{}", stderr(&out));
+    expect_exit(&out, VAULT_MISMATCH);
     assert!(
-        stderr(&out).contains("--vault-fingerprint"),
+        stderr_text(&out).contains("--vault-fingerprint"),
         "the refusal says how to proceed: {}",
-        stderr(&out)
+        stderr_text(&out)
     );
     // ... unless the operator vouches with the fingerprint written down beforehand,
     ok(run(fresh_host(&v, "h2")
@@ -458,7 +431,7 @@ fn a_legacy_recovery_slot_is_refused_on_a_fresh_host_until_proven_or_upgraded() 
         .arg(&recovery)
         .arg("--vault-fingerprint")
         .arg("00112233445566778899aabbccddeeff"));
-    assert_eq!(out.status.code(), Some(VAULT_MISMATCH), "{}", stderr(&out));
+    expect_exit(&out, VAULT_MISMATCH);
 
     // Upgrading the slot: `key add` of the same recovery key file, with the normal key.
     let out = ok(run(fresh_host(&v, "h1")
@@ -738,7 +711,7 @@ fn a_long_name_with_a_tampered_sidecar_is_refused_by_name_as_it_is_hidden_from_l
             Some(124),
             "{what}: envfs hung on the sidecar"
         );
-        assert_eq!(out.status.code(), Some(12), "{what}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(12), "{what}: {}", stderr_text(&out));
     }
     // fsck agrees that the entry is damaged.
     let out = run(v
