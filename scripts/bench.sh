@@ -72,16 +72,17 @@ trap cleanup EXIT
 
 # --- the KMS-compatible server, when a KMS contender runs -------------------------------------
 if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^envfs-kms'; then
-  python3 -c 'import moto' 2>/dev/null || bash scripts/setup.sh >/dev/null
+  VPY=$ROOT/.venv/bin/python3   # moto lives in the project's venv (scripts/setup.sh)
+  "$VPY" -c 'import moto' 2>/dev/null || bash scripts/setup.sh >/dev/null
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
   KMS_PORT=$(free_port); PROXY_PORT=$(free_port)
-  python3 -m moto.server -H 127.0.0.1 -p "$KMS_PORT" >/dev/null 2>&1 & MOTO_PID=$!
+  "$VPY" -m moto.server -H 127.0.0.1 -p "$KMS_PORT" >/dev/null 2>&1 & MOTO_PID=$!
   python3 scripts/kms_proxy.py --listen 127.0.0.1:"$PROXY_PORT" --upstream http://127.0.0.1:"$KMS_PORT" \
     --latency-ms "$KMS_LATENCY" 2>"$W/proxy.log" & PROXY_PID=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$KMS_PORT/" && break; sleep 0.1; done
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
   export XDG_CONFIG_HOME=$W/config
-  python3 -c "
+  "$VPY" -c "
 import boto3
 k=boto3.client('kms',endpoint_url='http://127.0.0.1:$KMS_PORT',region_name='us-east-1')
 key=k.create_key()['KeyMetadata']; k.create_alias(AliasName='alias/envfs-bench',TargetKeyId=key['KeyId'])"

@@ -25,13 +25,14 @@ W=${BENCH_DIR:-/var/tmp/envfs-bench-kms}
 rm -rf "$W"; mkdir -p "$W"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PROXY=$(free_port)
-python3 -m moto.server -H 127.0.0.1 -p "$UP" >/dev/null 2>&1 & MOTO=$!
+VPY=$ROOT/.venv/bin/python3   # moto lives in the project's venv (scripts/setup.sh)
+"$VPY" -m moto.server -H 127.0.0.1 -p "$UP" >/dev/null 2>&1 & MOTO=$!
 python3 scripts/kms_proxy.py --listen 127.0.0.1:"$PROXY" --upstream http://127.0.0.1:"$UP" --latency-ms "$LATENCY" 2>"$W/proxy.log" & PX=$!
 trap 'kill $MOTO $PX 2>/dev/null; for m in "$W"/*-mnt; do fusermount3 -u "$m" 2>/dev/null || true; done' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 export AWS_ENDPOINT_URL_KMS=http://127.0.0.1:$PROXY XDG_CONFIG_HOME=$W/config
-python3 -c "
+"$VPY" -c "
 import boto3
 k=boto3.client('kms',endpoint_url='http://127.0.0.1:$UP',region_name='us-east-1')
 key=k.create_key()['KeyMetadata']; k.create_alias(AliasName='alias/envfs-bench',TargetKeyId=key['KeyId'])"

@@ -42,6 +42,19 @@ pub struct Kms {
     counts: Arc<Mutex<HashMap<String, usize>>>,
 }
 
+/// The Python with moto: `$ENVFS_TEST_PYTHON`, else the project's virtual environment that
+/// scripts/setup.sh makes (`.venv/`), else `python3` on PATH.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("ENVFS_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    if venv.exists() {
+        return venv;
+    }
+    "python3".into()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -53,7 +66,7 @@ fn free_port() -> u16 {
 impl Kms {
     pub fn start() -> Kms {
         let upstream = free_port();
-        let server = Command::new("python3")
+        let server = Command::new(python())
             .args([
                 "-m",
                 "moto.server",
@@ -65,7 +78,7 @@ impl Kms {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 -m moto.server (pip install 'moto[server]'; scripts/setup.sh does)");
+            .expect("python -m moto.server: run scripts/setup.sh (it installs moto into .venv/)");
         let ready = super::wait_until(Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", upstream)).is_ok()
         });
@@ -136,7 +149,7 @@ impl Kms {
              key=k.create_key()['KeyMetadata']\nk.create_alias(AliasName='{alias}',TargetKeyId=key['KeyId'])\nprint(key['Arn'])",
             self.upstream
         );
-        let out = Command::new("python3")
+        let out = Command::new(python())
             .arg("-c")
             .arg(script)
             .output()
@@ -288,7 +301,7 @@ fn serve(
 }
 
 pub fn python_has_moto() -> bool {
-    Command::new("python3")
+    Command::new(python())
         .args(["-c", "import moto, boto3"])
         .status()
         .is_ok_and(|s| s.success())
