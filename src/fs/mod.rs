@@ -12,6 +12,7 @@ pub mod names;
 pub mod rewrap;
 pub mod sys;
 
+use crate::backing::{BackingRoot, Dir};
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::vault::Vault;
@@ -24,7 +25,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 pub use sys::TimeSet;
@@ -73,7 +74,11 @@ fn without_suidgid(meta: &fs::Metadata) -> Option<u32> {
     if !meta.file_type().is_file() {
         return None;
     }
-    let perm = meta.mode() & 0o7777;
+    suidgid_kept(meta.mode() & 0o7777)
+}
+
+/// The permission bits `perm` of a regular file keep when it is modified (see above).
+fn suidgid_kept(perm: u32) -> Option<u32> {
     let mut kept = perm & !libc::S_ISUID;
     if kept & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
         kept &= !libc::S_ISGID;
@@ -106,6 +111,10 @@ pub struct Owner {
 
 pub struct Fs {
     vault: Arc<Vault>,
+    /// The backing directory held open: entries are created, changed and removed relative
+    /// to directory descriptors opened beneath it, never through a symlink (src/backing).
+    /// The errno when it could not be opened.
+    backing: std::result::Result<BackingRoot, i32>,
     names: NameCache,
     open: OpenFiles,
     log: IntegrityLog,
@@ -132,6 +141,8 @@ impl Fs {
                 geometry: vault.geometry,
                 link_encoding,
             },
+            backing: BackingRoot::open(vault.root())
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
             vault,
             names: NameCache::default(),
             open: OpenFiles::default(),
@@ -160,6 +171,32 @@ impl Fs {
         self.names()
             .backing_path(path)
             .inspect_err(|e| self.log.report_at_path(e))
+    }
+
+    fn backing_root(&self) -> Result<&BackingRoot> {
+        self.backing.as_ref().map_err(|&e| Error::from_errno(e))
+    }
+
+    /// The backing directory at absolute backing path `abs` (below the vault root), opened
+    /// beneath the root without following any symlink.
+    fn open_dir(&self, abs: &Path) -> Result<Dir> {
+        let rel = abs
+            .strip_prefix(self.vault.root())
+            .map_err(|_| Error::from_errno(libc::EINVAL))?;
+        Ok(self.backing_root()?.dir(rel)?)
+    }
+
+    /// An existing entry: its parent directory's descriptor and its backing name (the
+    /// mount's root has none: callers treat it apart).
+    fn locate(&self, path: &Path) -> Result<(Dir, OsString)> {
+        let (parent, _) = split(path)?;
+        let abs = self.backing_path(path)?;
+        let name = abs
+            .file_name()
+            .ok_or_else(|| Error::from_errno(libc::EINVAL))?
+            .to_os_string();
+        let dir = self.open_dir(&self.backing_path(parent)?)?;
+        Ok((dir, name))
     }
 
     /// Backing parent directory and entry of a plaintext path.
@@ -226,7 +263,9 @@ impl Fs {
     }
 
     pub fn setattr(&self, path: &Path, handle: Option<&Handle>, set: &SetAttr) -> Result<Attr> {
-        let backing = self.backing_path(path)?;
+        if is_root(path) {
+            return self.setattr_root(set);
+        }
         if let Some(size) = set.size {
             match handle {
                 Some(h) => self.engine().set_size(&h.file, size)?,
@@ -236,12 +275,44 @@ impl Fs {
                 }
             }
         }
+        let (dir, name) = self.locate(path)?;
         if let Some(mode) = set.mode {
-            let meta = fs::symlink_metadata(&backing)?;
             // Linux has no chmod for symlinks; their mode is always 0777.
-            if !meta.file_type().is_symlink() {
-                fs::set_permissions(&backing, fs::Permissions::from_mode(mode & 0o7777))?;
+            if dir.stat(&name)?.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                dir.chmod(&name, mode & 0o7777)?;
             }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            dir.chown(&name, set.uid, set.gid)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            dir.set_times(
+                &name,
+                sys::timespec_of(set.atime),
+                sys::timespec_of(set.mtime),
+            )?;
+        }
+        if set.kill_suidgid && set.mode.is_none() {
+            let st = dir.stat(&name)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && let Some(perm) = suidgid_kept(st.st_mode & 0o7777)
+            {
+                dir.chmod(&name, perm)?;
+            }
+        }
+        self.getattr(path)
+    }
+
+    /// setattr of the mount's root: the backing directory itself, which the operator chose
+    /// (only what lies beneath it is the backing store's to replace).
+    fn setattr_root(&self, set: &SetAttr) -> Result<Attr> {
+        let path = Path::new("");
+        let backing = self.backing_path(path)?;
+        if set.size.is_some() {
+            return Err(Error::from_errno(libc::EISDIR));
+        }
+        if let Some(mode) = set.mode {
+            fs::set_permissions(&backing, fs::Permissions::from_mode(mode & 0o7777))?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             sys::lchown(&backing, set.uid, set.gid)?;
@@ -318,39 +389,47 @@ impl Fs {
     }
 
     pub fn mkdir(&self, path: &Path, mode: u32, owner: Option<Owner>) -> Result<Attr> {
-        let (dir, entry) = self.entry(path)?;
+        let (dir_path, entry) = self.entry(path)?;
+        let dir = self.open_dir(&dir_path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
-        let backing = dir.join(&entry.name);
-        if let Err(e) = fs::DirBuilder::new().mode(mode & 0o7777).create(&backing) {
+        if let Err(e) = dir.mkdir(&entry.name, mode & 0o7777) {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 self.names().remove_sidecar(&dir, &entry);
             }
             return Err(e.into());
         }
-        self.finish_create(&backing, mode, owner)?;
+        self.finish_create(&dir, &entry.name, mode, owner)?;
         self.getattr(path)
     }
 
-    /// Apply the exact mode (the daemon's umask must not apply twice) and owner.
-    fn finish_create(&self, backing: &Path, mode: u32, owner: Option<Owner>) -> Result<()> {
-        let mut meta = fs::symlink_metadata(backing)?;
+    /// Apply the exact mode (the daemon's umask must not apply twice) and owner to the new
+    /// entry `name` of `dir` (never through a symlink).
+    fn finish_create(
+        &self,
+        dir: &Dir,
+        name: &OsStr,
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> Result<()> {
+        let mut st = dir.stat(name)?;
         // Owner first: a chown clears setuid/setgid, which the mode may ask for.
         if let Some(o) = owner
-            && (meta.uid() != o.uid || meta.gid() != o.gid)
+            && (st.st_uid != o.uid || st.st_gid != o.gid)
         {
-            sys::lchown(backing, Some(o.uid), Some(o.gid))?;
-            meta = fs::symlink_metadata(backing)?;
+            dir.chown(name, Some(o.uid), Some(o.gid))?;
+            st = dir.stat(name)?;
         }
-        if meta.mode() & 0o7777 != mode & 0o7777 && !meta.file_type().is_symlink() {
-            fs::set_permissions(backing, fs::Permissions::from_mode(mode & 0o7777))?;
+        if st.st_mode & 0o7777 != mode & 0o7777 && st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            dir.chmod(name, mode & 0o7777)?;
         }
         Ok(())
     }
 
     pub fn rmdir(&self, path: &Path) -> Result<()> {
-        let (dir, entry) = self.entry(path)?;
-        let backing = dir.join(&entry.name);
-        match fs::remove_dir(&backing) {
+        let (dir_path, entry) = self.entry(path)?;
+        let dir = self.open_dir(&dir_path)?;
+        let backing = dir_path.join(&entry.name);
+        match dir.rmdir(&entry.name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
                 // Empty as the mount sees it may still hold orphaned long-name sidecars,
@@ -359,7 +438,7 @@ impl Fs {
                     return Err(e.into());
                 }
                 self.remove_orphan_sidecars(&backing)?;
-                fs::remove_dir(&backing)?;
+                dir.rmdir(&entry.name)?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -368,12 +447,12 @@ impl Fs {
     }
 
     fn remove_orphan_sidecars(&self, backing_dir: &Path) -> Result<()> {
-        for entry in fs::read_dir(backing_dir)? {
-            let name = entry?.file_name();
+        let dir = self.open_dir(backing_dir)?;
+        for name in dir.list()? {
             if crate::format::names::classify(&name.to_string_lossy())
                 == crate::format::names::BackingName::Sidecar
             {
-                fs::remove_file(backing_dir.join(name))?;
+                dir.unlink(&name)?;
             }
         }
         Ok(())
@@ -382,8 +461,9 @@ impl Fs {
     // ---- names ------------------------------------------------------------------------
 
     pub fn unlink(&self, path: &Path) -> Result<()> {
-        let (dir, entry) = self.entry(path)?;
-        fs::remove_file(dir.join(&entry.name))?;
+        let (dir_path, entry) = self.entry(path)?;
+        let dir = self.open_dir(&dir_path)?;
+        dir.unlink(&entry.name)?;
         self.names().remove_sidecar(&dir, &entry);
         Ok(())
     }
@@ -391,34 +471,34 @@ impl Fs {
     pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> Result<()> {
         let (from_dir, from_entry) = self.entry(from)?;
         let (to_dir, to_entry) = self.entry(to)?;
-        let from_backing = from_dir.join(&from_entry.name);
-        let to_backing = to_dir.join(&to_entry.name);
-        if from_backing == to_backing {
+        let (from_fd, to_fd) = (self.open_dir(&from_dir)?, self.open_dir(&to_dir)?);
+        if from_dir == to_dir && from_entry.name == to_entry.name {
             // rename(2) of a name onto itself succeeds and does nothing.
-            fs::symlink_metadata(&from_backing)?;
+            from_fd.stat(&from_entry.name)?;
             return Ok(());
         }
-        let to_existed = fs::symlink_metadata(&to_backing).is_ok();
-        self.names().ensure_sidecar(&to_dir, &to_entry)?;
-        if let Err(e) = sys::rename(&from_backing, &to_backing, flags) {
+        let to_existed = to_fd.stat(&to_entry.name).is_ok();
+        self.names().ensure_sidecar(&to_fd, &to_entry)?;
+        if let Err(e) = from_fd.rename(&from_entry.name, &to_fd, &to_entry.name, flags) {
             if !to_existed {
-                self.names().remove_sidecar(&to_dir, &to_entry);
+                self.names().remove_sidecar(&to_fd, &to_entry);
             }
             return Err(e.into());
         }
         // After an exchange both names still exist, each with its own sidecar; so do both
         // after a rename between two hard links of one file, which rename(2) leaves alone.
-        if flags & RENAME_EXCHANGE == 0 && fs::symlink_metadata(&from_backing).is_err() {
-            self.names().remove_sidecar(&from_dir, &from_entry);
+        if flags & RENAME_EXCHANGE == 0 && from_fd.stat(&from_entry.name).is_err() {
+            self.names().remove_sidecar(&from_fd, &from_entry);
         }
         Ok(())
     }
 
     pub fn link(&self, existing: &Path, new: &Path) -> Result<Attr> {
-        let source = self.backing_path(existing)?;
-        let (dir, entry) = self.entry(new)?;
+        let (source_dir, source_name) = self.locate(existing)?;
+        let (dir_path, entry) = self.entry(new)?;
+        let dir = self.open_dir(&dir_path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
-        if let Err(e) = fs::hard_link(&source, dir.join(&entry.name)) {
+        if let Err(e) = source_dir.link(&source_name, &dir, &entry.name) {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 self.names().remove_sidecar(&dir, &entry);
             }
@@ -429,17 +509,23 @@ impl Fs {
 
     pub fn symlink(&self, target: &OsStr, link: &Path, owner: Option<Owner>) -> Result<Attr> {
         let stored = self.encrypt_link_target(target)?;
-        let (dir, entry) = self.entry(link)?;
+        let (dir_path, entry) = self.entry(link)?;
+        let dir = self.open_dir(&dir_path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
-        let backing = dir.join(&entry.name);
-        if let Err(e) = std::os::unix::fs::symlink(&stored, &backing) {
+        if let Err(e) = dir.symlink(&stored, &entry.name) {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 self.names().remove_sidecar(&dir, &entry);
             }
             return Err(e.into());
         }
         if let Some(o) = owner {
-            sys::lchown(&backing, Some(o.uid), Some(o.gid))?;
+            // The link's own owner: never its (encrypted, so meaningless) target's.
+            if let Err(e) = dir.chown(&entry.name, Some(o.uid), Some(o.gid)) {
+                // A failed symlink(2) leaves nothing behind; neither may this.
+                let _ = dir.unlink(&entry.name);
+                self.names().remove_sidecar(&dir, &entry);
+                return Err(e.into());
+            }
         }
         self.getattr(link)
     }
@@ -490,11 +576,11 @@ impl Fs {
             self.create(path, mode & 0o7777, libc::O_EXCL | libc::O_WRONLY, owner)?;
             return self.getattr(path);
         }
-        let (dir, entry) = self.entry(path)?;
+        let (dir_path, entry) = self.entry(path)?;
+        let dir = self.open_dir(&dir_path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
-        let backing = dir.join(&entry.name);
-        sys::mknod(&backing, mode, rdev)?;
-        self.finish_create(&backing, mode, owner)?;
+        dir.mknod(&entry.name, mode, rdev)?;
+        self.finish_create(&dir, &entry.name, mode, owner)?;
         self.getattr(path)
     }
 
@@ -515,13 +601,14 @@ impl Fs {
         flags: i32,
         owner: Option<Owner>,
     ) -> Result<(Handle, Attr)> {
-        let (dir, entry) = self.entry(path)?;
+        let (dir_path, entry) = self.entry(path)?;
+        let dir = self.open_dir(&dir_path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
-        let backing = dir.join(&entry.name);
+        let backing = dir_path.join(&entry.name);
         // With O_EXCL (cp, tar, editors) success means this call made the file, so the
         // extra lookup is needed only without it.
         let exclusive = flags & libc::O_EXCL != 0;
-        let existed = !exclusive && fs::symlink_metadata(&backing).is_ok();
+        let existed = !exclusive && dir.stat(&entry.name).is_ok();
         let handle = match self.open_backing(&backing, flags, true, mode) {
             Ok(h) => h,
             Err(e) => {
@@ -558,24 +645,28 @@ impl Fs {
         Ok(self.sizes.attr(&meta))
     }
 
+    /// Open (or create) the file at absolute backing path `backing`, relative to its parent
+    /// directory's descriptor: no symlink is followed, on the way or in place.
     fn open_backing(&self, backing: &Path, flags: i32, create: bool, mode: u32) -> Result<Handle> {
         let accmode = flags & libc::O_ACCMODE;
         let wants_write = accmode != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let (Some(parent), Some(name)) = (backing.parent(), backing.file_name()) else {
+            return Err(Error::from_errno(libc::EINVAL));
+        };
+        if backing == self.vault.root() {
+            return Err(Error::from_errno(libc::EISDIR));
+        }
+        let dir = self.open_dir(parent)?;
         // Reads of a chunk someone writes through another handle need the same fd, and
         // writes need to read (read-modify-write): open read-write whenever allowed.
-        let mut opts = fs::OpenOptions::new();
-        opts.read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        let mut oflags = libc::O_RDWR;
         if create {
-            opts.mode(mode & 0o7777);
+            oflags |= libc::O_CREAT;
             if flags & libc::O_EXCL != 0 {
-                opts.create_new(true);
-            } else {
-                opts.create(true);
+                oflags |= libc::O_EXCL;
             }
         }
-        let (fd, writable) = match opts.open(backing) {
+        let (fd, writable) = match dir.open_file(name, oflags, mode & 0o7777) {
             Ok(fd) => (fd, true),
             // Read-only access to a file we may not (EACCES) or cannot (EROFS: a snapshot,
             // a read-only backup) write.
@@ -584,11 +675,7 @@ impl Fs {
                     && !create
                     && matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) =>
             {
-                let fd = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(backing)?;
-                (fd, false)
+                (dir.open_file(name, libc::O_RDONLY, 0)?, false)
             }
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(Error::from_errno(libc::ELOOP));

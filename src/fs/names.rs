@@ -6,6 +6,7 @@
 //! one backing rename. See format/names.rs for the spelling.
 
 use super::name_cache::NameCache;
+use crate::backing::Dir;
 use crate::crypto::SivCipher;
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
@@ -187,39 +188,37 @@ impl<'v> NameMap<'v> {
         spelling::sidecar_name(self.vault.config.name_encoding, entry, &bytes).ok_or_else(bad)
     }
 
-    /// Make sure the sidecar of a long-name entry exists with the right content. Written to a
-    /// temporary file and renamed into place, so a crash never leaves a half sidecar.
-    pub fn ensure_sidecar(&self, dir: &Path, entry: &BackingEntry) -> Result<()> {
+    /// Make sure the sidecar of a long-name entry of `dir` exists with the right content.
+    /// Written to a temporary file and renamed into place, so a crash never leaves a half
+    /// sidecar; all of it relative to `dir`'s descriptor, never through a symlink.
+    pub fn ensure_sidecar(&self, dir: &Dir, entry: &BackingEntry) -> Result<()> {
         let (Some(sidecar), Some(encoded)) = (entry.sidecar_name(), entry.long.as_ref()) else {
             return Ok(());
         };
-        let path = dir.join(&sidecar);
-        if read_sidecar_file(&path).is_ok_and(|b| b == encoded.as_bytes()) {
+        if read_sidecar_in(dir, &sidecar).is_ok_and(|b| b == encoded.as_bytes()) {
             return Ok(());
         }
-        let tmp = dir.join(format!(
+        let tmp = OsString::from(format!(
             "{RESERVED_PREFIX}tmp-{}",
             hex::encode(crate::crypto::random::array::<8>())
         ));
         let result = (|| -> io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
+            let mut f =
+                dir.open_file(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)?;
             f.write_all(encoded.as_bytes())?;
-            fs::rename(&tmp, &path)
+            dir.rename(&tmp, dir, &sidecar, 0)
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = dir.unlink(&tmp);
         }
         Ok(result?)
     }
 
-    /// Remove the sidecar of a long-name entry whose entry is gone. Best effort: a leftover
-    /// sidecar is harmless (hidden from listings, reported by fsck).
-    pub fn remove_sidecar(&self, dir: &Path, entry: &BackingEntry) {
+    /// Remove the sidecar of a long-name entry of `dir` whose entry is gone. Best effort: a
+    /// leftover sidecar is harmless (hidden from listings, reported by fsck).
+    pub fn remove_sidecar(&self, dir: &Dir, entry: &BackingEntry) {
         if let Some(sidecar) = entry.sidecar_name() {
-            let _ = fs::remove_file(dir.join(sidecar));
+            let _ = dir.unlink(&sidecar);
         }
     }
 }
@@ -231,20 +230,30 @@ const MAX_SIDECAR_LEN: u64 = 1024;
 /// symlink, never waiting on a FIFO or device, never more than a sidecar can hold. What is
 /// not a regular file of that size is `InvalidData` (damage, like wrong content).
 pub fn read_sidecar_file(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let invalid = || io::Error::from(io::ErrorKind::InvalidData);
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                invalid()
-            } else {
-                e
-            }
-        })?;
+        .open(path);
+    read_sidecar_bytes(file)
+}
+
+/// `read_sidecar_file` for sidecar `name` of directory `dir`, through its descriptor.
+pub fn read_sidecar_in(dir: &Dir, name: &OsStr) -> io::Result<Vec<u8>> {
+    read_sidecar_bytes(dir.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK, 0))
+}
+
+/// The bounds of `read_sidecar_file`, applied to a file as opened (with `O_NOFOLLOW`).
+fn read_sidecar_bytes(file: io::Result<fs::File>) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let invalid = || io::Error::from(io::ErrorKind::InvalidData);
+    let file = file.map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            invalid()
+        } else {
+            e
+        }
+    })?;
     let meta = file.metadata()?;
     if !meta.is_file() || meta.len() > MAX_SIDECAR_LEN {
         return Err(invalid());

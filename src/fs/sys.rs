@@ -36,6 +36,11 @@ pub enum TimeSet {
     At(SystemTime),
 }
 
+/// The timespec utimensat takes for a time to set, `None` for one to leave alone.
+pub fn timespec_of(t: Option<TimeSet>) -> Option<libc::timespec> {
+    t.map(|t| timespec(Some(t)))
+}
+
 fn timespec(t: Option<TimeSet>) -> libc::timespec {
     match t {
         None => libc::timespec {
