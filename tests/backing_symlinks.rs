@@ -1,6 +1,7 @@
 //! Dragon replaces backing directories with symlinks into the mounting host's own
 //! filesystem. Nothing envfs does through the mount may then create, write, truncate,
-//! chmod, chown, rename or delete anything outside the backing directory (issue 14). The
+//! chmod, chown, set times or xattrs on, rename or delete anything outside the backing
+//! directory (issue 14). The
 //! mount reports errors for the entries below the planted symlink instead.
 
 mod support;
@@ -14,8 +15,12 @@ use support::*;
 /// One operation through the mount, given the round number (for fresh names).
 type Attempt<'a> = Box<dyn Fn(usize) -> std::io::Result<()> + 'a>;
 
+/// What one entry outside the vault looks like: path, mode, owner, size, mtime, content,
+/// and every extended attribute.
+type Observed = (String, u32, u32, u64, i64, Vec<u8>, Vec<u8>);
+
 /// Everything observable about a directory tree outside the vault.
-fn snapshot(dir: &Path) -> Vec<(String, u32, u32, u64, i64, Vec<u8>)> {
+fn snapshot(dir: &Path) -> Vec<Observed> {
     let mut out = Vec::new();
     for p in walk(dir) {
         let m = fs::symlink_metadata(&p).unwrap();
@@ -24,6 +29,12 @@ fn snapshot(dir: &Path) -> Vec<(String, u32, u32, u64, i64, Vec<u8>)> {
         } else {
             Vec::new()
         };
+        let xattrs = Command::new("getfattr")
+            .args(["--absolute-names", "-h", "-d", "-m", "-"])
+            .arg(&p)
+            .output()
+            .unwrap()
+            .stdout;
         out.push((
             p.display().to_string(),
             m.mode(),
@@ -31,10 +42,20 @@ fn snapshot(dir: &Path) -> Vec<(String, u32, u32, u64, i64, Vec<u8>)> {
             m.len(),
             m.mtime_nsec() + m.mtime() * 1_000_000_000,
             content,
+            xattrs,
         ));
     }
     out.sort();
     out
+}
+
+fn xattr_cmd(args: &[&str], path: &Path) -> std::io::Result<()> {
+    let out = Command::new("setfattr").args(args).arg(path).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("setfattr failed"))
+    }
 }
 
 fn backing_of(v: &TestVault, rel: &str) -> std::path::PathBuf {
@@ -85,6 +106,13 @@ fn a_directory_replaced_by_a_symlink_never_leads_outside_the_backing_directory()
         fs::Permissions::from_mode(0o640),
     )
     .unwrap();
+    sh(
+        &outside,
+        &format!(
+            "setfattr -n user.host -v kept {}",
+            victim_name.to_string_lossy()
+        ),
+    );
     fs::create_dir(outside.join(&sub_name)).unwrap();
     fs::rename(&d, v.dir.path().join("moved-away")).unwrap();
     std::os::unix::fs::symlink(&outside, &d).unwrap();
@@ -143,6 +171,14 @@ fn a_directory_replaced_by_a_symlink_never_leads_outside_the_backing_directory()
                 fs::write(m.p(&format!("top2-{i}")), b"t")?;
                 fs::hard_link(m.p(&format!("top2-{i}")), m.p(&format!("d/hard-{i}")))
             }),
+        ),
+        (
+            "setxattr",
+            Box::new(|_| xattr_cmd(&["-n", "user.planted", "-v", "x"], &m.p("d/victim"))),
+        ),
+        (
+            "removexattr",
+            Box::new(|_| xattr_cmd(&["-x", "user.host"], &m.p("d/victim"))),
         ),
         ("unlink", Box::new(|_| fs::remove_file(m.p("d/victim")))),
         ("rmdir", Box::new(|_| fs::remove_dir(m.p("d/sub")))),

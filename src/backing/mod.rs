@@ -228,6 +228,27 @@ impl Dir {
         })
     }
 
+    /// An `O_PATH` descriptor of entry `name` itself (a symlink is not followed), for calls
+    /// that act on an entry through its descriptor (xattrs via `/proc/self/fd`).
+    pub fn entry_fd(&self, name: &OsStr) -> io::Result<OwnedFd> {
+        let c = name_arg(name)?;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        let fd = check(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fresh descriptor from openat.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// This directory's own descriptor.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// lstat of an entry.
     pub fn stat(&self, name: &OsStr) -> io::Result<Stat> {
         let c = name_arg(name)?;

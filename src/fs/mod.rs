@@ -29,6 +29,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 pub use sys::TimeSet;
+use sys::XattrOf;
 
 /// An open file as a caller holds it. Dropping it closes it.
 pub struct Handle {
@@ -197,6 +198,16 @@ impl Fs {
             .to_os_string();
         let dir = self.open_dir(&self.backing_path(parent)?)?;
         Ok((dir, name))
+    }
+
+    /// An `O_PATH` descriptor of an existing entry (the mount's root included), opened
+    /// without following a symlink anywhere: what xattr calls go through.
+    fn entry_fd(&self, path: &Path) -> Result<std::os::fd::OwnedFd> {
+        if is_root(path) {
+            return Ok(self.backing_root()?.root()?.into_fd());
+        }
+        let (dir, name) = self.locate(path)?;
+        Ok(dir.entry_fd(&name)?)
     }
 
     /// Backing parent directory and entry of a plaintext path.
@@ -770,7 +781,6 @@ impl Fs {
     }
 
     pub fn setxattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        let backing = self.backing_path(path)?;
         let stored = self.xattr_backing_name(name)?;
         let value = if name.as_bytes().starts_with(b"user.") {
             self.vault
@@ -779,13 +789,15 @@ impl Fs {
         } else {
             value.to_vec()
         };
-        Ok(sys::lsetxattr(&backing, &stored, &value, flags)?)
+        let fd = self.entry_fd(path)?;
+        Ok(sys::setxattr(XattrOf::Fd(&fd), &stored, &value, flags)?)
     }
 
     pub fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
         let backing = self.backing_path(path)?;
         let stored = self.xattr_backing_name(name)?;
-        let value = sys::lgetxattr(&backing, &stored)?;
+        let fd = self.entry_fd(path)?;
+        let value = sys::getxattr(XattrOf::Fd(&fd), &stored)?;
         if !name.as_bytes().starts_with(b"user.") {
             return Ok(value);
         }
@@ -801,9 +813,9 @@ impl Fs {
     }
 
     pub fn listxattr(&self, path: &Path) -> Result<Vec<OsString>> {
-        let backing = self.backing_path(path)?;
+        let fd = self.entry_fd(path)?;
         let mut out = Vec::new();
-        for stored in sys::llistxattr(&backing)? {
+        for stored in sys::listxattr(XattrOf::Fd(&fd))? {
             if let Some(encoded) = stored.strip_prefix(b"user.") {
                 let plain = xattr_name_plaintext(
                     &self.vault.xattrs,
@@ -827,11 +839,9 @@ impl Fs {
     }
 
     pub fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
-        let backing = self.backing_path(path)?;
-        Ok(sys::lremovexattr(
-            &backing,
-            &self.xattr_backing_name(name)?,
-        )?)
+        let stored = self.xattr_backing_name(name)?;
+        let fd = self.entry_fd(path)?;
+        Ok(sys::removexattr(XattrOf::Fd(&fd), &stored)?)
     }
 
     /// Re-encrypt a file under a fresh DEK and file id (for a suspected DEK compromise):
@@ -876,10 +886,10 @@ impl Fs {
                 offset += data.len() as u64;
             }
             self.fsync(&target, false)?;
-            for name in sys::llistxattr(&backing)? {
+            for name in sys::listxattr(XattrOf::Path(&backing))? {
                 let name = OsString::from_vec(name);
-                let value = sys::lgetxattr(&backing, &name)?;
-                sys::lsetxattr(&tmp, &name, &value, 0)?;
+                let value = sys::getxattr(XattrOf::Path(&backing), &name)?;
+                sys::setxattr(XattrOf::Path(&tmp), &name, &value, 0)?;
             }
             sys::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))?;

@@ -160,18 +160,46 @@ pub fn fstatvfs(file: &std::fs::File) -> io::Result<libc::statvfs> {
     Ok(st)
 }
 
-pub fn lgetxattr(path: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
-    let (p, n) = (cstr(path)?, cstr(Path::new(name))?);
+/// Whose extended attributes: a path whose final symlink is not followed (the `l*xattr`
+/// calls), or an entry held by an `O_PATH` descriptor, reached through its
+/// `/proc/self/fd/N` link, which the kernel resolves to exactly that entry (a symlink
+/// itself, if it is one) however the backing store changed since.
+#[derive(Clone, Copy)]
+pub enum XattrOf<'a> {
+    Path(&'a Path),
+    Fd(&'a std::os::fd::OwnedFd),
+}
+
+impl XattrOf<'_> {
+    /// The C path and whether the call must follow it.
+    fn target(self) -> io::Result<(CString, bool)> {
+        match self {
+            XattrOf::Path(p) => Ok((cstr(p)?, false)),
+            XattrOf::Fd(fd) => Ok((
+                CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL"),
+                true,
+            )),
+        }
+    }
+}
+
+pub fn getxattr(of: XattrOf<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    let ((p, follow), n) = (of.target()?, cstr(Path::new(name))?);
+    let call = |buf: *mut libc::c_void, len: usize| {
+        // SAFETY: valid C strings; buf is NULL with len 0, or has len bytes.
+        check_size(unsafe {
+            if follow {
+                libc::getxattr(p.as_ptr(), n.as_ptr(), buf, len)
+            } else {
+                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf, len)
+            }
+        })
+    };
     loop {
-        // SAFETY: a NULL buffer with size 0 asks for the length.
-        let len = check_size(unsafe {
-            libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0)
-        })?;
+        // A NULL buffer with size 0 asks for the length.
+        let len = call(std::ptr::null_mut(), 0)?;
         let mut buf = vec![0u8; len];
-        // SAFETY: buf has len bytes.
-        match check_size(unsafe {
-            libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), len)
-        }) {
+        match call(buf.as_mut_ptr().cast(), len) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -183,28 +211,46 @@ pub fn lgetxattr(path: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
     }
 }
 
-pub fn lsetxattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let (p, n) = (cstr(path)?, cstr(Path::new(name))?);
-    // SAFETY: value is a valid buffer of value.len() bytes.
+pub fn setxattr(of: XattrOf<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let ((p, follow), n) = (of.target()?, cstr(Path::new(name))?);
+    // SAFETY: valid C strings; value is a valid buffer of value.len() bytes.
     check(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
+        if follow {
+            libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        } else {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        }
     })
 }
 
-pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let p = cstr(path)?;
+pub fn listxattr(of: XattrOf<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let (p, follow) = of.target()?;
+    let call = |buf: *mut libc::c_char, len: usize| {
+        // SAFETY: valid C string; buf is NULL with len 0, or has len bytes.
+        check_size(unsafe {
+            if follow {
+                libc::listxattr(p.as_ptr(), buf, len)
+            } else {
+                libc::llistxattr(p.as_ptr(), buf, len)
+            }
+        })
+    };
     loop {
-        // SAFETY: NULL buffer asks for the length.
-        let len = check_size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let len = call(std::ptr::null_mut(), 0)?;
         let mut buf = vec![0u8; len];
-        // SAFETY: buf has len bytes.
-        match check_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), len) }) {
+        match call(buf.as_mut_ptr().cast(), len) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf
@@ -219,10 +265,30 @@ pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     }
 }
 
-pub fn lremovexattr(path: &Path, name: &OsStr) -> io::Result<()> {
-    let (p, n) = (cstr(path)?, cstr(Path::new(name))?);
+pub fn removexattr(of: XattrOf<'_>, name: &OsStr) -> io::Result<()> {
+    let ((p, follow), n) = (of.target()?, cstr(Path::new(name))?);
     // SAFETY: valid C strings.
-    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+    check(unsafe {
+        if follow {
+            libc::removexattr(p.as_ptr(), n.as_ptr())
+        } else {
+            libc::lremovexattr(p.as_ptr(), n.as_ptr())
+        }
+    })
+}
+
+/// The `l*xattr` calls by path (final symlink not followed), for tests and tools that
+/// look at a backing directory they own.
+pub fn lgetxattr(path: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
+    getxattr(XattrOf::Path(path), name)
+}
+
+pub fn lsetxattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    setxattr(XattrOf::Path(path), name, value, flags)
+}
+
+pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    listxattr(XattrOf::Path(path))
 }
 
 /// An exclusive open-file-description lock on a backing file's first byte: held while a
