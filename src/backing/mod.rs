@@ -396,17 +396,7 @@ impl Dir {
     /// Change an entry's mode without following a symlink: through a descriptor of the entry
     /// itself (a symlink has no mode of its own on Linux: `EOPNOTSUPP`).
     pub fn chmod(&self, name: &OsStr, mode: u32) -> io::Result<()> {
-        let c = name_arg(name)?;
-        // SAFETY: valid dirfd and NUL-terminated name.
-        let fd = check(unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: fresh descriptor from openat.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = self.entry_fd(name)?;
         // SAFETY: stat is plain data filled by the kernel.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid descriptor and out pointer.

@@ -222,8 +222,8 @@ impl<'a> Engine<'a> {
     /// Refuse a file whose backing length cannot hold a header (cut into the header):
     /// `stat` shows it as empty, so without this check the kernel would never ask for its
     /// bytes and a damaged file would read as an empty one.
-    pub fn check_openable(&self, file: &OpenFile) -> Result<()> {
-        let backing_size = file.io.read().unwrap().fd.metadata()?.len();
+    /// `backing_size` is the length the opener just saw (no second fstat on the open path).
+    pub fn check_openable(&self, file: &OpenFile, backing_size: u64) -> Result<()> {
         match self.geometry().plain_size(backing_size) {
             Err(BadLength::ShortHeader) => Err(self.integrity(file, None, IntegrityKind::Header)),
             // A damaged tail still leaves the chunks before it readable.

@@ -693,7 +693,8 @@ impl Fs {
             }
             Err(e) => return Err(e.into()),
         };
-        if fd.metadata()?.is_dir() {
+        let meta = fd.metadata()?;
+        if meta.is_dir() {
             return Err(Error::from_errno(libc::EISDIR));
         }
         let file = self.open.get_or_insert(fd, writable, backing)?;
@@ -706,7 +707,7 @@ impl Fs {
             // overwritten.
             self.engine().set_size(&handle.file, 0)?;
         } else {
-            self.engine().check_openable(&handle.file)?;
+            self.engine().check_openable(&handle.file, meta.len())?;
         }
         Ok(handle)
     }

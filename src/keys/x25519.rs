@@ -58,6 +58,9 @@ pub struct X25519KeyProvider {
     public: PublicKey,
     /// `None` for a recipient known only by its public key (it can wrap, not unwrap).
     secret: Option<StaticSecret>,
+    /// X25519(private, own public), with the private key: the proof's key material, made
+    /// once rather than on every unwrap.
+    own: Option<Secret32>,
     key_id: String,
 }
 
@@ -108,6 +111,7 @@ impl X25519KeyProvider {
             key_id: key_id_of(&public),
             public,
             secret: None,
+            own: None,
         })
     }
 
@@ -136,11 +140,13 @@ impl X25519KeyProvider {
     /// The key pair of a private key (already read from its key file).
     pub fn from_secret(secret: StaticSecret) -> X25519KeyProvider {
         let public = PublicKey::from(&secret);
+        let own = Secret32::from_bytes(*secret.diffie_hellman(&public).as_bytes());
         X25519KeyProvider {
             binding: std::sync::OnceLock::new(),
             key_id: key_id_of(&public),
             public,
             secret: Some(secret),
+            own: Some(own),
         }
     }
 
@@ -156,12 +162,7 @@ impl X25519KeyProvider {
             Zeroizing::new(data_encoding::BASE64.encode(secret.as_bytes())).as_str()
         ));
         super::keyfile::create_private_file(path, &text)?;
-        Ok(X25519KeyProvider {
-            binding: std::sync::OnceLock::new(),
-            key_id: key_id_of(&public),
-            public,
-            secret: Some(secret),
-        })
+        Ok(X25519KeyProvider::from_secret(secret))
     }
 }
 
@@ -182,18 +183,14 @@ pub fn parse_key_text(text: &str) -> Option<StaticSecret> {
 }
 
 /// The holder's proof that `fingerprint` is the vault secret of `vault_id` (module doc).
+/// `own` is X25519(private, public).
 fn holder_proof(
-    secret: &StaticSecret,
+    own: &Secret32,
     public: &PublicKey,
     vault_id: &[u8; 16],
     fingerprint: &Fingerprint,
 ) -> [u8; 32] {
-    let own = secret.diffie_hellman(public);
-    let key = crate::crypto::kdf::derive32(
-        &Secret32::from_bytes(*own.as_bytes()),
-        public.as_bytes(),
-        label::X25519_PROOF,
-    );
+    let key = crate::crypto::kdf::derive32(own, public.as_bytes(), label::X25519_PROOF);
     hmac32(&key, &[label::X25519_PROOF, vault_id, &fingerprint.0])
 }
 
@@ -238,7 +235,7 @@ impl KeyProvider for X25519KeyProvider {
             .encrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), (&mut wrapped[44..]).into())
             .expect("32-byte message");
         wrapped.extend_from_slice(&tag);
-        if let (None, Some(own)) = (ctx.file_id, &self.secret) {
+        if let (None, Some(own)) = (ctx.file_id, &self.own) {
             let fingerprint = Fingerprint::of(secret, &ctx.vault_id);
             wrapped.extend_from_slice(&holder_proof(
                 own,
@@ -273,8 +270,8 @@ impl KeyProvider for X25519KeyProvider {
         let shared = secret.diffie_hellman(&ephemeral);
         // X25519(private, own public) keys the holder's proof: a slot whose "ephemeral" key
         // is ours (in any encoding of the point) would make us use it as a wrap key too.
-        let own = secret.diffie_hellman(&self.public);
-        if !shared.was_contributory() || bool::from(shared.as_bytes().ct_eq(own.as_bytes())) {
+        let own = self.own.as_ref().expect("held with the private key");
+        if !shared.was_contributory() || bool::from(shared.as_bytes().ct_eq(own.expose())) {
             return Err(not_authentic());
         }
         let aead = wrap_key(
@@ -292,7 +289,7 @@ impl KeyProvider for X25519KeyProvider {
         let unwrapped = Secret32::from_bytes(*body);
         if proven {
             let fingerprint = Fingerprint::of(&unwrapped, &ctx.vault_id);
-            let expected = holder_proof(secret, &self.public, &ctx.vault_id, &fingerprint);
+            let expected = holder_proof(own, &self.public, &ctx.vault_id, &fingerprint);
             if !bool::from(expected.ct_eq(&slot.wrapped[WRAPPED_LEN..])) {
                 return Err(Error::VaultMismatch(format!(
                     "the slot of {} in envfs.conf carries a proof its holder did not make: \
