@@ -958,13 +958,13 @@ fn tampered_xattr_values_fail_to_read() {
         .setxattr(path, "user.color".as_ref(), b"blue", 0)
         .unwrap();
     let backing = tv.backing("f");
-    let stored = envfs::fs::sys::llistxattr(&backing).unwrap();
+    let stored = envfs::backing::sys::llistxattr(&backing).unwrap();
     let user: Vec<_> = stored.iter().filter(|n| n.starts_with(b"user.")).collect();
     assert_eq!(user.len(), 1);
     let name = std::ffi::OsStr::from_bytes(user[0]).to_os_string();
-    let mut value = envfs::fs::sys::lgetxattr(&backing, &name).unwrap();
+    let mut value = envfs::backing::sys::lgetxattr(&backing, &name).unwrap();
     value[0] ^= 1;
-    envfs::fs::sys::lsetxattr(&backing, &name, &value, 0).unwrap();
+    envfs::backing::sys::lsetxattr(&backing, &name, &value, 0).unwrap();
     tv.reopen();
     match tv.fs.getxattr(path, "user.color".as_ref()) {
         Err(e @ Error::Integrity { .. }) => assert_eq!(e.errno(), libc::EIO),
@@ -991,9 +991,9 @@ fn scan(dir: &Path, seen: &mut usize) {
             "plaintext name: {}",
             path.display()
         );
-        for xname in envfs::fs::sys::llistxattr(&path).unwrap() {
+        for xname in envfs::backing::sys::llistxattr(&path).unwrap() {
             assert!(!contains_marker(&xname), "plaintext xattr name on {path:?}");
-            let value = envfs::fs::sys::lgetxattr(&path, std::ffi::OsStr::from_bytes(&xname));
+            let value = envfs::backing::sys::lgetxattr(&path, std::ffi::OsStr::from_bytes(&xname));
             assert!(
                 !contains_marker(&value.unwrap()),
                 "plaintext xattr value on {path:?}"

@@ -12,8 +12,11 @@
 //! handed to the kernel, a backing path may be longer than `PATH_MAX`.
 //!
 //! Names here are backing names (what the backing directory holds), never mount paths.
-//! Issue 14 moves every backing-store access of the fs core, fsck and the FUSE adapter onto
-//! this module; until then only its tests use it.
+//! The fs core, fsck, rewrap and `envfs info` reach the backing store only through this
+//! module (scripts/check-layering.sh holds that true); `sys` has the calls on descriptors
+//! already open.
+
+pub mod sys;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -99,14 +102,7 @@ impl BackingRoot {
     /// the way is refused with `ELOOP`, a component that is not a directory with `ENOTDIR`,
     /// and `..` with `EINVAL`.
     pub fn dir(&self, rel: &Path) -> io::Result<Dir> {
-        let mut names = Vec::new();
-        for c in rel.components() {
-            match c {
-                Component::Normal(n) => names.push(n),
-                Component::CurDir => {}
-                _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-            }
-        }
+        let names = components(rel)?;
         if names.is_empty() {
             return self.root();
         }
@@ -131,7 +127,28 @@ impl BackingRoot {
         })
     }
 
+    /// Open the regular file at `rel` (backing names, relative to the root) with open(2)
+    /// `flags`, a symlink anywhere refused with `ELOOP`: one `openat2` where the kernel has
+    /// it, the parent's walk and an `openat` where it does not (or the path is too long).
+    pub fn open_file(&self, rel: &Path, flags: i32) -> io::Result<std::fs::File> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let names = components(rel)?;
+        if self.openat2.load(Ordering::Relaxed) == HAS_OPENAT2 {
+            match self.resolve_openat2_with(&names, flags | libc::O_CLOEXEC) {
+                Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+                other => return other.map(std::fs::File::from),
+            }
+        }
+        self.dir(parent)?.open_file(name, flags, 0)
+    }
+
     fn resolve_openat2(&self, names: &[&OsStr]) -> io::Result<OwnedFd> {
+        self.resolve_openat2_with(names, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }
+
+    fn resolve_openat2_with(&self, names: &[&OsStr], flags: i32) -> io::Result<OwnedFd> {
         let mut joined = Vec::new();
         for (i, n) in names.iter().enumerate() {
             if i > 0 {
@@ -142,7 +159,7 @@ impl BackingRoot {
         let c = CString::new(joined).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: open_how is plain data; zeroed is its documented "no options" value.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        how.flags = flags as u64;
         how.resolve =
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
         // SAFETY: valid dirfd, NUL-terminated path, and a pointer to an open_how of the
@@ -171,6 +188,25 @@ impl BackingRoot {
         }
         Ok(cur)
     }
+}
+
+/// The names of a relative backing path; `..` or an absolute path is `EINVAL`.
+fn components(rel: &Path) -> io::Result<Vec<&OsStr>> {
+    let mut names = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::CurDir => {}
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+    Ok(names)
+}
+
+/// The `/proc/self/fd/N` link of a descriptor: a path the kernel resolves to exactly the
+/// inode the descriptor holds, for calls that take no `O_PATH` descriptor.
+fn proc_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
 }
 
 /// Open directory `name` of `dir` as an `O_PATH` descriptor, never through a symlink. A
@@ -406,7 +442,7 @@ impl Dir {
         }
         // chmod through the descriptor's /proc link: fchmod does not take O_PATH
         // descriptors, and the link names exactly the inode the descriptor holds.
-        let proc = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+        let proc = proc_path(&fd);
         // SAFETY: valid NUL-terminated string.
         check(unsafe { libc::chmod(proc.as_ptr(), mode as libc::mode_t) }).map(drop)
     }
@@ -419,11 +455,7 @@ impl Dir {
         mtime: Option<libc::timespec>,
     ) -> io::Result<()> {
         let c = name_arg(name)?;
-        let omit = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        };
-        let times = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+        let times = [atime.unwrap_or(OMIT), mtime.unwrap_or(OMIT)];
         // SAFETY: valid dirfd, NUL-terminated name and two timespecs.
         check(unsafe {
             libc::utimensat(
@@ -438,6 +470,13 @@ impl Dir {
 
     /// The names in this directory (without `.` and `..`).
     pub fn list(&self) -> io::Result<Vec<OsString>> {
+        Ok(self.entries()?.into_iter().map(|e| e.name).collect())
+    }
+
+    /// The entries of this directory (without `.` and `..`) with their inode numbers and
+    /// types, as the directory itself records them. Where it records no type (`DT_UNKNOWN`,
+    /// some network filesystems), the entry is looked at with `fstatat`.
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
         let dot = CString::new(".").expect("no NUL");
         // SAFETY: valid dirfd and NUL-terminated name.
         let fd = check(unsafe {
@@ -469,17 +508,144 @@ impl Dir {
                 };
             }
             // SAFETY: readdir returned a valid entry with a NUL-terminated name.
-            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let (name, ino, d_type) = unsafe {
+                (
+                    std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()),
+                    (*entry).d_ino,
+                    (*entry).d_type,
+                )
+            };
             let bytes = name.to_bytes();
             if bytes != b"." && bytes != b".." {
-                out.push(OsString::from_vec(bytes.to_vec()));
+                out.push(Entry {
+                    name: OsString::from_vec(bytes.to_vec()),
+                    ino,
+                    kind: kind_of_dtype(d_type),
+                });
             }
         };
         // SAFETY: dir is valid and closed once.
         unsafe { libc::closedir(dir) };
-        result.map(|()| out)
+        result?;
+        for e in out.iter_mut().filter(|e| e.kind == 0) {
+            // Gone since the listing: left as a regular file, which any use will find gone.
+            e.kind = self
+                .stat(&e.name)
+                .map_or(libc::S_IFREG, |st| st.st_mode & libc::S_IFMT);
+        }
+        Ok(out)
+    }
+
+    /// lstat of this directory itself.
+    pub fn stat_self(&self) -> io::Result<Stat> {
+        sys::fstat(&self.fd)
+    }
+
+    /// chmod of this directory itself.
+    pub fn chmod_self(&self, mode: u32) -> io::Result<()> {
+        let proc = proc_path(&self.fd);
+        // SAFETY: valid NUL-terminated string.
+        check(unsafe { libc::chmod(proc.as_ptr(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// chown of this directory itself; `None` leaves an id unchanged.
+    pub fn chown_self(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        // SAFETY: valid descriptor and an empty NUL-terminated name with AT_EMPTY_PATH.
+        check(unsafe {
+            libc::fchownat(
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+                libc::AT_EMPTY_PATH,
+            )
+        })
+        .map(drop)
+    }
+
+    /// utimensat of this directory itself; `None` leaves a time unchanged.
+    pub fn set_times_self(
+        &self,
+        atime: Option<libc::timespec>,
+        mtime: Option<libc::timespec>,
+    ) -> io::Result<()> {
+        let times = [atime.unwrap_or(OMIT), mtime.unwrap_or(OMIT)];
+        let proc = proc_path(&self.fd);
+        // SAFETY: valid NUL-terminated string and two timespecs.
+        check(unsafe { libc::utimensat(libc::AT_FDCWD, proc.as_ptr(), times.as_ptr(), 0) })
+            .map(drop)
+    }
+
+    /// access(2) of entry `name`, or of this directory itself with `None`, as the daemon's
+    /// real user, never following a symlink in place of the entry.
+    pub fn access(&self, name: Option<&OsStr>, mask: i32) -> io::Result<()> {
+        let (c, flags) = match name {
+            Some(n) => (name_arg(n)?, libc::AT_SYMLINK_NOFOLLOW),
+            None => (CString::new(".").expect("no NUL"), 0),
+        };
+        // SAFETY: valid dirfd and NUL-terminated name.
+        check(unsafe { libc::faccessat(self.fd.as_raw_fd(), c.as_ptr(), mask, flags) }).map(drop)
+    }
+
+    /// fsync of this directory (its entries made durable).
+    pub fn sync(&self) -> io::Result<()> {
+        self.open_self()?.sync_all()
+    }
+
+    /// syncfs of the filesystem holding this directory.
+    pub fn syncfs(&self) -> io::Result<()> {
+        let dir = self.open_self()?;
+        // SAFETY: valid descriptor.
+        check(unsafe { libc::syncfs(dir.as_raw_fd()) }).map(drop)
+    }
+
+    /// statvfs of the filesystem holding this directory.
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        sys::fstatvfs(&self.open_self()?)
+    }
+
+    /// This directory opened for reading (`O_PATH` descriptors take no fsync).
+    fn open_self(&self) -> io::Result<std::fs::File> {
+        // SAFETY: valid dirfd and NUL-terminated name.
+        let fd = check(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c".".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fresh descriptor from openat.
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 }
+
+/// One entry of a backing directory as `Dir::entries` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: OsString,
+    pub ino: u64,
+    /// The `S_IFMT` bits of its type.
+    pub kind: u32,
+}
+
+/// A `d_type` as `S_IFMT` bits, 0 when the directory did not say.
+fn kind_of_dtype(d_type: u8) -> u32 {
+    match d_type {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => 0,
+    }
+}
+
+const OMIT: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: libc::UTIME_OMIT,
+};
 
 #[cfg(test)]
 mod tests {

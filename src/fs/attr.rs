@@ -2,11 +2,10 @@
 //! translated to plaintext. Pure arithmetic, so `stat` never reads a header or calls a key
 //! service.
 
+use crate::backing::Stat;
 use crate::format::Geometry;
 use crate::format::config::NameEncoding;
 use crate::format::names::{SIV_OVERHEAD, decoded_len};
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,33 +73,36 @@ pub struct SizeMap {
 }
 
 impl SizeMap {
-    pub fn attr(&self, meta: &Metadata) -> Attr {
-        let kind = FileKind::from_mode(meta.mode());
+    /// The mount's attributes of a backing entry, from its (l)stat.
+    pub fn attr(&self, st: &Stat) -> Attr {
+        let mode = st.st_mode;
+        let kind = FileKind::from_mode(mode);
+        let backing_size = st.st_size as u64;
         let size = match kind {
-            FileKind::File => self.geometry.plain_size_lossy(meta.size()),
+            FileKind::File => self.geometry.plain_size_lossy(backing_size),
             FileKind::Symlink => match self.link_encoding {
                 Some(enc) => {
-                    decoded_len(enc, meta.size() as usize).saturating_sub(SIV_OVERHEAD) as u64
+                    decoded_len(enc, backing_size as usize).saturating_sub(SIV_OVERHEAD) as u64
                 }
-                None => meta.size(),
+                None => backing_size,
             },
-            _ => meta.size(),
+            _ => backing_size,
         };
         Attr {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: st.st_dev,
+            ino: st.st_ino,
             size,
-            blocks: meta.blocks(),
-            atime: time(meta.atime(), meta.atime_nsec()),
-            mtime: time(meta.mtime(), meta.mtime_nsec()),
-            ctime: time(meta.ctime(), meta.ctime_nsec()),
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
             kind,
-            perm: (meta.mode() & 0o7777) as u16,
-            nlink: meta.nlink() as u32,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            rdev: meta.rdev(),
-            blksize: meta.blksize() as u32,
+            perm: (mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            blksize: st.st_blksize as u32,
         }
     }
 }

@@ -367,12 +367,14 @@ impl<'a> Engine<'a> {
     /// header — the header lock, with the size read again under it: another mount (or
     /// `envfs rewrap`) on the same backing store may have created the header meanwhile,
     /// and two headers for one file would make one writer's chunks unreadable.
-    fn size_for_header_creation(fd: &File) -> Result<(u64, Option<super::sys::HeaderLock<'_>>)> {
+    fn size_for_header_creation(
+        fd: &File,
+    ) -> Result<(u64, Option<crate::backing::sys::HeaderLock<'_>>)> {
         let size = fd.metadata()?.len();
         if size != 0 {
             return Ok((size, None));
         }
-        let lock = super::sys::HeaderLock::acquire(fd)?;
+        let lock = crate::backing::sys::HeaderLock::acquire(fd)?;
         Ok((fd.metadata()?.len(), Some(lock)))
     }
 
@@ -456,7 +458,7 @@ impl<'a> Engine<'a> {
             .geometry()
             .backing_size(new_plain)
             .saturating_sub(backing_size);
-        let st = super::sys::fstatvfs(fd)?;
+        let st = crate::backing::sys::fstatvfs(fd)?;
         let available = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
         if needed > available {
             return Err(Error::NoSpace);
@@ -593,7 +595,7 @@ impl<'a> Engine<'a> {
         if new_backing > old_backing {
             // Reserve the blocks first: on a full disk the write then fails before any byte
             // is written, instead of leaving a torn chunk at the end of the file.
-            match super::sys::fallocate(
+            match crate::backing::sys::fallocate(
                 fd,
                 libc::FALLOC_FL_KEEP_SIZE,
                 old_backing,
@@ -717,7 +719,7 @@ impl<'a> Engine<'a> {
             let io = file.io.read().unwrap();
             let g = self.geometry();
             let backing_end = g.backing_size(end);
-            return Ok(super::sys::fallocate(
+            return Ok(crate::backing::sys::fallocate(
                 &io.fd,
                 libc::FALLOC_FL_KEEP_SIZE,
                 0,
@@ -745,7 +747,7 @@ impl OpenFile {
         self.io.read().unwrap().fd.clone()
     }
 
-    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
-        self.io.read().unwrap().fd.metadata()
+    pub fn metadata(&self) -> std::io::Result<crate::backing::Stat> {
+        crate::backing::sys::fstat(&*self.io.read().unwrap().fd)
     }
 }

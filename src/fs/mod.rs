@@ -10,9 +10,10 @@ pub mod file;
 mod name_cache;
 pub mod names;
 pub mod rewrap;
-pub mod sys;
 
-use crate::backing::{BackingRoot, Dir};
+pub use crate::backing::sys::TimeSet;
+use crate::backing::sys::{self, XattrOf};
+use crate::backing::{BackingRoot, Dir, Stat};
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::vault::Vault;
@@ -22,14 +23,11 @@ use file::{Engine, IntegrityLog, OpenFile, OpenFiles};
 use name_cache::NameCache;
 use names::{BackingEntry, NameMap};
 use std::ffi::{OsStr, OsString};
-use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-pub use sys::TimeSet;
-use sys::XattrOf;
 
 /// An open file as a caller holds it. Dropping it closes it.
 pub struct Handle {
@@ -71,11 +69,11 @@ pub struct SetAttr {
 /// The permission bits left once a regular file is modified by an unprivileged process, or
 /// `None` when nothing changes: setuid goes; setgid goes only with group-execute (without
 /// it, setgid marks mandatory locking, which a write does not revoke). Linux's rule.
-fn without_suidgid(meta: &fs::Metadata) -> Option<u32> {
-    if !meta.file_type().is_file() {
+fn without_suidgid(st: &Stat) -> Option<u32> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
-    suidgid_kept(meta.mode() & 0o7777)
+    suidgid_kept(st.st_mode & 0o7777)
 }
 
 /// The permission bits `perm` of a regular file keep when it is modified (see above).
@@ -166,56 +164,71 @@ impl Fs {
         }
     }
 
-    /// The absolute backing path of a plaintext path whose components exist (long names
-    /// verified against their sidecars, as listings do; a failure is logged once).
-    pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
+    /// The backing path, below the backing root, of a plaintext path whose components
+    /// exist (long names verified against their sidecars, as listings do; a failure is
+    /// logged once).
+    fn rel(&self, path: &Path) -> Result<PathBuf> {
         self.names()
-            .backing_path(path)
+            .backing_rel(self.backing_root()?, path)
             .inspect_err(|e| self.log.report_at_path(e))
+    }
+
+    /// The absolute backing path of a plaintext path, for messages and tools that show
+    /// where an entry lives; nothing here opens a path.
+    pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
+        Ok(self.vault.root().join(self.rel(path)?))
+    }
+
+    /// The absolute backing path of entry `name` of `dir`, for messages.
+    fn shown(&self, dir: &Dir, name: &OsStr) -> PathBuf {
+        self.vault.root().join(dir.rel()).join(name)
     }
 
     fn backing_root(&self) -> Result<&BackingRoot> {
         self.backing.as_ref().map_err(|&e| Error::from_errno(e))
     }
 
-    /// The backing directory at absolute backing path `abs` (below the vault root), opened
-    /// beneath the root without following any symlink.
-    fn open_dir(&self, abs: &Path) -> Result<Dir> {
-        let rel = abs
-            .strip_prefix(self.vault.root())
-            .map_err(|_| Error::from_errno(libc::EINVAL))?;
-        Ok(self.backing_root()?.dir(rel)?)
+    /// The backing directory of plaintext directory `path`, opened beneath the root
+    /// without following any symlink.
+    fn dir_of(&self, path: &Path) -> Result<Dir> {
+        let rel = self.rel(path)?;
+        Ok(self.backing_root()?.dir(&rel)?)
     }
 
     /// An existing entry: its parent directory's descriptor and its backing name (the
     /// mount's root has none: callers treat it apart).
     fn locate(&self, path: &Path) -> Result<(Dir, OsString)> {
-        let (parent, _) = split(path)?;
-        let abs = self.backing_path(path)?;
-        let name = abs
-            .file_name()
-            .ok_or_else(|| Error::from_errno(libc::EINVAL))?
-            .to_os_string();
-        let dir = self.open_dir(&self.backing_path(parent)?)?;
-        Ok((dir, name))
+        let rel = self.rel(path)?;
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(Error::from_errno(libc::EINVAL));
+        };
+        Ok((self.backing_root()?.dir(parent)?, name.to_os_string()))
     }
 
     /// An `O_PATH` descriptor of an existing entry (the mount's root included), opened
-    /// without following a symlink anywhere: what xattr calls go through.
-    fn entry_fd(&self, path: &Path) -> Result<std::os::fd::OwnedFd> {
+    /// without following a symlink anywhere: what xattr calls go through. With it, the
+    /// entry's backing path for messages.
+    fn entry_fd(&self, path: &Path) -> Result<(OwnedFd, PathBuf)> {
         if is_root(path) {
-            return Ok(self.backing_root()?.root()?.into_fd());
+            let root = self.backing_root()?;
+            return Ok((root.root()?.into_fd(), root.path().to_path_buf()));
         }
         let (dir, name) = self.locate(path)?;
-        Ok(dir.entry_fd(&name)?)
+        Ok((dir.entry_fd(&name)?, self.shown(&dir, &name)))
     }
 
-    /// Backing parent directory and entry of a plaintext path.
-    fn entry(&self, path: &Path) -> Result<(PathBuf, BackingEntry)> {
+    /// The backing directory that is to hold plaintext path `path`, and its entry there.
+    fn entry(&self, path: &Path) -> Result<(Dir, BackingEntry)> {
         let (parent, name) = split(path)?;
-        let dir = self.backing_path(parent)?;
+        let dir = self.dir_of(parent)?;
         let entry = self.names().encrypt(name, is_root(parent))?;
         Ok((dir, entry))
+    }
+
+    /// The backing device and inode of the mount's root.
+    pub fn root_id(&self) -> Result<(u64, u64)> {
+        let st = self.backing_root()?.root()?.stat_self()?;
+        Ok((st.st_dev, st.st_ino))
     }
 
     /// Number of files currently open (for tests and diagnostics).
@@ -226,13 +239,15 @@ impl Fs {
     // ---- attributes -------------------------------------------------------------------
 
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
-        let backing = match self.backing_path(path) {
+        if is_root(path) {
+            return Ok(self.sizes.attr(&self.backing_root()?.root()?.stat_self()?));
+        }
+        let (dir, name) = match self.locate(path) {
             // envfs' own files in a plaintext-names vault do not exist for the mount.
             Err(Error::ReservedName) => return Err(Error::from_errno(libc::ENOENT)),
             other => other?,
         };
-        let meta = fs::symlink_metadata(backing)?;
-        Ok(self.sizes.attr(&meta))
+        Ok(self.sizes.attr(&dir.stat(&name)?))
     }
 
     /// Attributes of an open file through its descriptor (works after unlink).
@@ -248,10 +263,10 @@ impl Fs {
         }
         let fd = handle.file.fd();
         if let Some(mode) = set.mode {
-            fd.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+            sys::fchmod(&fd, mode)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            std::os::unix::fs::fchown(&*fd, set.uid, set.gid)?;
+            sys::fchown(&fd, set.uid, set.gid)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             sys::set_times_fd(&fd, set.atime, set.mtime)?;
@@ -266,9 +281,8 @@ impl Fs {
     /// process does on Linux. Costs one fstat; a chmod only when a bit is set.
     pub fn kill_suidgid(&self, handle: &Handle) -> Result<()> {
         let fd = handle.file.fd();
-        let meta = fd.metadata()?;
-        if let Some(perm) = without_suidgid(&meta) {
-            fd.set_permissions(fs::Permissions::from_mode(perm))?;
+        if let Some(perm) = without_suidgid(&sys::fstat(&*fd)?) {
+            sys::fchmod(&fd, perm)?;
         }
         Ok(())
     }
@@ -314,30 +328,23 @@ impl Fs {
         self.getattr(path)
     }
 
-    /// setattr of the mount's root: the backing directory itself, which the operator chose
-    /// (only what lies beneath it is the backing store's to replace).
+    /// setattr of the mount's root: the backing directory itself, through its descriptor.
     fn setattr_root(&self, set: &SetAttr) -> Result<Attr> {
-        let path = Path::new("");
-        let backing = self.backing_path(path)?;
         if set.size.is_some() {
             return Err(Error::from_errno(libc::EISDIR));
         }
+        let root = self.backing_root()?.root()?;
         if let Some(mode) = set.mode {
-            fs::set_permissions(&backing, fs::Permissions::from_mode(mode & 0o7777))?;
+            root.chmod_self(mode & 0o7777)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::lchown(&backing, set.uid, set.gid)?;
+            root.chown_self(set.uid, set.gid)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            sys::set_times(&backing, set.atime, set.mtime)?;
+            root.set_times_self(sys::timespec_of(set.atime), sys::timespec_of(set.mtime))?;
         }
-        if set.kill_suidgid && set.mode.is_none() {
-            let meta = fs::symlink_metadata(&backing)?;
-            if let Some(perm) = without_suidgid(&meta) {
-                fs::set_permissions(&backing, fs::Permissions::from_mode(perm))?;
-            }
-        }
-        self.getattr(path)
+        // kill_suidgid concerns regular files only: nothing to do for a directory.
+        Ok(self.sizes.attr(&root.stat_self()?))
     }
 
     // ---- directories ------------------------------------------------------------------
@@ -353,26 +360,20 @@ impl Fs {
             .collect())
     }
 
-    /// The decrypted entries of a directory with their backing names, and its backing path.
-    fn list(&self, path: &Path) -> Result<(Vec<(DirEntry, OsString)>, PathBuf)> {
-        let dir = self.backing_path(path)?;
+    /// The decrypted entries of a directory with their backing names, and the directory.
+    fn list(&self, path: &Path) -> Result<(Vec<(DirEntry, OsString)>, Dir)> {
+        let dir = self.dir_of(path)?;
         let at_root = is_root(path);
         let mut out = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            match self.names().decrypt(&dir, &name, at_root) {
+        for entry in dir.entries()? {
+            match self.names().decrypt(&dir, &entry.name, at_root) {
                 Ok(Some(plain)) => {
-                    let kind = entry
-                        .file_type()
-                        .map(|t| FileKind::from_mode(file_type_mode(t)))
-                        .unwrap_or(FileKind::File);
                     let listed = DirEntry {
                         name: plain,
-                        ino: entry.ino_or_zero(),
-                        kind,
+                        ino: entry.ino,
+                        kind: FileKind::from_mode(entry.kind),
                     };
-                    out.push((listed, name));
+                    out.push((listed, entry.name));
                 }
                 Ok(None) => {}
                 // Left out of the listing, logged once (fsck reports it too).
@@ -389,8 +390,8 @@ impl Fs {
         let (entries, dir) = self.list(path)?;
         let mut out = Vec::with_capacity(entries.len());
         for (entry, backing) in entries {
-            match fs::symlink_metadata(dir.join(&backing)) {
-                Ok(meta) => out.push((entry.name, self.sizes.attr(&meta))),
+            match dir.stat(&backing) {
+                Ok(st) => out.push((entry.name, self.sizes.attr(&st))),
                 // Removed since the listing: skip, as a local filesystem would.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
@@ -400,8 +401,7 @@ impl Fs {
     }
 
     pub fn mkdir(&self, path: &Path, mode: u32, owner: Option<Owner>) -> Result<Attr> {
-        let (dir_path, entry) = self.entry(path)?;
-        let dir = self.open_dir(&dir_path)?;
+        let (dir, entry) = self.entry(path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
         if let Err(e) = dir.mkdir(&entry.name, mode & 0o7777) {
             if e.kind() != io::ErrorKind::AlreadyExists {
@@ -437,9 +437,7 @@ impl Fs {
     }
 
     pub fn rmdir(&self, path: &Path) -> Result<()> {
-        let (dir_path, entry) = self.entry(path)?;
-        let dir = self.open_dir(&dir_path)?;
-        let backing = dir_path.join(&entry.name);
+        let (dir, entry) = self.entry(path)?;
         match dir.rmdir(&entry.name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
@@ -448,7 +446,7 @@ impl Fs {
                 if !self.readdir(path)?.is_empty() {
                     return Err(e.into());
                 }
-                self.remove_orphan_sidecars(&backing)?;
+                self.remove_orphan_sidecars(&dir.subdir(&entry.name)?)?;
                 dir.rmdir(&entry.name)?;
             }
             Err(e) => return Err(e.into()),
@@ -457,8 +455,7 @@ impl Fs {
         Ok(())
     }
 
-    fn remove_orphan_sidecars(&self, backing_dir: &Path) -> Result<()> {
-        let dir = self.open_dir(backing_dir)?;
+    fn remove_orphan_sidecars(&self, dir: &Dir) -> Result<()> {
         for name in dir.list()? {
             if crate::format::names::classify(&name.to_string_lossy())
                 == crate::format::names::BackingName::Sidecar
@@ -472,18 +469,16 @@ impl Fs {
     // ---- names ------------------------------------------------------------------------
 
     pub fn unlink(&self, path: &Path) -> Result<()> {
-        let (dir_path, entry) = self.entry(path)?;
-        let dir = self.open_dir(&dir_path)?;
+        let (dir, entry) = self.entry(path)?;
         dir.unlink(&entry.name)?;
         self.names().remove_sidecar(&dir, &entry);
         Ok(())
     }
 
     pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> Result<()> {
-        let (from_dir, from_entry) = self.entry(from)?;
-        let (to_dir, to_entry) = self.entry(to)?;
-        let (from_fd, to_fd) = (self.open_dir(&from_dir)?, self.open_dir(&to_dir)?);
-        if from_dir == to_dir && from_entry.name == to_entry.name {
+        let (from_fd, from_entry) = self.entry(from)?;
+        let (to_fd, to_entry) = self.entry(to)?;
+        if from_fd.rel() == to_fd.rel() && from_entry.name == to_entry.name {
             // rename(2) of a name onto itself succeeds and does nothing.
             from_fd.stat(&from_entry.name)?;
             return Ok(());
@@ -506,8 +501,7 @@ impl Fs {
 
     pub fn link(&self, existing: &Path, new: &Path) -> Result<Attr> {
         let (source_dir, source_name) = self.locate(existing)?;
-        let (dir_path, entry) = self.entry(new)?;
-        let dir = self.open_dir(&dir_path)?;
+        let (dir, entry) = self.entry(new)?;
         self.names().ensure_sidecar(&dir, &entry)?;
         if let Err(e) = source_dir.link(&source_name, &dir, &entry.name) {
             if e.kind() != io::ErrorKind::AlreadyExists {
@@ -520,8 +514,7 @@ impl Fs {
 
     pub fn symlink(&self, target: &OsStr, link: &Path, owner: Option<Owner>) -> Result<Attr> {
         let stored = self.encrypt_link_target(target)?;
-        let (dir_path, entry) = self.entry(link)?;
-        let dir = self.open_dir(&dir_path)?;
+        let (dir, entry) = self.entry(link)?;
         self.names().ensure_sidecar(&dir, &entry)?;
         if let Err(e) = dir.symlink(&stored, &entry.name) {
             if e.kind() != io::ErrorKind::AlreadyExists {
@@ -560,26 +553,25 @@ impl Fs {
     }
 
     pub fn readlink(&self, path: &Path) -> Result<OsString> {
-        let backing = self.backing_path(path)?;
-        let stored = fs::read_link(&backing)?;
+        if is_root(path) {
+            return Err(Error::from_errno(libc::EINVAL));
+        }
+        let (dir, name) = self.locate(path)?;
+        let stored = dir.readlink(&name)?;
         if self.vault.config.plaintext_names {
-            return Ok(stored.into_os_string());
+            return Ok(stored);
         }
         let bad = || {
             let err = Error::Integrity {
-                path: backing.clone(),
+                path: self.shown(&dir, &name),
                 chunk: None,
                 kind: IntegrityKind::LinkTarget,
             };
             self.log.report_at_path(&err);
             err
         };
-        names::open_link_target(
-            &self.vault.names,
-            self.vault.config.name_encoding,
-            stored.as_os_str(),
-        )
-        .ok_or_else(bad)
+        names::open_link_target(&self.vault.names, self.vault.config.name_encoding, &stored)
+            .ok_or_else(bad)
     }
 
     pub fn mknod(&self, path: &Path, mode: u32, rdev: u64, owner: Option<Owner>) -> Result<Attr> {
@@ -587,8 +579,7 @@ impl Fs {
             self.create(path, mode & 0o7777, libc::O_EXCL | libc::O_WRONLY, owner)?;
             return self.getattr(path);
         }
-        let (dir_path, entry) = self.entry(path)?;
-        let dir = self.open_dir(&dir_path)?;
+        let (dir, entry) = self.entry(path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
         dir.mknod(&entry.name, mode, rdev)?;
         self.finish_create(&dir, &entry.name, mode, owner)?;
@@ -600,8 +591,11 @@ impl Fs {
     /// Open an existing file. `flags` are open(2) flags; O_TRUNC empties the file, O_APPEND
     /// makes every write go to the end.
     pub fn open(&self, path: &Path, flags: i32) -> Result<Handle> {
-        let backing = self.backing_path(path)?;
-        self.open_backing(&backing, flags, false, 0)
+        if is_root(path) {
+            return Err(Error::from_errno(libc::EISDIR));
+        }
+        let (dir, name) = self.locate(path)?;
+        self.open_backing(&dir, &name, flags, false, 0)
     }
 
     /// Create (or, without O_EXCL, open) a file.
@@ -612,15 +606,13 @@ impl Fs {
         flags: i32,
         owner: Option<Owner>,
     ) -> Result<(Handle, Attr)> {
-        let (dir_path, entry) = self.entry(path)?;
-        let dir = self.open_dir(&dir_path)?;
+        let (dir, entry) = self.entry(path)?;
         self.names().ensure_sidecar(&dir, &entry)?;
-        let backing = dir_path.join(&entry.name);
         // With O_EXCL (cp, tar, editors) success means this call made the file, so the
         // extra lookup is needed only without it.
         let exclusive = flags & libc::O_EXCL != 0;
         let existed = !exclusive && dir.stat(&entry.name).is_ok();
-        let handle = match self.open_backing(&backing, flags, true, mode) {
+        let handle = match self.open_backing(&dir, &entry.name, flags, true, mode) {
             Ok(h) => h,
             Err(e) => {
                 if !existed && e.errno() != libc::EEXIST {
@@ -641,33 +633,33 @@ impl Fs {
     /// attributes come from the same fstat.
     fn finish_create_file(&self, handle: &Handle, mode: u32, owner: Option<Owner>) -> Result<Attr> {
         let fd = handle.file.fd();
-        let mut meta = fd.metadata()?;
+        let mut st = sys::fstat(&*fd)?;
         // Owner first: a chown clears setuid/setgid, which the mode may ask for.
         if let Some(o) = owner
-            && (meta.uid() != o.uid || meta.gid() != o.gid)
+            && (st.st_uid != o.uid || st.st_gid != o.gid)
         {
-            std::os::unix::fs::fchown(&*fd, Some(o.uid), Some(o.gid))?;
-            meta = fd.metadata()?;
+            sys::fchown(&fd, Some(o.uid), Some(o.gid))?;
+            st = sys::fstat(&*fd)?;
         }
-        if meta.mode() & 0o7777 != mode & 0o7777 {
-            fd.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-            meta = fd.metadata()?;
+        if st.st_mode & 0o7777 != mode & 0o7777 {
+            sys::fchmod(&fd, mode)?;
+            st = sys::fstat(&*fd)?;
         }
-        Ok(self.sizes.attr(&meta))
+        Ok(self.sizes.attr(&st))
     }
 
-    /// Open (or create) the file at absolute backing path `backing`, relative to its parent
-    /// directory's descriptor: no symlink is followed, on the way or in place.
-    fn open_backing(&self, backing: &Path, flags: i32, create: bool, mode: u32) -> Result<Handle> {
+    /// Open (or create) the file `name` of backing directory `dir`, relative to its
+    /// descriptor: no symlink is followed, on the way or in place.
+    fn open_backing(
+        &self,
+        dir: &Dir,
+        name: &OsStr,
+        flags: i32,
+        create: bool,
+        mode: u32,
+    ) -> Result<Handle> {
         let accmode = flags & libc::O_ACCMODE;
         let wants_write = accmode != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let (Some(parent), Some(name)) = (backing.parent(), backing.file_name()) else {
-            return Err(Error::from_errno(libc::EINVAL));
-        };
-        if backing == self.vault.root() {
-            return Err(Error::from_errno(libc::EISDIR));
-        }
-        let dir = self.open_dir(parent)?;
         // Reads of a chunk someone writes through another handle need the same fd, and
         // writes need to read (read-modify-write): open read-write whenever allowed.
         let mut oflags = libc::O_RDWR;
@@ -693,11 +685,13 @@ impl Fs {
             }
             Err(e) => return Err(e.into()),
         };
-        let meta = fd.metadata()?;
-        if meta.is_dir() {
+        let st = sys::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Error::from_errno(libc::EISDIR));
         }
-        let file = self.open.get_or_insert(fd, writable, backing)?;
+        let file = self
+            .open
+            .get_or_insert(fd, writable, &self.shown(dir, name))?;
         let handle = Handle {
             file,
             append: flags & libc::O_APPEND != 0,
@@ -707,7 +701,8 @@ impl Fs {
             // overwritten.
             self.engine().set_size(&handle.file, 0)?;
         } else {
-            self.engine().check_openable(&handle.file, meta.len())?;
+            self.engine()
+                .check_openable(&handle.file, st.st_size as u64)?;
         }
         Ok(handle)
     }
@@ -790,14 +785,13 @@ impl Fs {
         } else {
             value.to_vec()
         };
-        let fd = self.entry_fd(path)?;
+        let (fd, _) = self.entry_fd(path)?;
         Ok(sys::setxattr(XattrOf::Fd(&fd), &stored, &value, flags)?)
     }
 
     pub fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
-        let backing = self.backing_path(path)?;
         let stored = self.xattr_backing_name(name)?;
-        let fd = self.entry_fd(path)?;
+        let (fd, backing) = self.entry_fd(path)?;
         let value = sys::getxattr(XattrOf::Fd(&fd), &stored)?;
         if !name.as_bytes().starts_with(b"user.") {
             return Ok(value);
@@ -814,7 +808,7 @@ impl Fs {
     }
 
     pub fn listxattr(&self, path: &Path) -> Result<Vec<OsString>> {
-        let fd = self.entry_fd(path)?;
+        let (fd, _) = self.entry_fd(path)?;
         let mut out = Vec::new();
         for stored in sys::listxattr(XattrOf::Fd(&fd))? {
             if let Some(encoded) = stored.strip_prefix(b"user.") {
@@ -841,7 +835,7 @@ impl Fs {
 
     pub fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
         let stored = self.xattr_backing_name(name)?;
-        let fd = self.entry_fd(path)?;
+        let (fd, _) = self.entry_fd(path)?;
         Ok(sys::removexattr(XattrOf::Fd(&fd), &stored)?)
     }
 
@@ -850,32 +844,35 @@ impl Fs {
     /// one with a rename, keeping mode, owner, times and xattrs. Refuses hard-linked files,
     /// whose other names the rename would leave behind on the old DEK.
     pub fn rekey(&self, path: &Path) -> Result<()> {
-        let backing = self.backing_path(path)?;
-        let meta = fs::symlink_metadata(&backing)?;
-        if !meta.is_file() {
-            return Err(Error::Invalid(format!(
-                "{}: only regular files have a DEK",
-                path.display()
-            )));
+        let not_a_file =
+            || Error::Invalid(format!("{}: only regular files have a DEK", path.display()));
+        if is_root(path) {
+            return Err(not_a_file());
         }
-        if meta.nlink() > 1 {
+        let (dir, name) = self.locate(path)?;
+        let st = dir.stat(&name)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(not_a_file());
+        }
+        if st.st_nlink > 1 {
             return Err(Error::Invalid(format!(
                 "{}: has {} hard links; rekey would leave the other names on the old key",
                 path.display(),
-                meta.nlink()
+                st.st_nlink
             )));
         }
-        if meta.len() == 0 {
+        if st.st_size == 0 {
             return Ok(()); // no content, no DEK
         }
-        let tmp = rewrap::temp_beside(&backing, "rekey");
+        let tmp = rewrap::temp_name("rekey");
         let result = (|| -> Result<()> {
-            let source = self.open_backing(&backing, libc::O_RDONLY, false, 0)?;
+            let source = self.open_backing(&dir, &name, libc::O_RDONLY, false, 0)?;
             let target = self.open_backing(
+                &dir,
                 &tmp,
                 libc::O_RDWR | libc::O_EXCL,
                 true,
-                meta.mode() & 0o7777,
+                st.st_mode & 0o7777,
             )?;
             let mut offset = 0u64;
             loop {
@@ -887,43 +884,63 @@ impl Fs {
                 offset += data.len() as u64;
             }
             self.fsync(&target, false)?;
-            for name in sys::listxattr(XattrOf::Path(&backing))? {
-                let name = OsString::from_vec(name);
-                let value = sys::getxattr(XattrOf::Path(&backing), &name)?;
-                sys::setxattr(XattrOf::Path(&tmp), &name, &value, 0)?;
+            let (from, to) = (dir.entry_fd(&name)?, dir.entry_fd(&tmp)?);
+            for xattr in sys::listxattr(XattrOf::Fd(&from))? {
+                let xattr = OsString::from_vec(xattr);
+                let value = sys::getxattr(XattrOf::Fd(&from), &xattr)?;
+                sys::setxattr(XattrOf::Fd(&to), &xattr, &value, 0)?;
             }
-            sys::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            let times = self.sizes.attr(&meta);
-            sys::set_times(
-                &tmp,
+            let fd = target.file.fd();
+            sys::fchown(&fd, Some(st.st_uid), Some(st.st_gid))?;
+            sys::fchmod(&fd, st.st_mode & 0o7777)?;
+            let times = self.sizes.attr(&st);
+            sys::set_times_fd(
+                &fd,
                 Some(TimeSet::At(times.atime)),
                 Some(TimeSet::At(times.mtime)),
             )?;
-            fs::rename(&tmp, &backing)?;
-            if let Some(dir) = backing.parent() {
-                fs::File::open(dir)?.sync_all()?;
-            }
+            dir.rename(&tmp, &dir, &name, 0)?;
+            dir.sync()?;
             Ok(())
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = dir.unlink(&tmp);
         }
         result
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
-        let st = sys::statvfs(self.vault.root())?;
+        let st = self.backing_root()?.root()?.statvfs()?;
         Ok(StatFs {
-            blocks: st.f_blocks as u64,
-            bfree: st.f_bfree as u64,
-            bavail: st.f_bavail as u64,
-            files: st.f_files as u64,
-            ffree: st.f_ffree as u64,
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
             bsize: st.f_bsize as u32,
             frsize: st.f_frsize as u32,
             namelen: names::NAME_MAX as u32,
         })
+    }
+
+    /// fsync of a directory: its entries made durable.
+    pub fn fsyncdir(&self, path: &Path) -> Result<()> {
+        Ok(self.dir_of(path)?.sync()?)
+    }
+
+    /// syncfs of the backing store: every write made durable (at unmount).
+    pub fn sync_backing(&self) -> Result<()> {
+        Ok(self.backing_root()?.root()?.syncfs()?)
+    }
+
+    /// access(2) of an entry, answered by the backing store as the daemon's user (for
+    /// mounts without `default_permissions`, which only the mounting user can reach).
+    pub fn access(&self, path: &Path, mask: i32) -> Result<()> {
+        if is_root(path) {
+            return Ok(self.backing_root()?.root()?.access(None, mask)?);
+        }
+        let (dir, name) = self.locate(path)?;
+        Ok(dir.access(Some(&name), mask)?)
     }
 }
 
@@ -945,33 +962,4 @@ pub fn xattr_value_plaintext(
     stored: &[u8],
 ) -> Option<Vec<u8>> {
     xattrs.decrypt(&[domain::XATTR_VALUE, name], stored)
-}
-
-fn file_type_mode(t: fs::FileType) -> u32 {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        libc::S_IFDIR
-    } else if t.is_symlink() {
-        libc::S_IFLNK
-    } else if t.is_fifo() {
-        libc::S_IFIFO
-    } else if t.is_socket() {
-        libc::S_IFSOCK
-    } else if t.is_char_device() {
-        libc::S_IFCHR
-    } else if t.is_block_device() {
-        libc::S_IFBLK
-    } else {
-        libc::S_IFREG
-    }
-}
-
-trait InoOrZero {
-    fn ino_or_zero(&self) -> u64;
-}
-
-impl InoOrZero for fs::DirEntry {
-    fn ino_or_zero(&self) -> u64 {
-        std::os::unix::fs::DirEntryExt::ino(self)
-    }
 }

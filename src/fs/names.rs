@@ -6,7 +6,7 @@
 //! one backing rename. See format/names.rs for the spelling.
 
 use super::name_cache::NameCache;
-use crate::backing::Dir;
+use crate::backing::{BackingRoot, Dir};
 use crate::crypto::SivCipher;
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
@@ -99,19 +99,20 @@ impl<'v> NameMap<'v> {
         }
     }
 
-    /// The absolute backing path of a mount-relative plaintext path ("" is the root), whose
-    /// components are meant to exist. A long name is held to its sidecar here exactly as a
-    /// listing holds it (`read_sidecar`): an entry whose sidecar is missing or wrong is left
-    /// out of listings, so it must not open by name either (docs/SEMANTICS.md §8).
-    pub fn backing_path(&self, path: &Path) -> Result<PathBuf> {
-        let mut out = self.vault.root().to_path_buf();
+    /// The backing path, relative to the backing root, of a mount-relative plaintext path
+    /// ("" is the root), whose components are meant to exist. A long name is held to its
+    /// sidecar here exactly as a listing holds it (`judge`): an entry whose sidecar is
+    /// missing or wrong is left out of listings, so it must not open by name either
+    /// (docs/SEMANTICS.md §8).
+    pub fn backing_rel(&self, root: &BackingRoot, path: &Path) -> Result<PathBuf> {
+        let mut out = PathBuf::new();
         let mut at_root = true;
         for component in path.components() {
             match component {
                 Component::Normal(name) => {
                     let entry = self.encrypt(name, at_root)?;
                     if entry.long.is_some() {
-                        self.verify_long_entry(&out, &entry)?;
+                        self.verify_long_entry(root, &out, &entry)?;
                     }
                     out.push(entry.name);
                     at_root = false;
@@ -124,68 +125,54 @@ impl<'v> NameMap<'v> {
     }
 
     /// The plaintext name of a backing directory entry, `Ok(None)` for entries that are not
-    /// shown (envfs' own files, or foreign files in an encrypted-names vault). `dir` is the
-    /// backing directory, needed to read long-name sidecars.
-    pub fn decrypt(&self, dir: &Path, backing: &OsStr, at_root: bool) -> Result<Option<OsString>> {
-        if self.plaintext() {
-            return Ok(
-                (!is_reserved_plain(backing.as_bytes(), at_root)).then(|| backing.to_os_string())
-            );
-        }
-        let Some(text) = backing.to_str() else {
-            return Ok(None);
-        };
-        let encoding = self.vault.config.name_encoding;
-        let encoded = match spelling::classify(text) {
-            BackingName::Encrypted(e) if spelling::looks_encrypted(encoding, e) => e.to_string(),
-            BackingName::Long(entry) => self.read_sidecar(dir, entry)?,
-            BackingName::Encrypted(_) | BackingName::Sidecar | BackingName::Foreign => {
-                return Ok(None);
-            }
-        };
-        open_name(&self.vault.names, encoding, &encoded)
-            .map(Some)
-            .ok_or_else(|| Error::Integrity {
-                path: dir.join(backing),
-                chunk: None,
-                kind: IntegrityKind::Name,
-            })
-    }
-
-    /// Whether the long-name entry `entry` of backing directory `dir` may be used by name:
-    /// its sidecar must pass `read_sidecar`. A name with neither entry nor sidecar is simply
-    /// not there (ENOENT); an entry without a valid sidecar is an integrity failure.
-    fn verify_long_entry(&self, dir: &Path, entry: &BackingEntry) -> Result<()> {
-        let name = entry.name.to_string_lossy();
-        match self.read_sidecar(dir, &name) {
-            Ok(encoded) if Some(&encoded) == entry.long.as_ref() => Ok(()),
-            Ok(_) => Err(Error::Integrity {
-                path: dir.join(spelling::sidecar_for(&name)),
+    /// shown (envfs' own files, or foreign files in an encrypted-names vault); an integrity
+    /// error for a user entry whose name is lost. `dir` holds the entry (long-name sidecars
+    /// are read from it).
+    pub fn decrypt(&self, dir: &Dir, backing: &OsStr, at_root: bool) -> Result<Option<OsString>> {
+        match judge(self.vault, dir, backing, at_root) {
+            Judged::Named(plain) => Ok(Some(plain)),
+            Judged::Damaged(damage) => Err(Error::Integrity {
+                path: damage.path(self.vault, dir, backing),
                 chunk: None,
                 kind: IntegrityKind::Name,
             }),
-            Err(e @ Error::Integrity { .. }) => match fs::symlink_metadata(dir.join(&entry.name)) {
-                Err(missing) if missing.kind() == io::ErrorKind::NotFound => Err(missing.into()),
-                _ => Err(e),
-            },
-            Err(e) => Err(e),
+            Judged::Config | Judged::Reserved | Judged::Sidecar(_) | Judged::Foreign(_) => Ok(None),
         }
     }
 
-    /// The full encoded name a long-name entry stands for, checked against the entry's hash
-    /// so that sidecars cannot be swapped between entries.
-    fn read_sidecar(&self, dir: &Path, entry: &str) -> Result<String> {
-        let path = dir.join(spelling::sidecar_for(entry));
+    /// Whether the long-name entry `entry` of backing directory `dir` (relative to `root`)
+    /// may be used by name: its sidecar must be the one `judge` accepts. A name with neither
+    /// entry nor sidecar is simply not there (ENOENT); an entry without a valid sidecar is
+    /// an integrity failure.
+    fn verify_long_entry(
+        &self,
+        root: &BackingRoot,
+        dir: &Path,
+        entry: &BackingEntry,
+    ) -> Result<()> {
+        let name = entry.name.to_string_lossy();
+        let sidecar = dir.join(spelling::sidecar_for(&name));
         let bad = || Error::Integrity {
-            path: path.clone(),
+            path: self.vault.root().join(&sidecar),
             chunk: None,
             kind: IntegrityKind::Name,
         };
-        let bytes = read_sidecar_file(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::InvalidData => bad(),
-            _ => Error::Io(e),
-        })?;
-        spelling::sidecar_name(self.vault.config.name_encoding, entry, &bytes).ok_or_else(bad)
+        match read_sidecar_bytes(root.open_file(&sidecar, libc::O_RDONLY | libc::O_NONBLOCK)) {
+            Ok(bytes) if Some(bytes.as_slice()) == entry.long.as_ref().map(|l| l.as_bytes()) => {
+                Ok(())
+            }
+            Ok(_) => Err(bad()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match root.dir(dir).and_then(|d| d.stat(&entry.name)) {
+                    Err(missing) if missing.kind() == io::ErrorKind::NotFound => {
+                        Err(missing.into())
+                    }
+                    _ => Err(bad()),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(bad()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Make sure the sidecar of a long-name entry of `dir` exists with the right content.
@@ -223,27 +210,114 @@ impl<'v> NameMap<'v> {
     }
 }
 
+/// What one entry of a backing directory is. The mount (listings, and lookups through
+/// `backing_rel`) and fsck both decide by [`judge`], so they cannot disagree about a name.
+#[derive(Debug)]
+pub enum Judged {
+    /// A user entry the mount shows under this plaintext name.
+    Named(OsString),
+    /// The vault config (at the root).
+    Config,
+    /// A name reserved for envfs' temporary files (`.envfs-*`).
+    Reserved,
+    /// A long-name sidecar; the name of the entry it belongs to.
+    Sidecar(OsString),
+    /// Not written by envfs, and why.
+    Foreign(&'static str),
+    /// A user entry whose name is lost.
+    Damaged(NameDamage),
+}
+
+/// Why a user entry's name cannot be known.
+#[derive(Debug)]
+pub enum NameDamage {
+    /// A long-name entry without its sidecar.
+    MissingSidecar,
+    /// A long-name sidecar that does not hold this entry's name (or is not a sidecar-sized
+    /// regular file).
+    MismatchedSidecar,
+    /// The sidecar exists but cannot be read (the backing store's error).
+    UnreadableSidecar(io::Error),
+    /// The encrypted name is corrupt or not authentic.
+    Undecryptable,
+}
+
+impl NameDamage {
+    /// The backing path the damage is at, for messages: the sidecar when it is the one
+    /// that cannot be read, the entry otherwise.
+    pub fn path(&self, vault: &Vault, dir: &Dir, entry: &OsStr) -> PathBuf {
+        let at = vault.root().join(dir.rel());
+        match self {
+            NameDamage::UnreadableSidecar(_) => {
+                at.join(spelling::sidecar_for(&entry.to_string_lossy()))
+            }
+            _ => at.join(entry),
+        }
+    }
+}
+
+/// Judge entry `name` of backing directory `dir` (`at_root`: `dir` is the vault root):
+/// envfs' own file, a foreign one, a user entry and its plaintext name, or a user entry
+/// whose name is lost. Reads the sidecar of a long name; nothing else touches the disk.
+pub fn judge(vault: &Vault, dir: &Dir, name: &OsStr, at_root: bool) -> Judged {
+    if at_root && name == CONFIG_FILE_NAME {
+        return Judged::Config;
+    }
+    // Before any spelling: no encrypted name starts with a dot.
+    if name.as_bytes().starts_with(RESERVED_PREFIX.as_bytes()) {
+        return Judged::Reserved;
+    }
+    if vault.config.plaintext_names {
+        return Judged::Named(name.to_os_string());
+    }
+    let Some(text) = name.to_str() else {
+        return Judged::Foreign("the name is not UTF-8");
+    };
+    let encoding = vault.config.name_encoding;
+    let encoded = match spelling::classify(text) {
+        BackingName::Encrypted(e) if spelling::looks_encrypted(encoding, e) => e.to_string(),
+        BackingName::Long(entry) => {
+            let sidecar = OsString::from(spelling::sidecar_for(entry));
+            match read_sidecar_in(dir, &sidecar) {
+                Ok(bytes) => match spelling::sidecar_name(encoding, entry, &bytes) {
+                    Some(encoded) => encoded,
+                    None => return Judged::Damaged(NameDamage::MismatchedSidecar),
+                },
+                // Not a regular sidecar-sized file: as wrong as wrong content.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Judged::Damaged(NameDamage::MismatchedSidecar);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Judged::Damaged(NameDamage::MissingSidecar);
+                }
+                Err(e) => return Judged::Damaged(NameDamage::UnreadableSidecar(e)),
+            }
+        }
+        BackingName::Sidecar => {
+            let entry = &text[..text.len() - ".name".len()];
+            return Judged::Sidecar(entry.into());
+        }
+        BackingName::Encrypted(_) | BackingName::Foreign => {
+            return Judged::Foreign("not an encrypted name");
+        }
+    };
+    match open_name(&vault.names, encoding, &encoded) {
+        Some(plain) => Judged::Named(plain),
+        None => Judged::Damaged(NameDamage::Undecryptable),
+    }
+}
+
 /// The most bytes a sidecar can need: an encoded 255-byte name is under 450 characters.
 const MAX_SIDECAR_LEN: u64 = 1024;
 
-/// Read a long-name sidecar's bytes, as the backing store hands them: never through a
+/// Read sidecar `name` of directory `dir`, as the backing store hands it: never through a
 /// symlink, never waiting on a FIFO or device, never more than a sidecar can hold. What is
 /// not a regular file of that size is `InvalidData` (damage, like wrong content).
-pub fn read_sidecar_file(path: &Path) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path);
-    read_sidecar_bytes(file)
-}
-
-/// `read_sidecar_file` for sidecar `name` of directory `dir`, through its descriptor.
 pub fn read_sidecar_in(dir: &Dir, name: &OsStr) -> io::Result<Vec<u8>> {
     read_sidecar_bytes(dir.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK, 0))
 }
 
-/// The bounds of `read_sidecar_file`, applied to a file as opened (with `O_NOFOLLOW`).
+/// The bounds of `read_sidecar_in`, applied to a file as opened (with `O_NOFOLLOW`).
 fn read_sidecar_bytes(file: io::Result<fs::File>) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let invalid = || io::Error::from(io::ErrorKind::InvalidData);

@@ -10,7 +10,7 @@
 //! files are unaffected, and the header lock keeps a mount creating a header and rewrap
 //! replacing one from overlapping.
 
-use super::sys::HeaderLock;
+use crate::backing::sys::HeaderLock;
 use crate::crypto::random;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::CONFIG_FILE_NAME;
@@ -288,12 +288,13 @@ pub fn rewrap(
     Ok(report)
 }
 
-/// A random name for a temporary file beside `path` (hidden from listings).
-pub(crate) fn temp_beside(path: &Path, what: &str) -> PathBuf {
-    path.with_file_name(format!(
+/// A random name for a temporary file (hidden from listings, reported by fsck if left).
+pub(crate) fn temp_name(what: &str) -> std::ffi::OsString {
+    format!(
         "{RESERVED_PREFIX}{what}-{}",
         hex::encode(random::array::<8>())
-    ))
+    )
+    .into()
 }
 
 /// Files whose headers carry no wrapped copy for any key of the vault but `removed`: after

@@ -149,11 +149,12 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 
 impl EnvFs {
     pub fn new(fs: Fs, opts: AdapterOptions) -> std::io::Result<EnvFs> {
-        use std::os::unix::fs::MetadataExt;
-        let root = std::fs::metadata(fs.vault().root())?;
+        let (dev, ino) = fs
+            .root_id()
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(EnvFs {
             fs,
-            inodes: Inodes::new(root.dev(), root.ino()),
+            inodes: Inodes::new(dev, ino),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -307,11 +308,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn destroy(&mut self) {
         // Writes go straight to the backing store; make them durable before we exit.
-        if let Ok(root) = std::fs::File::open(self.fs.vault().root()) {
-            use std::os::fd::AsRawFd;
-            // SAFETY: valid fd.
-            unsafe { libc::syncfs(root.as_raw_fd()) };
-        }
+        let _ = self.fs.sync_backing();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -735,13 +732,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let path = try_reply!(reply, self.path(ino));
-        let backing = try_reply!(reply, self.fs.backing_path(&path));
-        try_reply!(
-            reply,
-            std::fs::File::open(backing)
-                .and_then(|d| d.sync_all())
-                .map_err(Errno::from)
-        );
+        try_reply!(reply, self.fs.fsyncdir(&path));
         reply.ok();
     }
 
@@ -794,17 +785,8 @@ impl fuser::Filesystem for EnvFs {
         // Only called without default_permissions, i.e. when only the mounting user can
         // reach the mount: the backing store's own check, as that user, is the right one.
         let path = try_reply!(reply, self.path(ino));
-        let backing = try_reply!(reply, self.fs.backing_path(&path));
-        let c = try_reply!(
-            reply,
-            std::ffi::CString::new(backing.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
-        );
-        // SAFETY: valid C string.
-        if unsafe { libc::access(c.as_ptr(), mask.bits()) } == 0 {
-            reply.ok();
-        } else {
-            reply.error(Errno::from(std::io::Error::last_os_error()));
-        }
+        try_reply!(reply, self.fs.access(&path, mask.bits()));
+        reply.ok();
     }
 
     fn create(

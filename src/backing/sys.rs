@@ -1,5 +1,8 @@
-//! Thin, safe wrappers over the few libc calls std does not offer. Each returns
-//! `io::Result` with the backing store's errno intact, because the FUSE layer passes it on.
+//! Calls on backing files already open (descriptors the fs core holds), and the few libc
+//! calls std does not offer. Each returns `io::Result` with the backing store's errno
+//! intact, because the FUSE layer passes it on. Nothing here takes a path to the backing
+//! store except the `l*xattr` helpers, kept for tests and tools that inspect a backing
+//! directory they own.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -74,19 +77,24 @@ fn timespec(t: Option<TimeSet>) -> libc::timespec {
     }
 }
 
-/// utimensat without following a final symlink, with nanosecond precision.
-pub fn set_times(path: &Path, atime: Option<TimeSet>, mtime: Option<TimeSet>) -> io::Result<()> {
-    let c = cstr(path)?;
-    let times = [timespec(atime), timespec(mtime)];
-    // SAFETY: c is a valid NUL-terminated string and times points to two timespecs.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+/// fstat of an open backing file (works after unlink: nlink is then 0).
+pub fn fstat(file: &impl AsRawFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    check(unsafe { libc::fstat(file.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// fchown of an open backing file; `None` leaves an id unchanged.
+pub fn fchown(file: &std::fs::File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    std::os::unix::fs::fchown(file, uid, gid)
+}
+
+/// fchmod of an open backing file (permission bits only).
+pub fn fchmod(file: &std::fs::File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
 }
 
 /// futimens: set times through an open file (works after unlink).
@@ -98,36 +106,6 @@ pub fn set_times_fd(
     let times = [timespec(atime), timespec(mtime)];
     // SAFETY: valid fd and a pointer to two timespecs.
     check(unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) })
-}
-
-pub fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, uid, gid)
-}
-
-pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let c = cstr(path)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
-}
-
-/// rename(2) with renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE).
-pub fn rename(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-    if flags == 0 {
-        return std::fs::rename(from, to);
-    }
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: valid C strings.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags,
-        )
-    };
-    check(ret as libc::c_int)
 }
 
 pub fn fallocate(file: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
@@ -143,16 +121,7 @@ pub fn fallocate(file: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::
 }
 
 /// Free bytes available to unprivileged writers, and the rest of statvfs.
-pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
-    let c = cstr(path)?;
-    // SAFETY: zeroed statvfs is a valid out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out pointer.
-    check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
-    Ok(st)
-}
-
-pub fn fstatvfs(file: &std::fs::File) -> io::Result<libc::statvfs> {
+pub fn fstatvfs(file: &impl AsRawFd) -> io::Result<libc::statvfs> {
     // SAFETY: zeroed statvfs is a valid out-parameter.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd and out pointer.
