@@ -9,10 +9,15 @@
 # 3. No upward imports: a module may use `crate::X` only for layers X below its own, in
 #    the order error < format, backing < crypto < keys < vault < fs, fsck < fuse < cli.
 #    (`fuzzing` is the fuzzers' and property tests' entry into every layer and may use any.)
+# 4. Only src/backing/ touches the backing store: the layers that work on it (src/fs/,
+#    src/fsck/, src/vault/mod.rs and the FUSE adapter src/fuse/mod.rs) make no libc call
+#    (but the process-identity ones: geteuid, getuid, getgid, getpid) and no std path
+#    operation (std::fs::read_dir, metadata, rename, File::open, OpenOptions, ...).
+#    I/O on descriptors src/backing opened (read_at, write_at, sync_all) is theirs.
+#    (src/fuse/session.rs mounts and unmounts: it works on /dev/fuse and the mountpoint,
+#    never on the backing store, and is not bound by this rule.)
 # Prints every violation with file and line, and exits 1 if there is any. CI runs it, and
 # tests/layering.rs shows that it fails on a tree that breaks a rule.
-# (The rule that only a backing-store layer makes backing-store syscalls comes with that
-# layer: issue 14.)
 set -euo pipefail
 src="${1:-$(dirname "$0")/../src}"
 cd "$src"
@@ -59,6 +64,14 @@ while IFS= read -r -d '' file; do
   fi
   if [ "$layer" != keys ] && grep -nE '(^|[^A-Za-z0-9_])(aws_sdk_kms|aws_config|aws_smithy_[a-z_]+|aws_credential_types)::' <<<"$body" >/tmp/layering.$$ 2>/dev/null; then
     while IFS= read -r hit; do violation "$rel:${hit%%:*}: the AWS SDK outside src/keys/"; done </tmp/layering.$$
+  fi
+  case "$rel" in
+    fs/* | fsck/* | fuse/mod.rs | vault/mod.rs) backing_user=1 ;;
+    *) backing_user=0 ;;
+  esac
+  if [ $backing_user = 1 ] && grep -nE 'libc::[a-z_0-9]+ *\(|(^|[^A-Za-z0-9_])fs::(read_dir|metadata|symlink_metadata|read_link|remove_file|remove_dir|remove_dir_all|rename|hard_link|create_dir|create_dir_all|set_permissions|read|read_to_string|write|copy|canonicalize|File::open|File::create|OpenOptions)([^A-Za-z0-9_]|$)|unix::fs::(fchown|lchown|chown|symlink)([^A-Za-z0-9_]|$)' <<<"$body" |
+    grep -vE 'libc::(geteuid|getuid|getgid|getpid) *\(' >/tmp/layering.$$ 2>/dev/null; then
+    while IFS= read -r hit; do violation "$rel:${hit%%:*}: a backing-store call outside src/backing/"; done </tmp/layering.$$
   fi
   # Every crate-level module a line reaches: `crate::x` and each item of `crate::{x, y::z}`.
   while IFS=: read -r line used; do

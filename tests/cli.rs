@@ -997,7 +997,8 @@ fn no_plaintext_marker_anywhere_in_the_backing_directory() {
             if xattrs && !meta.file_type().is_symlink() {
                 for name in envfs::backing::sys::llistxattr(&path).unwrap() {
                     assert!(!contains(&name), "marker in an xattr name");
-                    let value = envfs::backing::sys::lgetxattr(&path, OsStr::from_bytes(&name)).unwrap();
+                    let value =
+                        envfs::backing::sys::lgetxattr(&path, OsStr::from_bytes(&name)).unwrap();
                     assert!(!contains(&value), "marker in an xattr value");
                 }
             }

@@ -588,7 +588,9 @@ fn user_xattrs_round_trip_encrypted() {
         );
         // The backing store holds neither the name nor the value.
         let backing = tv.backing(target);
-        for stored in envfs::backing::sys::listxattr(envfs::backing::sys::XattrOf::Path(&backing)).unwrap() {
+        for stored in
+            envfs::backing::sys::listxattr(envfs::backing::sys::XattrOf::Path(&backing)).unwrap()
+        {
             let text = String::from_utf8_lossy(&stored).to_string();
             assert!(
                 !text.contains("secretname") && !text.contains("empty"),

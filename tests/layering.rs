@@ -62,6 +62,21 @@ fn each_rule_fails_when_broken() {
             "use crate::{crypto::Secret32, vault::Vault};\n",
             "keys/local.rs:1: 'keys' uses crate::vault, a layer above it",
         ),
+        (
+            "fsck/walk.rs",
+            "fn x(p: &std::path::Path) { let _ = std::fs::symlink_metadata(p); }\n",
+            "fsck/walk.rs:1: a backing-store call outside src/backing/",
+        ),
+        (
+            "fuse/mod.rs",
+            "fn x() { unsafe { libc::syncfs(3) }; }\n",
+            "fuse/mod.rs:1: a backing-store call outside src/backing/",
+        ),
+        (
+            "fs/mod.rs",
+            "fn x(p: &std::path::Path) { let _ = std::fs::OpenOptions::new().open(p); }\n",
+            "fs/mod.rs:1: a backing-store call outside src/backing/",
+        ),
     ];
     for (file, line, expected) in cases {
         let dir = tempfile::tempdir().unwrap();

@@ -486,37 +486,24 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
         return Ok(());
     };
     let fs = Fs::new(Arc::new(vault));
-    let backing_path = fs.backing_path(path)?;
-    let attr = fs.getattr(path).map_err(|e| with_path(e, path))?;
+    let info = fs.entry_info(path).map_err(|e| with_path(e, path))?;
+    let attr = &info.attr;
     writeln!(out)?;
     writeln!(out, "path:           {}", path.display())?;
-    writeln!(out, "backing path:   {}", backing_path.display())?;
+    writeln!(out, "backing path:   {}", info.backing_path.display())?;
     writeln!(out, "type:           {:?}", attr.kind)?;
-    let backing_len = std::fs::symlink_metadata(&backing_path)?.len();
     writeln!(
         out,
         "size:           {} bytes (backing file {} bytes)",
-        attr.size, backing_len
+        attr.size, info.backing_len
     )?;
     if attr.kind != crate::fs::FileKind::File {
         return Ok(());
     }
-    if backing_len == 0 {
+    let Some(parsed) = info.header else {
         writeln!(out, "header:         none (empty file)")?;
         return Ok(());
-    }
-    let mut header = vec![0u8; config.header_size as usize];
-    use std::os::unix::fs::FileExt;
-    std::fs::File::open(&backing_path)?
-        .read_exact_at(&mut header, 0)
-        .map_err(|_| Error::Integrity {
-            path: backing_path.clone(),
-            chunk: None,
-            kind: crate::error::IntegrityKind::Header,
-        })?;
-    // Authenticate before describing: a forged header must not be shown as real.
-    fs.vault().open_file(&header, &backing_path)?;
-    let (parsed, _) = crate::format::FileHeader::parse(&header).expect("authenticated above");
+    };
     writeln!(
         out,
         "header:         version {}, file id {}",

@@ -16,6 +16,7 @@ use crate::backing::sys::{self, XattrOf};
 use crate::backing::{BackingRoot, Dir, Stat};
 use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
+use crate::format::FileHeader;
 use crate::vault::Vault;
 use attr::SizeMap;
 pub use attr::{Attr, FileKind};
@@ -26,6 +27,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -100,6 +102,18 @@ pub struct StatFs {
 /// rename(2) flags.
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+
+/// An entry as `envfs info` describes it (`Fs::entry_info`).
+#[derive(Debug)]
+pub struct EntryInfo {
+    /// Where it lives (for display).
+    pub backing_path: PathBuf,
+    pub attr: Attr,
+    /// The backing entry's own length.
+    pub backing_len: u64,
+    /// The authenticated header of a regular file with content.
+    pub header: Option<FileHeader>,
+}
 
 /// Who creates a new node, when the caller (a FUSE request as root) says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -907,6 +921,43 @@ impl Fs {
             let _ = dir.unlink(&tmp);
         }
         result
+    }
+
+    /// What `envfs info PATH` shows of an entry: where it lives, its attributes, its
+    /// backing length and, for a regular file with content, its header, authenticated
+    /// first (a forged header must not be described as real).
+    pub fn entry_info(&self, path: &Path) -> Result<EntryInfo> {
+        let (st, shown, dir) = if is_root(path) {
+            let root = self.backing_root()?.root()?;
+            (root.stat_self()?, self.vault.root().to_path_buf(), None)
+        } else {
+            let (dir, name) = self.locate(path)?;
+            (dir.stat(&name)?, self.shown(&dir, &name), Some((dir, name)))
+        };
+        let attr = self.sizes.attr(&st);
+        let backing_len = st.st_size as u64;
+        let header = match dir {
+            Some((dir, name)) if attr.kind == FileKind::File && backing_len > 0 => {
+                let mut bytes = vec![0u8; self.vault.geometry.header_size as usize];
+                let bad = || Error::Integrity {
+                    path: shown.clone(),
+                    chunk: None,
+                    kind: IntegrityKind::Header,
+                };
+                dir.open_file(&name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?
+                    .read_exact_at(&mut bytes, 0)
+                    .map_err(|_| bad())?;
+                self.vault.open_file(&bytes, &shown)?;
+                Some(FileHeader::parse(&bytes).map_err(|_| bad())?.0)
+            }
+            _ => None,
+        };
+        Ok(EntryInfo {
+            backing_path: shown,
+            attr,
+            backing_len,
+            header,
+        })
     }
 
     pub fn statfs(&self) -> Result<StatFs> {

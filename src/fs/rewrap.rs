@@ -11,6 +11,7 @@
 //! replacing one from overlapping.
 
 use crate::backing::sys::HeaderLock;
+use crate::backing::{BackingRoot, Dir};
 use crate::crypto::random;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::CONFIG_FILE_NAME;
@@ -18,7 +19,7 @@ use crate::format::names::{BackingName, RESERVED_PREFIX, classify};
 use crate::format::{FileHeader, KeySlot};
 use crate::keys::KeyContext;
 use crate::vault::Vault;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -41,92 +42,121 @@ pub struct RewrapReport {
 
 /// Whether a backing file's name says it is not one of envfs' encrypted files (in an
 /// encrypted-names vault every envfs file name is dot-free or a long-name entry).
-fn classify_foreign(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    classify(&name) == BackingName::Foreign
+fn classify_foreign(name: &OsStr) -> bool {
+    classify(&name.to_string_lossy()) == BackingName::Foreign
 }
 
-/// Every backing path of a regular file with content, and every journal, under `root`.
-/// `plaintext_names`: user files may then have any name, sidecar-like ones included.
-fn walk(root: &Path, plaintext_names: bool) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+/// One backing file: its directory below the root and its name. Directories are opened
+/// again for each file (through `BackingRoot::dir`, never following a symlink), so a walk
+/// of a large tree holds no descriptors.
+#[derive(Debug, Clone)]
+struct BackingFile {
+    dir: PathBuf,
+    name: OsString,
+}
+
+impl BackingFile {
+    /// Its backing path, for messages.
+    fn shown(&self, vault: &Vault) -> PathBuf {
+        vault.root().join(&self.dir).join(&self.name)
+    }
+}
+
+/// Every regular file with content, and every journal, in the vault.
+/// In a plaintext-names vault user files may have any name, sidecar-like ones included.
+fn walk(vault: &Vault, root: &BackingRoot) -> Result<(Vec<BackingFile>, Vec<BackingFile>)> {
+    let plaintext_names = vault.config.plaintext_names;
     let mut files = Vec::new();
     let mut journals = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let text = name.to_string_lossy();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push(entry.path());
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.dir(&rel)?;
+        for entry in dir.entries()? {
+            let text = entry.name.to_string_lossy();
+            let file = BackingFile {
+                dir: rel.clone(),
+                name: entry.name.clone(),
+            };
+            if entry.kind == libc::S_IFDIR {
+                stack.push(rel.join(&entry.name));
             } else if text.starts_with(JOURNAL_PREFIX) {
-                journals.push(entry.path());
-            } else if kind.is_file()
-                && !(dir == root && text == CONFIG_FILE_NAME)
+                journals.push(file);
+            } else if entry.kind == libc::S_IFREG
+                && !(rel.as_os_str().is_empty() && text == CONFIG_FILE_NAME)
                 && !text.starts_with(RESERVED_PREFIX)
                 && (plaintext_names || classify(&text) != BackingName::Sidecar)
             {
-                files.push(entry.path());
+                files.push(file);
             }
         }
     }
     Ok((files, journals))
 }
 
-fn journal_for(file: &Path) -> PathBuf {
+/// The journal's name for file `name`.
+fn journal_for(name: &OsStr) -> OsString {
     use sha2::{Digest, Sha256};
-    let name = file.file_name().expect("a file").as_bytes();
-    let digest = Sha256::digest(name);
-    file.with_file_name(format!("{JOURNAL_PREFIX}{}", hex::encode(&digest[..16])))
+    let digest = Sha256::digest(name.as_bytes());
+    format!("{JOURNAL_PREFIX}{}", hex::encode(&digest[..16])).into()
 }
 
 /// Journal: target file name (u16 length + bytes), then the new header.
-fn write_journal(path: &Path, target: &Path, header: &[u8]) -> std::io::Result<()> {
-    let name = target.file_name().expect("a file").as_bytes();
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+fn write_journal(dir: &Dir, journal: &OsStr, target: &OsStr, header: &[u8]) -> std::io::Result<()> {
+    let name = target.as_bytes();
+    let mut f = dir.open_file(
+        journal,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        0o600,
+    )?;
     f.write_all(&(name.len() as u16).to_be_bytes())?;
     f.write_all(name)?;
     f.write_all(header)?;
     f.sync_all()?;
-    File::open(path.parent().expect("has parent"))?.sync_all()
+    dir.sync()
+}
+
+/// The whole of a journal (a few hundred bytes; anything longer is not one).
+fn read_journal(dir: &Dir, journal: &OsStr) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = dir.open_file(journal, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Finish what an interrupted run started: if the journal's target no longer has an
 /// authentic header, put the journaled one (authentic on its own) in place. The journal is
 /// deleted only once the target is known to have an authentic header; if that cannot be
 /// checked (the key service is down, say), it stays for the next run.
-fn recover(vault: &Vault, journal: &Path) -> Result<bool> {
-    let bytes = fs::read(journal)?;
+fn recover(vault: &Vault, root: &BackingRoot, journal: &BackingFile) -> Result<bool> {
+    let dir = root.dir(&journal.dir)?;
+    let bytes = read_journal(&dir, &journal.name)?;
     let h = vault.geometry.header_size as usize;
     let malformed =
         bytes.len() < 2 || bytes.len() != 2 + u16::from_be_bytes([bytes[0], bytes[1]]) as usize + h;
     if malformed {
         // Torn while being written: the header it was for was never touched.
-        fs::remove_file(journal)?;
+        dir.unlink(&journal.name)?;
         return Ok(false);
     }
     let name_len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
-    let name = std::ffi::OsStr::from_bytes(&bytes[2..2 + name_len]);
+    let name = OsStr::from_bytes(&bytes[2..2 + name_len]);
     // The journal is on the (attacker-writable) backing store: its target must be a plain
     // name in the journal's own directory.
     if Path::new(name).file_name() != Some(name) || name.as_bytes().contains(&b'/') {
-        fs::remove_file(journal)?;
+        dir.unlink(&journal.name)?;
         return Ok(false);
     }
-    let target = journal.with_file_name(name);
+    let target = BackingFile {
+        dir: journal.dir.clone(),
+        name: name.to_os_string(),
+    };
+    let shown = target.shown(vault);
     let header = &bytes[2 + name_len..];
-    let file = match OpenOptions::new().read(true).write(true).open(&target) {
+    let file = match dir.open_file(name, libc::O_RDWR | libc::O_NONBLOCK, 0) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::remove_file(journal)?;
+            dir.unlink(&journal.name)?;
             return Ok(false);
         }
         Err(e) => return Err(e.into()),
@@ -134,7 +164,7 @@ fn recover(vault: &Vault, journal: &Path) -> Result<bool> {
     let _lock = HeaderLock::acquire(&file)?;
     let mut current = vec![0u8; h];
     let readable = file.read_exact_at(&mut current, 0).is_ok();
-    let restored = match vault.open_header(&current, &target) {
+    let restored = match vault.open_header(&current, &shown) {
         Ok(_) if readable => false,
         // Not an integrity problem (a key service error): decide on a later run.
         Err(e) if !matches!(e, Error::Integrity { .. }) => return Err(e),
@@ -142,18 +172,18 @@ fn recover(vault: &Vault, journal: &Path) -> Result<bool> {
             // Only a header for this very file: same file id as on disk, and authentic.
             if current.get(8..24) != header.get(8..24) {
                 return Err(Error::Integrity {
-                    path: target,
+                    path: shown,
                     chunk: None,
                     kind: IntegrityKind::Header,
                 });
             }
-            vault.open_header(header, &target)?;
+            vault.open_header(header, &shown)?;
             file.write_all_at(header, 0)?;
             file.sync_all()?;
             true
         }
     };
-    fs::remove_file(journal)?;
+    dir.unlink(&journal.name)?;
     Ok(restored)
 }
 
@@ -163,13 +193,16 @@ fn same_key(a: &KeySlot, b: &KeySlot) -> bool {
 }
 
 /// Bring one file's header in line. Returns whether it changed.
-fn rewrap_file(vault: &Vault, path: &Path) -> Result<bool> {
+fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bool> {
     let h = vault.geometry.header_size as usize;
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let path = &at.shown(vault);
+    let dir = root.dir(&at.dir)?;
+    let file = dir.open_file(&at.name, libc::O_RDWR | libc::O_NONBLOCK, 0)?;
     let _lock = HeaderLock::acquire(&file)?;
-    if file.metadata()?.len() < h as u64 {
+    let len = crate::backing::sys::fstat(&file)?.st_size as u64;
+    if len < h as u64 {
         // Empty (no header) or damaged: nothing to rewrap; fsck reports damage.
-        if file.metadata()?.len() == 0 {
+        if len == 0 {
             return Ok(false);
         }
         return Err(Error::Integrity {
@@ -181,7 +214,7 @@ fn rewrap_file(vault: &Vault, path: &Path) -> Result<bool> {
     let mut bytes = vec![0u8; h];
     file.read_exact_at(&mut bytes, 0)?;
     if !bytes.starts_with(crate::format::header::HEADER_MAGIC)
-        && (vault.config.plaintext_names || classify_foreign(path))
+        && (vault.config.plaintext_names || classify_foreign(&at.name))
     {
         // Not a file envfs wrote (a sync client's own file, say): nothing to rewrap.
         return Ok(false);
@@ -227,11 +260,11 @@ fn rewrap_file(vault: &Vault, path: &Path) -> Result<bool> {
     }
     let new_header = FileHeader { slots, ..header };
     let new_bytes = vault.seal_header(&new_header, &keys)?;
-    let journal = journal_for(path);
-    write_journal(&journal, path, &new_bytes)?;
+    let journal = journal_for(&at.name);
+    write_journal(&dir, &journal, &at.name, &new_bytes)?;
     file.write_all_at(&new_bytes, 0)?;
     file.sync_all()?;
-    fs::remove_file(&journal)?;
+    dir.unlink(&journal)?;
     Ok(true)
 }
 
@@ -242,18 +275,19 @@ pub fn rewrap(
     workers: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<RewrapReport> {
-    let (files, journals) = walk(vault.root(), vault.config.plaintext_names)?;
+    let root = BackingRoot::open(vault.root())?;
+    let (files, journals) = walk(vault, &root)?;
     let mut report = RewrapReport {
         files: files.len(),
         ..Default::default()
     };
     for j in &journals {
-        match recover(vault, j) {
+        match recover(vault, &root, j) {
             Ok(true) => report.recovered += 1,
             Ok(false) => {}
             Err(e) => report
                 .failed
-                .push((j.clone(), format!("journal kept: {e}"))),
+                .push((j.shown(vault), format!("journal kept: {e}"))),
         }
     }
     // Build the wrappers (which may connect to KMS) once, before the workers start.
@@ -267,14 +301,17 @@ pub fn rewrap(
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = files.get(i) else { break };
-                    match rewrap_file(vault, path) {
+                    let Some(file) = files.get(i) else { break };
+                    match rewrap_file(vault, &root, file) {
                         Ok(true) => {
                             rewrapped.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(false) => {}
                         Err(e) if e.is_not_found() => {}
-                        Err(e) => failed.lock().unwrap().push((path.clone(), e.to_string())),
+                        Err(e) => failed
+                            .lock()
+                            .unwrap()
+                            .push((file.shown(vault), e.to_string())),
                     }
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, files.len());
                 }
@@ -307,10 +344,14 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
         .iter()
         .filter(|s| !same_key(s, removed))
         .collect();
-    let (files, _) = walk(vault.root(), vault.config.plaintext_names)?;
+    let root = BackingRoot::open(vault.root())?;
+    let (files, _) = walk(vault, &root)?;
     let mut stranded = Vec::new();
-    for path in files {
-        let Ok(file) = File::open(&path) else {
+    for at in files {
+        let Ok(file) = root
+            .dir(&at.dir)
+            .and_then(|d| d.open_file(&at.name, libc::O_RDONLY | libc::O_NONBLOCK, 0))
+        else {
             continue;
         };
         let mut bytes = vec![0u8; h];
@@ -323,7 +364,7 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
                 .iter()
                 .any(|s| remaining.iter().any(|r| same_key(s, r)))
         {
-            stranded.push(path);
+            stranded.push(at.shown(vault));
         }
     }
     Ok(stranded)

@@ -5,6 +5,7 @@
 //! edited on the backing store. From the vault secret come the name and xattr keys. The vault
 //! also makes and opens file headers, because that needs the providers and the vault id.
 
+use crate::backing::BackingRoot;
 use crate::crypto::kdf::{derive32, derive64, label};
 use crate::crypto::{FileKeys, Fingerprint, Secret32, SivCipher, file_keys::hmac32, random};
 use crate::error::{Error, IntegrityKind, Result};
@@ -16,7 +17,6 @@ use crate::keys::kms::KmsKeyProvider;
 use crate::keys::prefetch::{Prefetcher, Prepared};
 use crate::keys::x25519::X25519KeyProvider;
 use crate::keys::{KeyContext, KeyProvider};
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -101,12 +101,37 @@ pub fn config_path(root: &Path) -> PathBuf {
     root.join(CONFIG_FILE_NAME)
 }
 
+/// The most bytes a config can have (a few hundred per key slot, at most 255 slots).
+const MAX_CONFIG_LEN: u64 = 1 << 20;
+
+/// The config's bytes, read through the backing root's descriptor: never through a
+/// symlink put in its place (that would read a file of the mounting host's), never waiting
+/// on a FIFO, never more than a config can hold.
+fn read_config_bytes(root: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let dir = BackingRoot::open(root)?.root()?;
+    let file = dir.open_file(
+        std::ffi::OsStr::new(CONFIG_FILE_NAME),
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        0,
+    )?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_LEN + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "larger than any envfs config",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Read and parse the config without authenticating it: enough to learn the vault id (to
 /// find the default key file) and to describe the vault. Nothing from an unverified config
 /// is used to encrypt.
 pub fn read_config_unverified(root: &Path) -> Result<(VaultConfig, Vec<u8>)> {
     let path = config_path(root);
-    let bytes = match fs::read(&path) {
+    let bytes = match read_config_bytes(root) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(Error::NotAVault(root.to_path_buf()));
@@ -135,16 +160,18 @@ pub fn read_config_unverified(root: &Path) -> Result<(VaultConfig, Vec<u8>)> {
 impl Vault {
     /// Create a new vault in `root`, an existing empty directory.
     pub fn init(root: &Path, provider: Arc<dyn KeyProvider>, opts: &InitOptions) -> Result<Vault> {
-        let mut entries = fs::read_dir(root).map_err(|e| {
-            Error::Invalid(format!("cannot use {} as a vault: {e}", root.display()))
-        })?;
-        if config_path(root).exists() {
+        let entries = BackingRoot::open(root)
+            .and_then(|r| r.root()?.entries())
+            .map_err(|e| {
+                Error::Invalid(format!("cannot use {} as a vault: {e}", root.display()))
+            })?;
+        if entries.iter().any(|e| e.name == CONFIG_FILE_NAME) {
             return Err(Error::AlreadyExists(format!(
                 "{} already holds an envfs vault",
                 root.display()
             )));
         }
-        if entries.next().is_some() {
+        if !entries.is_empty() {
             return Err(Error::AlreadyExists(format!(
                 "{} is not empty; envfs init needs an empty directory",
                 root.display()
@@ -347,26 +374,26 @@ impl Vault {
         let mac_key = derive32(&self.secret, &config.vault_id, label::CONFIG_MAC);
         let mac = hmac32(&mac_key, &[&body]);
         let digest = config_digest(&[body.as_slice(), &mac].concat());
-        let tmp = self.root.join(format!(
+        let tmp = std::ffi::OsString::from(format!(
             ".envfs-config-{}.tmp",
             hex::encode(random::array::<8>())
         ));
+        let config_name = std::ffi::OsStr::new(CONFIG_FILE_NAME);
+        let dir = BackingRoot::open(&self.root)?.root()?;
         let result = (|| -> io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
+            let mut f =
+                dir.open_file(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)?;
             f.write_all(&body)?;
             f.write_all(&mac)?;
             f.sync_all()?;
             if replace {
-                fs::rename(&tmp, config_path(&self.root))?;
+                dir.rename(&tmp, &dir, config_name, 0)?;
             } else {
-                fs::hard_link(&tmp, config_path(&self.root))?;
+                dir.link(&tmp, &dir, config_name)?;
             }
-            fs::File::open(&self.root)?.sync_all()
+            dir.sync()
         })();
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.unlink(&tmp);
         result.map(|()| digest).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Error::AlreadyExists(format!(
