@@ -730,6 +730,17 @@ mod tests {
                 b.readlink(OsStr::new("link")).unwrap(),
                 outside.join("secret").into_os_string()
             );
+            // Files by their path below the root: refused at or below a symlink.
+            for rel in ["a/b/link", "a/evil/secret"] {
+                let err = root.open_file(Path::new(rel), libc::O_RDONLY).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{rel}: {err}");
+            }
+            assert_eq!(
+                b.access(Some(OsStr::new("link")), libc::R_OK)
+                    .map_err(|e| e.raw_os_error()),
+                Ok(()),
+                "access looks at the symlink itself"
+            );
         }
         // Nothing outside was touched.
         assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"host file");
@@ -777,8 +788,35 @@ mod tests {
             .raw_os_error(),
             Some(libc::EEXIST)
         );
+        let mut kinds: Vec<(OsString, u32)> = d
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.kind))
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, [(OsString::from("s"), libc::S_IFLNK)]);
         d.unlink(OsStr::new("s")).unwrap();
         a.rmdir(OsStr::new("d")).unwrap();
+        // The directory itself, through its descriptor.
+        a.chmod_self(0o711).unwrap();
+        a.set_times_self(
+            Some(libc::timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 5,
+            }),
+            None,
+        )
+        .unwrap();
+        a.chown_self(None, None).unwrap();
+        let st = a.stat_self().unwrap();
+        assert_eq!(
+            (st.st_mode & 0o7777, st.st_atime, st.st_atime_nsec),
+            (0o711, 1_000_000_000, 5)
+        );
+        a.sync().unwrap();
+        a.syncfs().unwrap();
+        assert!(a.statvfs().unwrap().f_bsize > 0);
         for bad in ["", ".", "..", "x/y"] {
             assert!(a.stat(OsStr::new(bad)).is_err(), "{bad:?}");
         }
@@ -802,5 +840,11 @@ mod tests {
             .unwrap();
         let again = root.dir(&rel).unwrap();
         assert!(again.stat(OsStr::new("deep")).is_ok());
+        for force_walk in [false, true] {
+            if force_walk {
+                root.openat2.store(NO_OPENAT2, Ordering::Relaxed);
+            }
+            root.open_file(&rel.join("deep"), libc::O_RDONLY).unwrap();
+        }
     }
 }
