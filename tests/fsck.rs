@@ -5,10 +5,8 @@
 //! `--repair-names` removes only orphaned sidecars and leftover temporary files; operational
 //! errors (wrong key, not a vault) keep their exit codes.
 
-mod common;
 mod support;
 
-use common::{pattern, write_file};
 use envfs::format::NameEncoding;
 use envfs::format::geometry::CHUNK_OVERHEAD;
 use envfs::fs::Fs;
@@ -21,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Instant;
+use support::fs_core::{read_file, write_file};
+use support::{exit_code, pattern, run, stderr_text, stdout_text};
 
 // The exit codes are a documented contract: spelled out, not imported.
 const OK: i32 = 0;
@@ -68,15 +68,14 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.tv
+        run(self
+            .tv
             .cmd()
             .arg("fsck")
             .arg(&self.tv.backing)
             .arg("--key-file")
             .arg(&self.tv.key)
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args))
     }
 
     /// The library's report on a freshly opened vault.
@@ -99,14 +98,6 @@ fn open(backing: &Path, key: &Path) -> Fs {
     Fs::new(Arc::new(open_vault(backing, key)))
 }
 
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exit code")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn items(report: &Report) -> BTreeSet<Item> {
     report
         .findings
@@ -117,8 +108,12 @@ fn items(report: &Report) -> BTreeSet<Item> {
 
 /// The findings of `--json` output, checked to be one well-formed document.
 fn json_items(stdout: &[u8]) -> (BTreeSet<Item>, serde_json::Value) {
-    let doc: serde_json::Value = serde_json::from_slice(stdout)
-        .unwrap_or_else(|e| panic!("--json output does not parse ({e}): {}", text(stdout)));
+    let doc: serde_json::Value = serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json output does not parse ({e}): {}",
+            String::from_utf8_lossy(stdout)
+        )
+    });
     let findings = doc["findings"].as_array().expect("findings array");
     let set = findings
         .iter()
@@ -263,15 +258,15 @@ fn a_clean_vault_of_thousands_of_files_has_no_findings() {
     let out = fx.run(&[]);
     eprintln!("fsck of {files} files took {:?}", start.elapsed());
     assert_eq!(
-        code(&out),
+        exit_code(&out),
         OK,
         "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
+        stdout_text(&out),
+        stderr_text(&out)
     );
     // No progress line when stderr is not a terminal, and nothing else either.
-    assert_eq!(text(&out.stderr), "");
-    let stdout = text(&out.stdout);
+    assert_eq!(stderr_text(&out), "");
+    let stdout = stdout_text(&out);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("no problems found"), "{stdout}");
     // A hard link is one more name of a file (each name counts), the root is not counted.
@@ -284,7 +279,7 @@ fn a_clean_vault_of_thousands_of_files_has_no_findings() {
     );
 
     let out = fx.run(&["--json"]);
-    assert_eq!(code(&out), OK);
+    assert_eq!(exit_code(&out), OK);
     let (set, doc) = json_items(&out.stdout);
     assert!(set.is_empty());
     assert_eq!(doc["summary"]["problems"], 0);
@@ -331,11 +326,11 @@ fn clean_base32_and_plaintext_names_vaults_have_no_findings() {
         );
         let out = fx.run(&[]);
         assert_eq!(
-            code(&out),
+            exit_code(&out),
             OK,
             "{args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
+            stdout_text(&out),
+            stderr_text(&out)
         );
     }
 }
@@ -588,8 +583,13 @@ fn fsck_reports_exactly_the_damaged_items() {
         assert_eq!(report.findings.len(), want.len(), "one finding per item");
 
         let out = fx.run(&[]);
-        assert_eq!(code(&out), FSCK_FOUND_PROBLEMS, "{}", text(&out.stderr));
-        let stdout = text(&out.stdout);
+        assert_eq!(
+            exit_code(&out),
+            FSCK_FOUND_PROBLEMS,
+            "{}",
+            stderr_text(&out)
+        );
+        let stdout = stdout_text(&out);
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), want.len() + 1, "{stdout}");
         for (line, finding) in lines.iter().zip(&report.findings) {
@@ -612,13 +612,13 @@ fn fsck_reports_exactly_the_damaged_items() {
         );
         assert!(summary.contains("tampered-chunk "), "{summary}");
         assert!(
-            text(&out.stderr).contains(&format!("fsck found {} problems", want.len())),
+            stderr_text(&out).contains(&format!("fsck found {} problems", want.len())),
             "{}",
-            text(&out.stderr)
+            stderr_text(&out)
         );
 
         let out = fx.run(&["--json"]);
-        assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+        assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
         let (set, doc) = json_items(&out.stdout);
         assert_same(&set, &want, &format!("{args:?}: --json"));
         assert_eq!(doc["summary"]["problems"], want.len() as u64);
@@ -630,7 +630,7 @@ fn fsck_reports_exactly_the_damaged_items() {
         assert_eq!(by_kind["tampered-chunk"], tampered as u64);
 
         // Plaintext names reach only fsck's own output: not the log, not stderr.
-        assert!(!text(&out.stderr).contains("bit-flip"));
+        assert!(!stderr_text(&out).contains("bit-flip"));
     }
 }
 
@@ -654,7 +654,7 @@ fn repair_names_removes_only_orphans_and_temporary_files() {
     }
 
     let out = fx.run(&[]);
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
     assert!(
         orphan.exists() && temps.iter().all(|t| t.exists()),
         "plain fsck changes nothing"
@@ -662,26 +662,26 @@ fn repair_names_removes_only_orphans_and_temporary_files() {
 
     let out = fx.run(&["--repair-names"]);
     assert_eq!(
-        code(&out),
+        exit_code(&out),
         OK,
         "all problems repaired: {}",
-        text(&out.stdout)
+        stdout_text(&out)
     );
-    let stdout = text(&out.stdout);
+    let stdout = stdout_text(&out);
     assert_eq!(stdout.matches("(removed)").count(), 3, "{stdout}");
     assert!(stdout.contains("removed 3"), "{stdout}");
     assert!(!orphan.exists());
     assert!(temps.iter().all(|t| !t.exists()));
     assert!(kept_sidecar.exists(), "a sidecar in use is kept");
     assert_eq!(
-        common::read_file(&open(&fx.tv.backing, &fx.tv.key), &long(1))
+        read_file(&open(&fx.tv.backing, &fx.tv.key), &long(1))
             .unwrap()
             .len(),
         10
     );
 
     let out = fx.run(&[]);
-    assert_eq!(code(&out), OK, "{}", text(&out.stdout));
+    assert_eq!(exit_code(&out), OK, "{}", stdout_text(&out));
 
     // Anything that could hold user data is reported but never removed.
     fs::write(fx.backing("d0").join("foreign.txt"), b"user data?").unwrap();
@@ -703,7 +703,7 @@ fn repair_names_removes_only_orphans_and_temporary_files() {
     );
     assert!(fx.backing("d0").join("foreign.txt").exists());
     let out = fx.run(&["--repair-names", "--json"]);
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
     let (set, doc) = json_items(&out.stdout);
     assert_eq!(set.len(), 2);
     assert_eq!(doc["summary"]["repaired"], 0);
@@ -716,33 +716,29 @@ fn a_wrong_key_is_an_error_not_a_report() {
     let fx = Fixture::small();
     fx.write("a", 10, 1);
     let other = support::TestVault::new(&[]);
-    let out = fx
+    let out = run(fx
         .tv
         .cmd()
         .arg("fsck")
         .arg(&fx.tv.backing)
         .arg("--key-file")
-        .arg(&other.key)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), WRONG_KEY, "{}", text(&out.stderr));
-    assert!(out.stdout.is_empty(), "no report: {}", text(&out.stdout));
+        .arg(&other.key));
+    assert_eq!(exit_code(&out), WRONG_KEY, "{}", stderr_text(&out));
+    assert!(out.stdout.is_empty(), "no report: {}", stdout_text(&out));
     assert!(
-        text(&out.stderr).starts_with("envfs: wrong key"),
+        stderr_text(&out).starts_with("envfs: wrong key"),
         "{}",
-        text(&out.stderr)
+        stderr_text(&out)
     );
 
-    let out = fx
+    let out = run(fx
         .tv
         .cmd()
         .arg("fsck")
         .arg(fx.tv.dir.path())
         .arg("--key-file")
-        .arg(&fx.tv.key)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), NOT_A_VAULT, "{}", text(&out.stderr));
+        .arg(&fx.tv.key));
+    assert_eq!(exit_code(&out), NOT_A_VAULT, "{}", stderr_text(&out));
     assert!(out.stdout.is_empty());
 }
 
@@ -762,39 +758,28 @@ fn key_service_errors_are_reported_apart_from_corruption() {
         kms.env(&mut c);
         c
     };
-    let out = cmd()
+    let out = run(cmd()
         .arg("init")
         .arg(&backing)
         .arg("--kms-key")
-        .arg("alias/envfs-fsck")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), OK, "init: {}", text(&out.stderr));
+        .arg("alias/envfs-fsck"));
+    assert_eq!(exit_code(&out), OK, "init: {}", stderr_text(&out));
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     {
-        let out = cmd()
+        let out = run(cmd()
             .arg("mount")
             .arg(&backing)
             .arg(&mnt)
-            .args(["-o", "prefetch=0"])
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), OK, "mount: {}", text(&out.stderr));
+            .args(["-o", "prefetch=0"]));
+        assert_eq!(exit_code(&out), OK, "mount: {}", stderr_text(&out));
         let _m = support::Mount::adopt(mnt.clone());
         fs::create_dir(mnt.join("d")).unwrap();
         for name in ["a", "d/b", "d/c"] {
             fs::write(mnt.join(name), name.repeat(3000)).unwrap();
         }
     }
-    let fsck = || {
-        cmd()
-            .arg("fsck")
-            .arg(&backing)
-            .arg("--json")
-            .output()
-            .unwrap()
-    };
+    let fsck = || run(cmd().arg("fsck").arg(&backing).arg("--json"));
     let findings = |out: &Output| -> BTreeSet<(FindingKind, Option<PathBuf>)> {
         json_items(&out.stdout)
             .0
@@ -804,7 +789,13 @@ fn key_service_errors_are_reported_apart_from_corruption() {
     };
 
     let out = fsck();
-    assert_eq!(code(&out), OK, "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        exit_code(&out),
+        OK,
+        "{}{}",
+        stdout_text(&out),
+        stderr_text(&out)
+    );
 
     // The vault opens (one Decrypt for its secret), then KMS refuses every file key: each
     // file is reported as a key-service error, not as corruption.
@@ -815,16 +806,21 @@ fn key_service_errors_are_reported_apart_from_corruption() {
         code: "AccessDeniedException".into(),
     });
     let out = fsck();
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS, "{}", text(&out.stderr));
+    assert_eq!(
+        exit_code(&out),
+        FSCK_FOUND_PROBLEMS,
+        "{}",
+        stderr_text(&out)
+    );
     let kse = |p: &str| (FindingKind::KeyServiceError, Some(PathBuf::from(p)));
     assert_eq!(
         findings(&out),
         BTreeSet::from([kse("a"), kse("d/b"), kse("d/c")])
     );
     assert!(
-        text(&out.stdout).contains("AccessDenied"),
+        stdout_text(&out).contains("AccessDenied"),
         "{}",
-        text(&out.stdout)
+        stdout_text(&out)
     );
 
     // KMS refusing the vault secret itself is an operational error: exit 8, no report.
@@ -835,7 +831,7 @@ fn key_service_errors_are_reported_apart_from_corruption() {
         times: None,
     });
     let out = fsck();
-    assert_eq!(code(&out), KEY_SERVICE, "{}", text(&out.stderr));
+    assert_eq!(exit_code(&out), KEY_SERVICE, "{}", stderr_text(&out));
     assert!(out.stdout.is_empty());
 
     // With KMS back, real damage is reported as such.
@@ -843,7 +839,7 @@ fn key_service_errors_are_reported_apart_from_corruption() {
     let b = a_backing_file(&backing, 1);
     edit(&b, |bytes| bytes[2000] ^= 1);
     let out = fsck();
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
     let set = findings(&out);
     assert_eq!(set.len(), 1, "{set:?}");
     assert_eq!(set.iter().next().unwrap().0, FindingKind::TamperedChunk);
