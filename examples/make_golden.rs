@@ -12,7 +12,8 @@
 //! copies. Never regenerate a `tests/golden/vN/`: a format change must keep reading it. A
 //! new format version gets a new `tests/golden/vN/`.
 //!
-//! The plaintext is deterministic and must match the table in tests/golden.rs.
+//! The plaintext is deterministic: the table in tests/support/golden_table.rs, which
+//! tests/golden.rs checks against.
 
 use envfs::fs::Fs;
 use envfs::keys::local::LocalKeyProvider;
@@ -22,16 +23,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Byte `i` of the golden file with seed `seed`.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| ((i * 31 + 7 + seed * 13) % 251) as u8)
-        .collect()
-}
-
-fn long_name() -> String {
-    format!("long-name-{}.txt", "x".repeat(186))
-}
+#[path = "../tests/support/golden_table.rs"]
+mod golden_table;
+use golden_table::{DIR, LINK, LINK_TARGET, content, golden_plain_files};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(
@@ -61,19 +55,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     vault.add_key(&recovery)?;
     let fs = Fs::new(Arc::new(vault));
 
-    let files: Vec<(String, u64, usize)> = vec![
-        ("empty.txt".into(), 0, 0),
-        ("one-byte.bin".into(), 1, 1),
-        ("one-chunk.bin".into(), 2, 4096),
-        ("several-chunks.bin".into(), 3, 3 * 4096 + 100),
-        (long_name(), 4, 300),
-    ];
-    for (name, seed, len) in &files {
-        write_file(&fs, Path::new(name), &content(*seed, *len))?;
+    // Root files first, then the directory and the files in it, then the symlink.
+    let (root_files, dir_files): (Vec<_>, Vec<_>) = golden_plain_files()
+        .into_iter()
+        .partition(|f| !f.path.contains('/'));
+    for f in &root_files {
+        write_file(&fs, Path::new(&f.path), &content(f.seed, f.len))?;
     }
-    fs.mkdir(Path::new("docs"), 0o755, None)?;
-    write_file(&fs, Path::new("docs/nested.txt"), &content(5, 5000))?;
-    fs.symlink(OsStr::new("docs/nested.txt"), Path::new("link"), None)?;
+    fs.mkdir(Path::new(DIR), 0o755, None)?;
+    for f in &dir_files {
+        assert!(
+            Path::new(&f.path).parent() == Some(Path::new(DIR)),
+            "{}",
+            f.path
+        );
+        write_file(&fs, Path::new(&f.path), &content(f.seed, f.len))?;
+    }
+    fs.symlink(OsStr::new(LINK_TARGET), Path::new(LINK), None)?;
 
     println!(
         "golden vault {} (fingerprint {}) written to {}",

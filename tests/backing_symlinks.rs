@@ -29,12 +29,10 @@ fn snapshot(dir: &Path) -> Vec<Observed> {
         } else {
             Vec::new()
         };
-        let xattrs = Command::new("getfattr")
+        let xattrs = run(Command::new("getfattr")
             .args(["--absolute-names", "-h", "-d", "-m", "-"])
-            .arg(&p)
-            .output()
-            .unwrap()
-            .stdout;
+            .arg(&p))
+        .stdout;
         out.push((
             p.display().to_string(),
             m.mode(),
@@ -59,16 +57,14 @@ fn xattr_cmd(args: &[&str], path: &Path) -> std::io::Result<()> {
 }
 
 fn backing_of(v: &TestVault, rel: &str) -> std::path::PathBuf {
-    let out = v
+    let out = run(v
         .cmd()
         .arg("info")
         .arg(&v.backing)
         .arg(rel)
         .arg("--key-file")
-        .arg(&v.key)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+        .arg(&v.key));
+    stdout_text(&out)
         .lines()
         .find_map(|l| l.strip_prefix("backing path:"))
         .map(|p| p.trim().into())

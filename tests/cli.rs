@@ -3,6 +3,8 @@
 //! XDG_CONFIG_HOME and HOME in a temporary directory, so the default key path is
 //! `$tmp/xdg/envfs/keys/<vault-id>.key` and nothing touches the real home directory.
 
+mod support;
+
 use envfs::format::VaultConfig;
 use envfs::fs::Fs;
 use envfs::keys::local::LocalKeyProvider;
@@ -11,8 +13,11 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
+use support::fs_core::write_file;
+use support::golden_table::{content, golden_plain_files};
+use support::{copy_tree, envfs_bin, exit_code, pattern, run, stderr_text};
 
 // The exit codes are a documented contract, so they are spelled out here as numbers rather
 // than imported: renumbering one in src/cli/exit.rs must fail these tests.
@@ -89,18 +94,16 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let out: Output = Command::new(env!("CARGO_BIN_EXE_envfs"))
+        let out = run(Command::new(envfs_bin())
             .args(args)
             .env("XDG_CONFIG_HOME", self.xdg())
             .env("HOME", self.path("home"))
             .env_remove("ENVFS_KEY_FILE")
-            .env_remove("ENVFS_LOG")
-            .output()
-            .unwrap();
+            .env_remove("ENVFS_LOG"));
         Run {
-            code: out.status.code().expect("exited, not killed"),
+            code: exit_code(&out),
+            stderr: stderr_text(&out),
             stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
 
@@ -139,18 +142,6 @@ fn entries(dir: &Path) -> Vec<OsString> {
     }
 }
 
-fn write_file(fs: &Fs, path: &str, data: &[u8]) {
-    let (h, _) = fs
-        .create(
-            Path::new(path),
-            0o644,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            None,
-        )
-        .unwrap();
-    fs.write(&h, 0, data).unwrap();
-}
-
 // ---- the golden vault ---------------------------------------------------------------------
 
 fn golden_dir() -> PathBuf {
@@ -163,43 +154,10 @@ fn golden_key() -> PathBuf {
 
 const GOLDEN_ID: &str = "6f3dc55c835b73de43e7175ea0909acd";
 
-/// Same table as tests/golden.rs: (plaintext path, seed, length).
-fn golden_files() -> Vec<(String, u64, usize)> {
-    vec![
-        ("empty.txt".into(), 0, 0),
-        ("one-byte.bin".into(), 1, 1),
-        ("one-chunk.bin".into(), 2, 4096),
-        ("several-chunks.bin".into(), 3, 3 * 4096 + 100),
-        (format!("long-name-{}.txt", "x".repeat(186)), 4, 300),
-        ("docs/nested.txt".into(), 5, 5000),
-    ]
-}
-
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| ((i * 31 + 7 + seed * 13) % 251) as u8)
-        .collect()
-}
-
 /// A writable copy of the golden vault (files, directories, symlinks).
 fn golden_copy(env: &Env) -> PathBuf {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let (src, dst) = (entry.path(), to.join(entry.file_name()));
-            let meta = std::fs::symlink_metadata(&src).unwrap();
-            if meta.is_dir() {
-                copy(&src, &dst);
-            } else if meta.file_type().is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
-            } else {
-                std::fs::copy(&src, &dst).unwrap();
-            }
-        }
-    }
     let dst = env.path("golden-copy");
-    copy(&golden_dir().join("vault"), &dst);
+    copy_tree(&golden_dir().join("vault"), &dst);
     dst
 }
 
@@ -621,11 +579,12 @@ fn info_of_a_file_shows_its_header_but_no_key_material() {
 fn cat_reproduces_every_golden_plaintext() {
     let env = Env::new();
     let vault = golden_dir().join("vault");
-    for (path, seed, len) in golden_files() {
-        let run = cat_golden(&env, &vault, &path).expect(OK);
+    for f in golden_plain_files() {
+        let run = cat_golden(&env, &vault, &f.path).expect(OK);
         assert!(
-            run.stdout == content(seed, len),
-            "envfs cat {path}: {} bytes differ from the golden plaintext",
+            run.stdout == content(f.seed, f.len),
+            "envfs cat {}: {} bytes differ from the golden plaintext",
+            f.path,
             run.stdout.len()
         );
     }
@@ -637,16 +596,16 @@ fn cat_finds_the_default_key_file_by_vault_id() {
     std::fs::create_dir_all(env.keys_dir()).unwrap();
     std::fs::copy(golden_key(), env.default_key(GOLDEN_ID)).unwrap();
     let vault = golden_dir().join("vault");
-    let run = env
+    let nested = env
         .run([
             OsStr::new("cat"),
             vault.as_os_str(),
             OsStr::new("docs/nested.txt"),
         ])
         .expect(OK);
-    assert_eq!(run.stdout, content(5, 5000));
+    assert_eq!(nested.stdout, content(5, 5000));
     // And ENVFS_KEY_FILE stands in for --key-file.
-    let out = Command::new(env!("CARGO_BIN_EXE_envfs"))
+    let out = run(Command::new(envfs_bin())
         .args([
             OsStr::new("cat"),
             vault.as_os_str(),
@@ -654,9 +613,7 @@ fn cat_finds_the_default_key_file_by_vault_id() {
         ])
         .env("XDG_CONFIG_HOME", env.path("nowhere"))
         .env("HOME", env.path("nowhere"))
-        .env("ENVFS_KEY_FILE", golden_key())
-        .output()
-        .unwrap();
+        .env("ENVFS_KEY_FILE", golden_key()));
     assert_eq!(out.status.code(), Some(OK));
     assert_eq!(out.stdout, content(1, 1));
 }
@@ -667,7 +624,7 @@ fn cat_streams_a_file_larger_than_one_read() {
     let dir = env.dir("vault");
     env.init(&dir, &[]);
     // cat reads 1 MiB at a time: cross that boundary mid-chunk.
-    let data = content(9, (1 << 20) + 4097);
+    let data = pattern(9, (1 << 20) + 4097);
     write_file(&env.fs(&dir), "big.bin", &data);
     let run = env
         .run([OsStr::new("cat"), dir.as_os_str(), OsStr::new("big.bin")])
@@ -681,13 +638,11 @@ fn default_key_path_falls_back_to_home_config() {
     let dir = env.dir("vault");
     let home = env.dir("home");
     let envfs = |args: &[&OsStr]| {
-        Command::new(env!("CARGO_BIN_EXE_envfs"))
+        run(Command::new(envfs_bin())
             .args(args)
             .env("XDG_CONFIG_HOME", "")
             .env("HOME", &home)
-            .env_remove("ENVFS_KEY_FILE")
-            .output()
-            .unwrap()
+            .env_remove("ENVFS_KEY_FILE"))
     };
     let out = envfs(&[OsStr::new("init"), dir.as_os_str()]);
     assert_eq!(out.status.code(), Some(OK));

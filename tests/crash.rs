@@ -173,15 +173,13 @@ fn check_round(seed: u64) {
     drop(m);
 
     // fsck agrees: at most the in-flight chunks of in-flight files, nothing else.
-    let out = v
+    let out = run(v
         .cmd()
         .arg("fsck")
         .arg(&v.backing)
         .arg("--json")
         .arg("--key-file")
-        .arg(&v.key)
-        .output()
-        .unwrap();
+        .arg(&v.key));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for finding in report["findings"].as_array().unwrap() {
         let path = mnt.join(finding["path"].as_str().unwrap_or("?"));

@@ -2,9 +2,8 @@
 //! names), hard links, symlinks, attributes, xattrs, statfs, O_TRUNC, empty files,
 //! fallocate, and the ENOSPC / EFBIG checks on growing a file.
 
-mod common;
+mod support;
 
-use common::{TestVault, pattern, read_file, write_file};
 use envfs::Error;
 use envfs::fs::{FileKind, Fs, RENAME_EXCHANGE, RENAME_NOREPLACE, SetAttr, TimeSet};
 use std::ffi::{OsStr, OsString};
@@ -12,6 +11,8 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::fs_core::{self, CoreVault, read_file, write_file};
+use support::pattern;
 
 fn p(s: &str) -> &Path {
     Path::new(s)
@@ -74,7 +75,7 @@ fn file_id(backing: &Path) -> [u8; 16] {
 
 #[test]
 fn mkdir_readdir_rmdir() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let attr = fs.mkdir(p("d"), 0o750, None).unwrap();
     assert_eq!(attr.kind, FileKind::Dir);
@@ -117,7 +118,7 @@ fn mkdir_readdir_rmdir() {
 
 #[test]
 fn rmdir_removes_orphan_sidecars() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     fs.mkdir(p("d"), 0o755, None).unwrap();
     let name = format!("d/{}", long('x'));
@@ -139,7 +140,7 @@ fn rmdir_removes_orphan_sidecars() {
 
 #[test]
 fn long_named_directories_keep_their_sidecar_until_removed() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let d = long('d');
     fs.mkdir(p(&d), 0o755, None).unwrap();
@@ -156,7 +157,7 @@ fn long_named_directories_keep_their_sidecar_until_removed() {
 fn names_just_under_and_over_the_long_name_limit() {
     // 149 bytes + 16 of SIV encode to exactly 220 base64url characters (the default
     // limit): stored as is. One more byte needs 222: a long name with a sidecar.
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let (at, over) = ("a".repeat(149), "b".repeat(150));
     write_file(fs, &at, b"at");
@@ -176,7 +177,7 @@ fn names_just_under_and_over_the_long_name_limit() {
 
 #[test]
 fn names_are_checked() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let too_long = "n".repeat(256);
     assert!(matches!(
@@ -200,7 +201,7 @@ fn names_are_checked() {
 
 #[test]
 fn rename_over_an_existing_file() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let a = pattern(1, 3000);
     write_file(fs, "a", &a);
@@ -217,7 +218,7 @@ fn rename_over_an_existing_file() {
 
 #[test]
 fn rename_across_directories() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     fs.mkdir(p("d1"), 0o755, None).unwrap();
     fs.mkdir(p("d2"), 0o755, None).unwrap();
@@ -237,7 +238,7 @@ fn rename_across_directories() {
 
 #[test]
 fn rename_with_long_names() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let (la, lb, lc) = (long('a'), long('b'), long('c'));
     write_file(fs, "short", b"one");
@@ -267,7 +268,7 @@ fn rename_with_long_names() {
 #[test]
 fn rename_between_hard_links_of_one_file_is_a_no_op() {
     // rename(2): if both names are links to the same file, nothing happens and both stay.
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     for (a, b) in [("a".to_string(), "b".to_string()), (long('a'), long('b'))] {
         write_file(fs, &a, b"same");
@@ -284,7 +285,7 @@ fn rename_between_hard_links_of_one_file_is_a_no_op() {
 
 #[test]
 fn failed_rename_leaves_no_sidecar() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let target = long('t');
     assert_eq!(errno(fs.rename(p("missing"), p(&target), 0)), libc::ENOENT);
@@ -302,7 +303,7 @@ fn failed_rename_leaves_no_sidecar() {
 
 #[test]
 fn rename_noreplace_and_exchange() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let (a, b) = (pattern(10, 1500), pattern(11, 700));
     write_file(fs, "a", &a);
@@ -351,7 +352,7 @@ fn rename_noreplace_and_exchange() {
 
 #[test]
 fn hard_links_share_content() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     write_file(fs, "a", &pattern(20, 2000));
     let attr = fs.link(p("a"), p("b")).unwrap();
@@ -384,8 +385,8 @@ fn hard_links_share_content() {
 
 #[test]
 fn symlinks_round_trip_and_report_the_target_length() {
-    for opts in [common::small(), common::base32(common::small())] {
-        let tv = TestVault::new(&opts);
+    for opts in [fs_core::small(), fs_core::base32(fs_core::small())] {
+        let tv = CoreVault::new(&opts);
         let fs = &tv.fs;
         for len in [1usize, 2, 3, 4, 5, 15, 16, 17, 31, 100, 255, 1000, 2000] {
             let target: String = pattern(len as u64, len)
@@ -428,7 +429,7 @@ fn symlinks_round_trip_and_report_the_target_length() {
 
 #[test]
 fn chmod_chown_and_utimens() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     write_file(fs, "f", b"data");
     let set = |s: SetAttr| fs.setattr(p("f"), None, &s).unwrap();
@@ -512,7 +513,7 @@ fn chmod_chown_and_utimens() {
 
 #[test]
 fn truncate_through_setattr_without_a_handle() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let g = fs.vault().geometry;
     let data = pattern(30, 1500);
@@ -549,7 +550,7 @@ fn truncate_through_setattr_without_a_handle() {
 
 #[test]
 fn user_xattrs_round_trip_encrypted() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     write_file(fs, "f", b"x");
     fs.mkdir(p("d"), 0o755, None).unwrap();
@@ -638,7 +639,7 @@ fn user_xattrs_round_trip_encrypted() {
 
 #[test]
 fn statfs_reports_the_backing_store() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let st = tv.fs.statfs().unwrap();
     assert!(st.blocks > 0 && st.bsize > 0 && st.frsize > 0);
     assert!(st.bavail <= st.bfree && st.bfree <= st.blocks);
@@ -650,7 +651,7 @@ fn statfs_reports_the_backing_store() {
 
 #[test]
 fn created_files_are_empty_on_the_backing_store() {
-    let mut tv = TestVault::new(&common::small());
+    let mut tv = CoreVault::new(&fs_core::small());
     let (h, attr) = tv
         .fs
         .create(p("touched"), 0o640, libc::O_RDWR | libc::O_EXCL, None)
@@ -680,8 +681,8 @@ fn created_files_are_empty_on_the_backing_store() {
 
 #[test]
 fn o_trunc_empties_and_the_next_write_gets_a_new_header() {
-    for opts in [common::small(), envfs::vault::InitOptions::default()] {
-        let tv = TestVault::new(&opts);
+    for opts in [fs_core::small(), envfs::vault::InitOptions::default()] {
+        let tv = CoreVault::new(&opts);
         let fs = &tv.fs;
         let g = fs.vault().geometry;
         write_file(fs, "f", &pattern(40, 5000));
@@ -712,7 +713,7 @@ fn o_trunc_empties_and_the_next_write_gets_a_new_header() {
 
 #[test]
 fn fallocate_grows_with_zeros() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let g = fs.vault().geometry;
     let data = pattern(50, 100);
@@ -753,7 +754,7 @@ fn fallocate_grows_with_zeros() {
 
 #[test]
 fn growing_past_free_space_fails_promptly_and_changes_nothing() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let data = pattern(60, 3000);
     write_file(fs, "f", &data);
@@ -805,7 +806,7 @@ fn growing_past_free_space_fails_promptly_and_changes_nothing() {
 
 #[test]
 fn sizes_beyond_the_format_are_too_big() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let max = fs.vault().geometry.max_plain_size();
     write_file(fs, "f", b"content");
@@ -847,7 +848,7 @@ fn sizes_beyond_the_format_are_too_big() {
 
 #[test]
 fn unlinked_open_files_keep_working() {
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     write_file(fs, "f", &pattern(70, 2000));
     let h = fs.open(p("f"), libc::O_RDWR).unwrap();
@@ -865,7 +866,7 @@ fn unlinked_open_files_keep_working() {
 #[test]
 fn growing_by_more_than_one_zero_fill_step() {
     // Zero fill runs in 1 MiB steps; cross a few of them from a partial last chunk.
-    let tv = TestVault::new(&envfs::vault::InitOptions::default());
+    let tv = CoreVault::new(&envfs::vault::InitOptions::default());
     let fs = &tv.fs;
     let g = fs.vault().geometry;
     let data = pattern(80, 5000);
@@ -889,9 +890,9 @@ fn growing_by_more_than_one_zero_fill_step() {
 
 #[test]
 fn plaintext_names_vault_reserves_its_own_names() {
-    let mut opts = common::small();
+    let mut opts = fs_core::small();
     opts.plaintext_names = true;
-    let tv = TestVault::new(&opts);
+    let tv = CoreVault::new(&opts);
     let fs = &tv.fs;
     for reserved in ["envfs.conf", ".envfs-anything"] {
         assert!(matches!(

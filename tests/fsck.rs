@@ -3,12 +3,13 @@
 //! reported item by item — exactly the damaged items, with the right kind, backing path,
 //! plaintext path and chunk — through the library, the text output and `--json`;
 //! `--repair-names` removes only orphaned sidecars and leftover temporary files; operational
-//! errors (wrong key, not a vault) keep their exit codes.
+//! errors (wrong key, not a vault) keep their exit codes. And fsck agrees with a real mount
+//! of the same damaged vault (plus the tamper matrix's remaining cases): every entry fsck
+//! flags with a plaintext path fails through the mount with EIO, every entry fsck flags
+//! without one is hidden from the mount's listing, and nothing else fails or is hidden.
 
-mod common;
 mod support;
 
-use common::{pattern, write_file};
 use envfs::format::NameEncoding;
 use envfs::format::geometry::CHUNK_OVERHEAD;
 use envfs::fs::Fs;
@@ -21,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Instant;
+use support::fs_core::{read_file, write_file};
+use support::{exit_code, pattern, run, stderr_text, stdout_text};
 
 // The exit codes are a documented contract: spelled out, not imported.
 const OK: i32 = 0;
@@ -68,15 +71,14 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.tv
+        run(self
+            .tv
             .cmd()
             .arg("fsck")
             .arg(&self.tv.backing)
             .arg("--key-file")
             .arg(&self.tv.key)
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args))
     }
 
     /// The library's report on a freshly opened vault.
@@ -99,14 +101,6 @@ fn open(backing: &Path, key: &Path) -> Fs {
     Fs::new(Arc::new(open_vault(backing, key)))
 }
 
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exit code")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn items(report: &Report) -> BTreeSet<Item> {
     report
         .findings
@@ -117,8 +111,12 @@ fn items(report: &Report) -> BTreeSet<Item> {
 
 /// The findings of `--json` output, checked to be one well-formed document.
 fn json_items(stdout: &[u8]) -> (BTreeSet<Item>, serde_json::Value) {
-    let doc: serde_json::Value = serde_json::from_slice(stdout)
-        .unwrap_or_else(|e| panic!("--json output does not parse ({e}): {}", text(stdout)));
+    let doc: serde_json::Value = serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json output does not parse ({e}): {}",
+            String::from_utf8_lossy(stdout)
+        )
+    });
     let findings = doc["findings"].as_array().expect("findings array");
     let set = findings
         .iter()
@@ -263,15 +261,15 @@ fn a_clean_vault_of_thousands_of_files_has_no_findings() {
     let out = fx.run(&[]);
     eprintln!("fsck of {files} files took {:?}", start.elapsed());
     assert_eq!(
-        code(&out),
+        exit_code(&out),
         OK,
         "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
+        stdout_text(&out),
+        stderr_text(&out)
     );
     // No progress line when stderr is not a terminal, and nothing else either.
-    assert_eq!(text(&out.stderr), "");
-    let stdout = text(&out.stdout);
+    assert_eq!(stderr_text(&out), "");
+    let stdout = stdout_text(&out);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("no problems found"), "{stdout}");
     // A hard link is one more name of a file (each name counts), the root is not counted.
@@ -284,7 +282,7 @@ fn a_clean_vault_of_thousands_of_files_has_no_findings() {
     );
 
     let out = fx.run(&["--json"]);
-    assert_eq!(code(&out), OK);
+    assert_eq!(exit_code(&out), OK);
     let (set, doc) = json_items(&out.stdout);
     assert!(set.is_empty());
     assert_eq!(doc["summary"]["problems"], 0);
@@ -331,11 +329,11 @@ fn clean_base32_and_plaintext_names_vaults_have_no_findings() {
         );
         let out = fx.run(&[]);
         assert_eq!(
-            code(&out),
+            exit_code(&out),
             OK,
             "{args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
+            stdout_text(&out),
+            stderr_text(&out)
         );
     }
 }
@@ -588,8 +586,13 @@ fn fsck_reports_exactly_the_damaged_items() {
         assert_eq!(report.findings.len(), want.len(), "one finding per item");
 
         let out = fx.run(&[]);
-        assert_eq!(code(&out), FSCK_FOUND_PROBLEMS, "{}", text(&out.stderr));
-        let stdout = text(&out.stdout);
+        assert_eq!(
+            exit_code(&out),
+            FSCK_FOUND_PROBLEMS,
+            "{}",
+            stderr_text(&out)
+        );
+        let stdout = stdout_text(&out);
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), want.len() + 1, "{stdout}");
         for (line, finding) in lines.iter().zip(&report.findings) {
@@ -612,13 +615,13 @@ fn fsck_reports_exactly_the_damaged_items() {
         );
         assert!(summary.contains("tampered-chunk "), "{summary}");
         assert!(
-            text(&out.stderr).contains(&format!("fsck found {} problems", want.len())),
+            stderr_text(&out).contains(&format!("fsck found {} problems", want.len())),
             "{}",
-            text(&out.stderr)
+            stderr_text(&out)
         );
 
         let out = fx.run(&["--json"]);
-        assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+        assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
         let (set, doc) = json_items(&out.stdout);
         assert_same(&set, &want, &format!("{args:?}: --json"));
         assert_eq!(doc["summary"]["problems"], want.len() as u64);
@@ -630,8 +633,443 @@ fn fsck_reports_exactly_the_damaged_items() {
         assert_eq!(by_kind["tampered-chunk"], tampered as u64);
 
         // Plaintext names reach only fsck's own output: not the log, not stderr.
-        assert!(!text(&out.stderr).contains("bit-flip"));
+        assert!(!stderr_text(&out).contains("bit-flip"));
     }
+}
+
+// ---- fsck and the mount agree -------------------------------------------------------------
+
+/// The kinds of damage tests/tamper.rs reads through the filesystem core that
+/// `damaged_vault` does not hold, in `x/`. No expected findings: the agreement test holds
+/// fsck to the mount, not to a list.
+fn tamper_extras(fx: &Fixture) {
+    let g = fx.fs.vault().geometry;
+    let (c, h) = (g.chunk_size as usize, g.header_size);
+    let enc = fx.fs.vault().config.name_encoding;
+    let five = 5 * c;
+    fx.mkdir("x");
+
+    // A header from another vault under the same key (bound to its vault id).
+    let other_dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(LocalKeyProvider::load(&fx.tv.key).unwrap());
+    let other = Fs::new(Arc::new(
+        Vault::init(
+            other_dir.path(),
+            key,
+            &support::fs_core::options(g.chunk_size as u32, h as u32),
+        )
+        .unwrap(),
+    ));
+    write_file(&other, "f", &pattern(30, five));
+    let foreign = fs::read(other.backing_path(Path::new("f")).unwrap()).unwrap();
+    fx.write("x/header-other-vault", five, 31);
+    edit(&fx.backing("x/header-other-vault"), |b| {
+        b[..h as usize].copy_from_slice(&foreign[..h as usize])
+    });
+
+    // A chunk copied over another position of the same file.
+    fx.write("x/chunk-copied-within", five, 32);
+    let (one, two) = (g.chunk_backing_offset(1), g.chunk_backing_offset(2));
+    let slot = g.backing_chunk_size() as usize;
+    edit(&fx.backing("x/chunk-copied-within"), |b| {
+        b.copy_within(one as usize..one as usize + slot, two as usize)
+    });
+
+    // Lengths: the only chunk dropped (a bare header: looks empty, undetectable by design),
+    // cut within the first chunk's overhead, cut to 1 and to h - 1 header bytes, and a
+    // chunk overhead's worth appended to a one-chunk file.
+    for (name, len, keep) in [
+        ("x/only-chunk-dropped", c, h),
+        ("x/cut-into-first-overhead", five, h + 10),
+        ("x/cut-in-header-1", five, 1),
+        ("x/cut-in-header-last", five, h - 1),
+    ] {
+        fx.write(name, len, 33);
+        set_len(&fx.backing(name), keep);
+    }
+    fx.write("x/appended-overhead", c, 34);
+    edit(&fx.backing("x/appended-overhead"), |b| {
+        b.extend_from_slice(&[7; CHUNK_OVERHEAD as usize])
+    });
+
+    // Symlink targets: cut short, too short to hold a tag, not in the alphabet.
+    for (name, damage) in [
+        ("x/link-truncated", 0),
+        ("x/link-too-short", 1),
+        ("x/link-not-encoded", 2),
+    ] {
+        fx.symlink("some/target/path", name);
+        let b = fx.backing(name);
+        let stored = fs::read_link(&b)
+            .unwrap()
+            .into_os_string()
+            .into_string()
+            .unwrap();
+        let target = match damage {
+            0 => stored[..stored.len() - 4].to_string(),
+            1 => stored[..8].to_string(),
+            _ => format!("{stored}!"),
+        };
+        fs::remove_file(&b).unwrap();
+        std::os::unix::fs::symlink(target, &b).unwrap();
+    }
+
+    // A long name whose sidecar has one character changed (still in the alphabet).
+    let long = format!("x/{}", "sidecar-".repeat(25));
+    fx.write(&long, 100, 35);
+    let sidecar = sidecar_of(&fx.backing(&long));
+    let text = fs::read_to_string(&sidecar).unwrap();
+    fs::write(&sidecar, flip_name_char(&text, enc)).unwrap();
+
+    // user.* xattr values that no longer decrypt, on a file and on a directory.
+    fx.write("x/xattr-file", 10, 36);
+    fx.mkdir("x/xattr-dir");
+    for path in ["x/xattr-file", "x/xattr-dir"] {
+        fx.fs
+            .setxattr(Path::new(path), "user.color".as_ref(), b"blue", 0)
+            .unwrap();
+        let b = fx.backing(path);
+        let names = user_xattr_names(&b);
+        let [name] = &names[..] else {
+            panic!("{path}: one backing xattr, got {names:?}")
+        };
+        let mut value = get_xattr(&b, name).unwrap();
+        value[0] ^= 1;
+        set_xattr(&b, name, &value);
+    }
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// The `user.*` xattr names on `path` (not following a symlink).
+fn user_xattr_names(path: &Path) -> Vec<std::ffi::CString> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: the buffer is as long as the size given.
+    let n = unsafe { libc::llistxattr(cpath(path).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Vec::new(); // no xattrs here (e.g. on the backing filesystem of a FIFO)
+    }
+    buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| s.starts_with(b"user."))
+        .map(|s| std::ffi::CString::new(s).unwrap())
+        .collect()
+}
+
+fn get_xattr(path: &Path, name: &std::ffi::CStr) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: the buffer is as long as the size given.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath(path).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) {
+    // SAFETY: plain syscall with valid pointers and lengths.
+    let ret = unsafe {
+        libc::lsetxattr(
+            cpath(path).as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "lsetxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// What the mount shows of one listed entry.
+#[derive(Debug)]
+struct Seen {
+    /// The first operation that failed on it, and its errno.
+    failure: Option<(&'static str, i32)>,
+    /// The size `lstat` reports.
+    size: u64,
+}
+
+impl Seen {
+    fn describe(&self) -> String {
+        match self.failure {
+            Some((op, errno)) => format!("{op}: {}", std::io::Error::from_raw_os_error(errno)),
+            None => format!("listed, reads cleanly, size {}", self.size),
+        }
+    }
+}
+
+type Listing = std::collections::BTreeMap<PathBuf, Seen>;
+
+/// Walk the mount: list every directory, lstat every entry, read every regular file whole,
+/// readlink every symlink, list every other entry's xattrs and read each `user.*` one.
+/// Returns every listed mount-relative path with what the mount showed of it.
+fn walk_mount(mnt: &Path) -> Listing {
+    let mut seen = Listing::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(dir) = dirs.pop() {
+        let entries = fs::read_dir(mnt.join(&dir))
+            .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+            .unwrap_or_else(|e| panic!("readdir of {}: {e}", dir.display()));
+        for entry in entries {
+            let rel = dir.join(entry.file_name());
+            let seen_here = observe(&mnt.join(&rel));
+            if seen_here.failure.is_none() && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(rel.clone());
+            }
+            seen.insert(rel, seen_here);
+        }
+    }
+    seen
+}
+
+fn observe(path: &Path) -> Seen {
+    let fail = |op, e: std::io::Error, size| Seen {
+        failure: Some((op, e.raw_os_error().unwrap_or(0))),
+        size,
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => return fail("lstat", e, 0),
+    };
+    let size = meta.len();
+    if meta.is_dir() {
+        let listing = fs::read_dir(path).and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>());
+        if let Err(e) = listing {
+            return fail("readdir", e, size);
+        }
+    } else if meta.is_file() {
+        if let Err(e) = fs::read(path) {
+            return fail("read", e, size);
+        }
+    } else if meta.file_type().is_symlink() {
+        if let Err(e) = fs::read_link(path) {
+            return fail("readlink", e, size);
+        }
+        // Linux has no user.* xattrs on symlinks.
+        return Seen {
+            failure: None,
+            size,
+        };
+    }
+    for name in user_xattr_names(path) {
+        if let Err(e) = get_xattr(path, &name) {
+            return fail("getxattr", e, size);
+        }
+    }
+    Seen {
+        failure: None,
+        size,
+    }
+}
+
+/// The backing entries hidden from the mount: in a directory the mount shows, neither the
+/// backing entry of a listed name nor its sidecar nor envfs.conf. A long-name entry and its
+/// sidecar count as one (the entry). Hidden directories are not entered: what they hold is
+/// hidden with them.
+fn hidden_entries(fx: &Fixture, listed: &Listing) -> BTreeSet<PathBuf> {
+    let root = &fx.tv.backing;
+    let shown: BTreeSet<PathBuf> = listed
+        .keys()
+        .map(|p| fx.fs.backing_path(p).unwrap())
+        .collect();
+    let mut visible_dirs: Vec<PathBuf> = shown
+        .iter()
+        .filter(|b| fs::symlink_metadata(b).is_ok_and(|m| m.is_dir()))
+        .cloned()
+        .collect();
+    visible_dirs.push(root.clone());
+    let mut hidden = BTreeSet::new();
+    for dir in visible_dirs {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let b = entry.unwrap().path();
+            let name = b.file_name().unwrap().to_str().unwrap().to_string();
+            if shown.contains(&b) || (dir == *root && name == "envfs.conf") {
+                continue;
+            }
+            let sidecar_of = name
+                .strip_suffix(".name")
+                .filter(|e| e.ends_with(".envfs-ln"))
+                .map(|e| dir.join(e));
+            match sidecar_of {
+                Some(e) if shown.contains(&e) => {}
+                Some(e) if fs::symlink_metadata(&e).is_ok() => {
+                    hidden.insert(e);
+                }
+                _ => {
+                    hidden.insert(b);
+                }
+            }
+        }
+    }
+    hidden
+}
+
+/// `backing` (a finding's path), or its ancestor that sits in a directory the mount shows.
+fn topmost_hidden(backing: &Path, visible: &BTreeSet<PathBuf>) -> PathBuf {
+    let mut p = backing.to_path_buf();
+    for _ in 0..64 {
+        match p.parent() {
+            Some(parent) if !visible.contains(parent) => p = parent.to_path_buf(),
+            _ => break,
+        }
+    }
+    p
+}
+
+/// One line per damaged thing, spelled the same for both sides: `fails: <mount path>` for a
+/// listed entry that fails (or, for fsck, a finding with a plaintext path), `hidden:
+/// <backing path>` for a backing entry the mount does not list (or a finding without one,
+/// at its topmost hidden ancestor). Values: the detail, for messages.
+type Damage = std::collections::BTreeMap<String, String>;
+
+fn damage_through_mount(listed: &Listing, hidden: &BTreeSet<PathBuf>, root: &Path) -> Damage {
+    let mut out = Damage::new();
+    for (path, seen) in listed.iter().filter(|(_, s)| s.failure.is_some()) {
+        out.insert(format!("fails:  {}", path.display()), seen.describe());
+    }
+    for b in hidden {
+        let rel = b.strip_prefix(root).unwrap().display();
+        out.insert(format!("hidden: {rel}"), "not listed".to_string());
+    }
+    out
+}
+
+fn damage_by_fsck(findings: &BTreeSet<Item>, visible: &BTreeSet<PathBuf>, root: &Path) -> Damage {
+    let mut out = Damage::new();
+    for (kind, backing, chunk, path) in findings {
+        let key = match path {
+            Some(p) => format!("fails:  {}", p.display()),
+            None => {
+                let top = topmost_hidden(backing, visible);
+                format!("hidden: {}", top.strip_prefix(root).unwrap().display())
+            }
+        };
+        let rel = backing.strip_prefix(root).unwrap().display();
+        let detail = out.entry(key).or_default();
+        detail.push_str(&format!("{} at {rel} chunk {chunk:?}; ", kind.id()));
+    }
+    out
+}
+
+/// The entries of `a` that `b` lacks, with `a`'s detail and what `other` says of them.
+fn missing_from(a: &Damage, b: &Damage, other: impl Fn(&str) -> String) -> Vec<String> {
+    a.iter()
+        .filter(|(k, _)| !b.contains_key(*k))
+        .map(|(k, v)| format!("{k}  [{v}]  other side: {}", other(k)))
+        .collect()
+}
+
+#[test]
+fn fsck_and_the_mount_agree_on_every_damaged_entry() {
+    let mut only_mount = Vec::new();
+    let mut only_fsck = Vec::new();
+    let mut not_eio = Vec::new();
+    let mut unshown = Vec::new();
+    for (label, encoding) in [("base64url", "base64"), ("base32", "base32")] {
+        let fx = Fixture::new(&[
+            "--chunk-size",
+            "1024",
+            "--header-size",
+            "256",
+            "--name-encoding",
+            encoding,
+        ]);
+        let want = damaged_vault(&fx);
+        tamper_extras(&fx);
+        let root = fx.tv.backing.clone();
+
+        let out = fx.run(&["--json"]);
+        assert_eq!(
+            exit_code(&out),
+            FSCK_FOUND_PROBLEMS,
+            "{}",
+            stderr_text(&out)
+        );
+        let (findings, _) = json_items(&out.stdout);
+
+        let listed = {
+            let m = fx.tv.mount("mnt", &["-o", "ro"]);
+            walk_mount(&m.path)
+        };
+        let hidden = hidden_entries(&fx, &listed);
+        let mut visible: BTreeSet<PathBuf> = listed
+            .keys()
+            .map(|p| fx.fs.backing_path(p).unwrap())
+            .collect();
+        visible.insert(root.clone());
+
+        let mount = damage_through_mount(&listed, &hidden, &root);
+        let fsck = damage_by_fsck(&findings, &visible, &root);
+        let what_mount_shows = |key: &str| match key.strip_prefix("fails:  ") {
+            Some(p) => listed
+                .get(Path::new(p))
+                .map_or("not listed".to_string(), Seen::describe),
+            None => "listed or not on the backing store".to_string(),
+        };
+        let tag = |line: String| format!("{label}: {line}");
+        only_mount.extend(
+            missing_from(&mount, &fsck, |_| "no finding".to_string())
+                .into_iter()
+                .map(tag),
+        );
+        only_fsck.extend(
+            missing_from(&fsck, &mount, what_mount_shows)
+                .into_iter()
+                .map(tag),
+        );
+        // Not vacuous: every item of the damage matrix is among what the mount shows.
+        let matrix = damage_by_fsck(&want, &visible, &root);
+        unshown.extend(
+            missing_from(&matrix, &mount, what_mount_shows)
+                .into_iter()
+                .map(tag),
+        );
+        // What fails through the mount fails as damage: EIO, never another error.
+        not_eio.extend(
+            listed
+                .iter()
+                .filter(|(_, s)| s.failure.is_some_and(|(_, errno)| errno != libc::EIO))
+                .map(|(p, s)| format!("{label}: {}: {}", p.display(), s.describe())),
+        );
+    }
+    let lines = |v: &[String]| v.iter().map(|l| format!("  {l}\n")).collect::<String>();
+    let readable = format!(
+        "fsck and the mount disagree\ndamage only the mount shows:\n{}\
+         damage only fsck reports:\n{}",
+        lines(&only_mount),
+        lines(&only_fsck)
+    );
+    assert_eq!(
+        (only_mount, only_fsck),
+        (Vec::<String>::new(), Vec::<String>::new()),
+        "{readable}"
+    );
+    assert_eq!(
+        not_eio,
+        Vec::<String>::new(),
+        "damaged entries fail through the mount with another errno than EIO"
+    );
+    assert_eq!(
+        unshown,
+        Vec::<String>::new(),
+        "items of the damage matrix the mount does not show"
+    );
 }
 
 #[test]
@@ -654,7 +1092,7 @@ fn repair_names_removes_only_orphans_and_temporary_files() {
     }
 
     let out = fx.run(&[]);
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
     assert!(
         orphan.exists() && temps.iter().all(|t| t.exists()),
         "plain fsck changes nothing"
@@ -662,26 +1100,26 @@ fn repair_names_removes_only_orphans_and_temporary_files() {
 
     let out = fx.run(&["--repair-names"]);
     assert_eq!(
-        code(&out),
+        exit_code(&out),
         OK,
         "all problems repaired: {}",
-        text(&out.stdout)
+        stdout_text(&out)
     );
-    let stdout = text(&out.stdout);
+    let stdout = stdout_text(&out);
     assert_eq!(stdout.matches("(removed)").count(), 3, "{stdout}");
     assert!(stdout.contains("removed 3"), "{stdout}");
     assert!(!orphan.exists());
     assert!(temps.iter().all(|t| !t.exists()));
     assert!(kept_sidecar.exists(), "a sidecar in use is kept");
     assert_eq!(
-        common::read_file(&open(&fx.tv.backing, &fx.tv.key), &long(1))
+        read_file(&open(&fx.tv.backing, &fx.tv.key), &long(1))
             .unwrap()
             .len(),
         10
     );
 
     let out = fx.run(&[]);
-    assert_eq!(code(&out), OK, "{}", text(&out.stdout));
+    assert_eq!(exit_code(&out), OK, "{}", stdout_text(&out));
 
     // Anything that could hold user data is reported but never removed.
     fs::write(fx.backing("d0").join("foreign.txt"), b"user data?").unwrap();
@@ -703,7 +1141,7 @@ fn repair_names_removes_only_orphans_and_temporary_files() {
     );
     assert!(fx.backing("d0").join("foreign.txt").exists());
     let out = fx.run(&["--repair-names", "--json"]);
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
     let (set, doc) = json_items(&out.stdout);
     assert_eq!(set.len(), 2);
     assert_eq!(doc["summary"]["repaired"], 0);
@@ -716,33 +1154,29 @@ fn a_wrong_key_is_an_error_not_a_report() {
     let fx = Fixture::small();
     fx.write("a", 10, 1);
     let other = support::TestVault::new(&[]);
-    let out = fx
+    let out = run(fx
         .tv
         .cmd()
         .arg("fsck")
         .arg(&fx.tv.backing)
         .arg("--key-file")
-        .arg(&other.key)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), WRONG_KEY, "{}", text(&out.stderr));
-    assert!(out.stdout.is_empty(), "no report: {}", text(&out.stdout));
+        .arg(&other.key));
+    assert_eq!(exit_code(&out), WRONG_KEY, "{}", stderr_text(&out));
+    assert!(out.stdout.is_empty(), "no report: {}", stdout_text(&out));
     assert!(
-        text(&out.stderr).starts_with("envfs: wrong key"),
+        stderr_text(&out).starts_with("envfs: wrong key"),
         "{}",
-        text(&out.stderr)
+        stderr_text(&out)
     );
 
-    let out = fx
+    let out = run(fx
         .tv
         .cmd()
         .arg("fsck")
         .arg(fx.tv.dir.path())
         .arg("--key-file")
-        .arg(&fx.tv.key)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), NOT_A_VAULT, "{}", text(&out.stderr));
+        .arg(&fx.tv.key));
+    assert_eq!(exit_code(&out), NOT_A_VAULT, "{}", stderr_text(&out));
     assert!(out.stdout.is_empty());
 }
 
@@ -762,39 +1196,28 @@ fn key_service_errors_are_reported_apart_from_corruption() {
         kms.env(&mut c);
         c
     };
-    let out = cmd()
+    let out = run(cmd()
         .arg("init")
         .arg(&backing)
         .arg("--kms-key")
-        .arg("alias/envfs-fsck")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), OK, "init: {}", text(&out.stderr));
+        .arg("alias/envfs-fsck"));
+    assert_eq!(exit_code(&out), OK, "init: {}", stderr_text(&out));
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     {
-        let out = cmd()
+        let out = run(cmd()
             .arg("mount")
             .arg(&backing)
             .arg(&mnt)
-            .args(["-o", "prefetch=0"])
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), OK, "mount: {}", text(&out.stderr));
+            .args(["-o", "prefetch=0"]));
+        assert_eq!(exit_code(&out), OK, "mount: {}", stderr_text(&out));
         let _m = support::Mount::adopt(mnt.clone());
         fs::create_dir(mnt.join("d")).unwrap();
         for name in ["a", "d/b", "d/c"] {
             fs::write(mnt.join(name), name.repeat(3000)).unwrap();
         }
     }
-    let fsck = || {
-        cmd()
-            .arg("fsck")
-            .arg(&backing)
-            .arg("--json")
-            .output()
-            .unwrap()
-    };
+    let fsck = || run(cmd().arg("fsck").arg(&backing).arg("--json"));
     let findings = |out: &Output| -> BTreeSet<(FindingKind, Option<PathBuf>)> {
         json_items(&out.stdout)
             .0
@@ -804,7 +1227,13 @@ fn key_service_errors_are_reported_apart_from_corruption() {
     };
 
     let out = fsck();
-    assert_eq!(code(&out), OK, "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        exit_code(&out),
+        OK,
+        "{}{}",
+        stdout_text(&out),
+        stderr_text(&out)
+    );
 
     // The vault opens (one Decrypt for its secret), then KMS refuses every file key: each
     // file is reported as a key-service error, not as corruption.
@@ -815,16 +1244,21 @@ fn key_service_errors_are_reported_apart_from_corruption() {
         code: "AccessDeniedException".into(),
     });
     let out = fsck();
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS, "{}", text(&out.stderr));
+    assert_eq!(
+        exit_code(&out),
+        FSCK_FOUND_PROBLEMS,
+        "{}",
+        stderr_text(&out)
+    );
     let kse = |p: &str| (FindingKind::KeyServiceError, Some(PathBuf::from(p)));
     assert_eq!(
         findings(&out),
         BTreeSet::from([kse("a"), kse("d/b"), kse("d/c")])
     );
     assert!(
-        text(&out.stdout).contains("AccessDenied"),
+        stdout_text(&out).contains("AccessDenied"),
         "{}",
-        text(&out.stdout)
+        stdout_text(&out)
     );
 
     // KMS refusing the vault secret itself is an operational error: exit 8, no report.
@@ -835,7 +1269,7 @@ fn key_service_errors_are_reported_apart_from_corruption() {
         times: None,
     });
     let out = fsck();
-    assert_eq!(code(&out), KEY_SERVICE, "{}", text(&out.stderr));
+    assert_eq!(exit_code(&out), KEY_SERVICE, "{}", stderr_text(&out));
     assert!(out.stdout.is_empty());
 
     // With KMS back, real damage is reported as such.
@@ -843,7 +1277,7 @@ fn key_service_errors_are_reported_apart_from_corruption() {
     let b = a_backing_file(&backing, 1);
     edit(&b, |bytes| bytes[2000] ^= 1);
     let out = fsck();
-    assert_eq!(code(&out), FSCK_FOUND_PROBLEMS);
+    assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
     let set = findings(&out);
     assert_eq!(set.len(), 1, "{set:?}");
     assert_eq!(set.iter().next().unwrap().0, FindingKind::TamperedChunk);

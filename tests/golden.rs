@@ -8,6 +8,8 @@
 //! message — never silently return different bytes. Never regenerate `tests/golden/v1/`; a new
 //! format version gets its own `tests/golden/vN/` next to it.
 
+mod support;
+
 use envfs::Error;
 use envfs::crypto::Secret32;
 use envfs::format::config::{CONFIG_FILE_NAME, CONFIG_MAGIC};
@@ -20,22 +22,15 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use support::copy_tree;
+use support::golden_table::{DIR, LINK, LINK_TARGET, content, golden_plain_files, long_name};
 
 const VAULT_ID: &str = "6f3dc55c835b73de43e7175ea0909acd";
 const KEY_ID: &str = "local:7d2f316c5d0dda9a";
 const CONFIG_LEN: u64 = 158;
 
-/// Byte `i` of the golden file with seed `seed` (same function as examples/make_golden.rs).
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| ((i * 31 + 7 + seed * 13) % 251) as u8)
-        .collect()
-}
-
-fn long_name() -> String {
-    format!("long-name-{}.txt", "x".repeat(186))
-}
-
+/// A golden file: its plaintext (tests/support/golden_table.rs) and how it is frozen on
+/// the backing store.
 struct GoldenFile {
     path: String,
     seed: u64,
@@ -46,58 +41,39 @@ struct GoldenFile {
     backing_len: u64,
 }
 
-fn golden_files() -> Vec<GoldenFile> {
-    let f = |path: &str, seed, len, backing, backing_len| GoldenFile {
-        path: path.to_string(),
-        seed,
-        len,
-        backing,
-        backing_len,
-    };
-    vec![
-        f("empty.txt", 0, 0, "jpUkM6edqzq7xtGCu4LDCmypsg_-5AVx3w", 0),
-        f(
-            "one-byte.bin",
-            1,
-            1,
-            "TQD-okHYv0z99mC2iSHJrFvytId8DyXe5DWp8A",
-            1053,
-        ),
-        f(
-            "one-chunk.bin",
-            2,
-            4096,
-            "-pV86Kb7C6w1Owx_yQom5t_WiVDSyOv4asKCvCc",
-            5148,
-        ),
-        f(
-            "several-chunks.bin",
-            3,
-            3 * 4096 + 100,
-            "FTJeSbTgch1OGREBTaA_-cp2mmqtwwpOinekuloRFAg1VQ",
-            13524,
-        ),
-        f(
-            &long_name(),
-            4,
-            300,
-            "vOWw_5XPEmAZdhRT7f4fBlfxSOFKc6Rs7FAyxT1DXdk.envfs-ln",
-            1352,
-        ),
-        f(
-            "docs/nested.txt",
-            5,
-            5000,
+/// The frozen backing path and size of the golden file `path` (tests/golden/v1/).
+fn frozen_backing(path: &str) -> (&'static str, u64) {
+    match path {
+        "empty.txt" => ("jpUkM6edqzq7xtGCu4LDCmypsg_-5AVx3w", 0),
+        "one-byte.bin" => ("TQD-okHYv0z99mC2iSHJrFvytId8DyXe5DWp8A", 1053),
+        "one-chunk.bin" => ("-pV86Kb7C6w1Owx_yQom5t_WiVDSyOv4asKCvCc", 5148),
+        "several-chunks.bin" => ("FTJeSbTgch1OGREBTaA_-cp2mmqtwwpOinekuloRFAg1VQ", 13524),
+        "docs/nested.txt" => (
             "PwcNynwh09H-SCQyxl4g_1YpeuY/_R175s3Mddyjna_qdS2TCKky7BogBxZhnJA",
             6080,
         ),
-    ]
+        p if p == long_name() => ("vOWw_5XPEmAZdhRT7f4fBlfxSOFKc6Rs7FAyxT1DXdk.envfs-ln", 1352),
+        other => panic!("no frozen backing entry for golden file {other:?}"),
+    }
 }
 
-const LINK: &str = "link";
+fn golden_files() -> Vec<GoldenFile> {
+    golden_plain_files()
+        .into_iter()
+        .map(|f| {
+            let (backing, backing_len) = frozen_backing(&f.path);
+            GoldenFile {
+                path: f.path,
+                seed: f.seed,
+                len: f.len,
+                backing,
+                backing_len,
+            }
+        })
+        .collect()
+}
+
 const LINK_BACKING: &str = "c6jG0zCnu-4ose97dU5U3Roitd4";
-const LINK_TARGET: &str = "docs/nested.txt";
-const DIR: &str = "docs";
 const DIR_BACKING: &str = "PwcNynwh09H-SCQyxl4g_1YpeuY";
 
 fn golden_dir() -> PathBuf {
@@ -139,24 +115,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     out
-}
-
-/// Copy a backing directory (files, directories, symlinks as symlinks).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&src).unwrap();
-        if meta.is_dir() {
-            copy_tree(&src, &dst);
-        } else if meta.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
 }
 
 fn read_all(fs: &Fs, path: &Path, step: usize) -> Vec<u8> {

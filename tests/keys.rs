@@ -39,11 +39,7 @@ fn contents(v: &TestVault, names: &[String], key_args: &[&str]) -> Vec<Vec<u8>> 
         .iter()
         .map(|n| {
             let out = run(v.cmd().arg("cat").arg(&v.backing).arg(n).args(key_args));
-            assert!(
-                out.status.success(),
-                "cat {n}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "cat {n}: {}", stderr_text(&out));
             out.stdout
         })
         .collect()
@@ -59,11 +55,7 @@ fn populate(m: &Mount, n: usize) -> Vec<String> {
             format!("file{i}")
         };
         let len = (i * 1777) % 20_000 + 1;
-        fs::write(
-            m.p(&name),
-            (0..len).map(|j| (j * 7 + i) as u8).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        fs::write(m.p(&name), pattern(i as u64, len)).unwrap();
         names.push(name);
     }
     fs::write(m.p("empty"), b"").unwrap();
@@ -208,7 +200,7 @@ fn removing_the_last_key_or_an_unknown_key_is_refused() {
         .arg(&ids[0])
         .args(k));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("last key"));
+    assert!(stderr_text(&out).contains("last key"));
     let out = run(v
         .cmd()
         .args(["key", "remove"])
@@ -216,7 +208,7 @@ fn removing_the_last_key_or_an_unknown_key_is_refused() {
         .arg("deadbeef")
         .args(k));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a key of this vault"));
+    assert!(stderr_text(&out).contains("not a key of this vault"));
     assert_eq!(key_ids(&v, &k), ids, "a refused removal changed the config");
 }
 
@@ -337,11 +329,7 @@ fn a_recovery_key_opens_a_kms_vault_with_kms_down_and_kms_keys_rewrap_with_reenc
             .arg(format!("f{i}"))
             .arg("--key-file")
             .arg(&recovery));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", stderr_text(&out));
         assert_eq!(out.stdout, format!("kms file {i}").as_bytes());
     }
     let mnt2 = dir.path().join("mnt2");
@@ -360,7 +348,7 @@ fn a_recovery_key_opens_a_kms_vault_with_kms_down_and_kms_keys_rewrap_with_reenc
 fn rekey_gives_a_file_a_new_dek_and_keeps_its_content_and_metadata() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let v = TestVault::new(&[]);
-    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let data = pattern(1, 50_000);
     {
         let m = v.mount("mnt", &[]);
         fs::write(m.p("secret.bin"), &data).unwrap();
@@ -404,7 +392,7 @@ fn rekey_gives_a_file_a_new_dek_and_keeps_its_content_and_metadata() {
     drop(m);
     let out = run(v.cmd().arg("rekey").arg(&v.backing).arg("linked").args(k));
     assert_eq!(out.status.code(), Some(16));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("hard links"));
+    assert!(stderr_text(&out).contains("hard links"));
 }
 
 #[test]
@@ -450,10 +438,6 @@ fn a_kms_key_in_a_second_region_is_reached_in_its_own_region() {
         .arg(&backing)
         .arg("f")
         .args(["--kms-key", &west]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr_text(&out));
     assert_eq!(out.stdout, b"both regions");
 }

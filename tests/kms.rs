@@ -23,19 +23,13 @@ impl KmsVault {
         let backing = dir.path().join("backing");
         fs::create_dir(&backing).unwrap();
         let v = KmsVault { dir, backing };
-        let out = v
+        let out = run(v
             .cmd(kms)
             .arg("init")
             .arg(&v.backing)
             .arg("--kms-key")
-            .arg(key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(key));
+        assert!(out.status.success(), "init: {}", stderr_text(&out));
         v
     }
 
@@ -49,24 +43,18 @@ impl KmsVault {
     fn try_mount(&self, kms: &Kms, name: &str, opts: &[&str]) -> (PathBuf, Output) {
         let mnt = self.dir.path().join(name);
         fs::create_dir_all(&mnt).unwrap();
-        let out = self
+        let out = run(self
             .cmd(kms)
             .arg("mount")
             .arg(&self.backing)
             .arg(&mnt)
-            .args(opts)
-            .output()
-            .unwrap();
+            .args(opts));
         (mnt, out)
     }
 
     fn mount(&self, kms: &Kms, name: &str, opts: &[&str]) -> Mount {
         let (mnt, out) = self.try_mount(kms, name, opts);
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mount: {}", stderr_text(&out));
         Mount::adopt(mnt)
     }
 
@@ -105,8 +93,8 @@ fn kms_vault_init_mount_write_remount_read() {
     let kms = Kms::start();
     let arn = kms.create_key("alias/envfs-roundtrip");
     let v = KmsVault::new(&kms, "alias/envfs-roundtrip");
-    let info = v.cmd(&kms).arg("info").arg(&v.backing).output().unwrap();
-    let info = String::from_utf8_lossy(&info.stdout);
+    let info = run(v.cmd(&kms).arg("info").arg(&v.backing));
+    let info = stdout_text(&info);
     assert!(info.contains(&format!("aws-kms  {arn}")), "{info}");
     assert!(info.contains("authenticated:  yes"));
     let data: Vec<u8> = MARKER.iter().copied().cycle().take(100_000).collect();
@@ -122,23 +110,11 @@ fn kms_vault_init_mount_write_remount_read() {
         assert_eq!(fs::read(m.p("docs/report.bin")).unwrap(), data);
         assert_eq!(fs::read(m.p("small")).unwrap(), b"tiny");
     }
-    let out = v
-        .cmd(&kms)
-        .arg("cat")
-        .arg(&v.backing)
-        .arg("small")
-        .output()
-        .unwrap();
+    let out = run(v.cmd(&kms).arg("cat").arg(&v.backing).arg("small"));
     assert_eq!(out.stdout, b"tiny");
     // Every header names the KMS key.
-    let info = v
-        .cmd(&kms)
-        .arg("info")
-        .arg(&v.backing)
-        .arg("small")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&info.stdout).contains(&arn));
+    let info = run(v.cmd(&kms).arg("info").arg(&v.backing).arg("small"));
+    assert!(stdout_text(&info).contains(&arn));
 }
 
 #[test]
@@ -246,20 +222,18 @@ fn a_config_naming_another_kms_key_is_refused() {
     fs::create_dir(&attacker).unwrap();
     let mut c = Command::new(envfs_bin());
     kms.env(&mut c);
-    let out = c
+    let out = run(c
         .env("XDG_CONFIG_HOME", attacker_dir.path().join("cfg"))
         .arg("init")
         .arg(&attacker)
         .arg("--kms-key")
-        .arg("alias/envfs-attacker")
-        .output()
-        .unwrap();
+        .arg("alias/envfs-attacker"));
     assert!(out.status.success());
     // With its own vault id (so no pin of ours applies to it) it is refused too: this host
     // knows which vault lives at this path.
     fs::copy(attacker.join("envfs.conf"), v.backing.join("envfs.conf")).unwrap();
     let (mnt0, out) = v.try_mount(&kms, "mnt0", &[]);
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = stderr_text(&out);
     assert_eq!(
         out.status.code(),
         Some(9),
@@ -271,7 +245,7 @@ fn a_config_naming_another_kms_key_is_refused() {
     forged[12..28].copy_from_slice(&original[12..28]); // keep our vault id, so our pin applies
     fs::write(v.backing.join("envfs.conf"), &forged).unwrap();
     let (mnt, out) = v.try_mount(&kms, "mnt2", &[]);
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = stderr_text(&out);
     assert_eq!(out.status.code(), Some(9), "{msg}");
     assert!(
         msg.contains(&arn2) && msg.contains(&arn1),
@@ -288,12 +262,7 @@ fn a_config_naming_another_kms_key_is_refused() {
     edited[pos + arn1.len() - 1] ^= 1;
     fs::write(v.backing.join("envfs.conf"), &edited).unwrap();
     let (_, out) = v.try_mount(&kms, "mnt3", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(9),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_text(&out));
 
     // An explicit --kms-key that the vault does not name is refused too.
     fs::write(v.backing.join("envfs.conf"), &original).unwrap();
@@ -437,20 +406,18 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
     fs::create_dir(&mnt).unwrap();
     let _guard = Mount::adopt(mnt.clone());
     // The pinned key is an ARN, which names its region; an alias does not.
-    let out = v
+    let out = run(v
         .cmd(&kms)
         .env_remove("AWS_REGION")
         .env_remove("AWS_DEFAULT_REGION")
         .arg("mount")
         .arg(&v.backing)
         .arg(&mnt)
-        .args(["--kms-key", "alias/envfs-creds"])
-        .output()
-        .unwrap();
+        .args(["--kms-key", "alias/envfs-creds"]));
     assert_eq!(out.status.code(), Some(8));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("region"));
+    assert!(stderr_text(&out).contains("region"));
     let start = Instant::now();
-    let out = v
+    let out = run(v
         .cmd(&kms)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -458,16 +425,9 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
         .env("AWS_CONFIG_FILE", "/nonexistent")
         .arg("mount")
         .arg(&v.backing)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials"));
+        .arg(&mnt));
+    assert_eq!(out.status.code(), Some(8), "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("credentials"));
     assert!(start.elapsed() < Duration::from_secs(30));
     assert!(!is_mounted(&mnt));
 }

@@ -1,36 +1,21 @@
 //! The layering check (scripts/check-layering.sh, run by CI) passes on this tree and fails,
 //! naming file and line, on copies of it that break each rule.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::{copy_tree, run, stderr_text};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn check(src: &Path) -> (bool, String) {
-    let out = Command::new("bash")
+    let out = run(Command::new("bash")
         .arg(repo().join("scripts/check-layering.sh"))
-        .arg(src)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dst = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dst);
-        } else {
-            std::fs::copy(entry.path(), dst).unwrap();
-        }
-    }
+        .arg(src));
+    (out.status.success(), stderr_text(&out))
 }
 
 #[test]

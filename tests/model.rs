@@ -4,14 +4,15 @@
 //! the file's content, its reported size and its backing size checked after every step.
 //! Plus a concurrency test: threads writing disjoint and overlapping ranges of one file.
 
-mod common;
+mod support;
 
-use common::{TestVault, pattern};
 use envfs::format::Geometry;
 use envfs::fs::{Fs, Handle, SetAttr};
 use envfs::vault::InitOptions;
 use proptest::prelude::*;
 use std::path::Path;
+use support::fs_core::{self, CoreVault};
+use support::pattern;
 
 const FILE: &str = "model-file";
 /// Offsets are kept below this many chunks so files stay small.
@@ -151,7 +152,7 @@ impl Handles {
 }
 
 /// Everything that must hold between steps: content, `stat` size, backing size.
-fn check(tv: &TestVault, h: &Handles, model: &[u8], g: Geometry, step: usize) {
+fn check(tv: &CoreVault, h: &Handles, model: &[u8], g: Geometry, step: usize) {
     let path = Path::new(FILE);
     let attr = tv.fs.getattr(path).unwrap();
     assert_eq!(
@@ -171,7 +172,7 @@ fn check(tv: &TestVault, h: &Handles, model: &[u8], g: Geometry, step: usize) {
 }
 
 fn run_model(opts: &InitOptions, ops: &[Op]) {
-    let mut tv = TestVault::new(opts);
+    let mut tv = CoreVault::new(opts);
     let g = tv.fs.vault().geometry;
     let cs = g.chunk_size;
     let path = Path::new(FILE);
@@ -254,7 +255,7 @@ fn run_model(opts: &InitOptions, ops: &[Op]) {
     // Finally, what a fresh mount sees.
     drop(h);
     tv.reopen();
-    assert_eq!(common::read_file(&tv.fs, FILE).unwrap(), model);
+    assert_eq!(fs_core::read_file(&tv.fs, FILE).unwrap(), model);
 }
 
 proptest! {
@@ -262,7 +263,7 @@ proptest! {
 
     #[test]
     fn small_chunks_match_model(ops in prop::collection::vec(op(), 1..40)) {
-        run_model(&common::small(), &ops);
+        run_model(&fs_core::small(), &ops);
     }
 }
 
@@ -332,7 +333,7 @@ fn fixed_sequences() {
         ],
     ];
     for ops in sequences {
-        run_model(&common::small(), &ops);
+        run_model(&fs_core::small(), &ops);
         run_model(&InitOptions::default(), &ops);
     }
 }
@@ -349,7 +350,7 @@ fn concurrent_writers_never_tear_a_chunk() {
     const PIECE: usize = 97;
     const OVERLAP_START: usize = THREADS * SPAN + 500;
     const OVERLAP_LEN: usize = 3000;
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let path = Path::new(FILE);
     drop(fs.create(path, 0o644, libc::O_RDWR, None).unwrap());
@@ -394,7 +395,7 @@ fn concurrent_writers_never_tear_a_chunk() {
         }
     });
 
-    let content = common::read_file(fs, FILE).unwrap();
+    let content = fs_core::read_file(fs, FILE).unwrap();
     assert_eq!(content.len(), OVERLAP_START + OVERLAP_LEN);
     for (i, expected) in mine.iter().enumerate() {
         assert!(
@@ -423,22 +424,22 @@ fn concurrent_writers_never_tear_a_chunk() {
 /// mount emptied and rewrote the file under a new header, both to read and to write.
 #[test]
 fn a_second_mount_rewriting_a_file_is_seen_by_open_handles() {
-    let tv = TestVault::new(&common::small());
-    let other = common::open_fs(tv.root());
+    let tv = CoreVault::new(&fs_core::small());
+    let other = fs_core::open_fs(tv.root());
     let path = Path::new(FILE);
-    common::write_file(&tv.fs, FILE, &pattern(1, 3000));
+    fs_core::write_file(&tv.fs, FILE, &pattern(1, 3000));
     let h = tv.fs.open(path, libc::O_RDWR).unwrap();
     assert_eq!(tv.fs.read(&h, 0, 5000).unwrap(), pattern(1, 3000));
 
     // The other mount truncates (new file id and DEK at the next write) and rewrites.
-    common::write_file(&other, FILE, &pattern(2, 2500));
+    fs_core::write_file(&other, FILE, &pattern(2, 2500));
     assert_eq!(tv.fs.read(&h, 0, 5000).unwrap(), pattern(2, 2500));
 
-    common::write_file(&other, FILE, &pattern(3, 2000));
+    fs_core::write_file(&other, FILE, &pattern(3, 2000));
     tv.fs.write(&h, 100, b"patched").unwrap();
     let mut expected = pattern(3, 2000);
     expected[100..107].copy_from_slice(b"patched");
-    assert_eq!(common::read_file(&other, FILE).unwrap(), expected);
+    assert_eq!(fs_core::read_file(&other, FILE).unwrap(), expected);
     assert_eq!(tv.fs.read(&h, 0, 5000).unwrap(), expected);
 
     // Emptied by the other mount, then grown through the stale handle.
@@ -453,10 +454,10 @@ fn a_second_mount_rewriting_a_file_is_seen_by_open_handles() {
 #[test]
 fn reads_racing_writes_see_whole_states() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let tv = TestVault::new(&common::small());
+    let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let path = Path::new(FILE);
-    common::write_file(fs, FILE, &[2; 1500]);
+    fs_core::write_file(fs, FILE, &[2; 1500]);
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -153,73 +153,62 @@ fn differential_random_operations_with_the_writeback_cache() {
 
 // ---- bad input ----------------------------------------------------------------------------
 
-fn exit_code(out: &std::process::Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
 #[test]
 fn mount_failures_have_clear_messages_and_distinct_exit_codes() {
     let v = TestVault::new(&[]);
-    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
     let missing = v.dir.path().join("no-such-dir");
     let out = v.try_mount(&missing, &[]);
-    assert_eq!(exit_code(&out), 13, "{}", stderr(&out));
-    assert!(stderr(&out).contains("does not exist"));
+    assert_eq!(exit_code(&out), 13, "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("does not exist"));
 
     let nonempty = v.mountpoint("nonempty");
     fs::write(nonempty.join("x"), "x").unwrap();
     let out = v.try_mount(&nonempty, &[]);
     assert_eq!(exit_code(&out), 13);
-    assert!(stderr(&out).contains("not empty"));
+    assert!(stderr_text(&out).contains("not empty"));
 
     let m = v.mount("busy", &[]);
     let out = v.try_mount(&m.path, &[]);
     assert_eq!(exit_code(&out), 13);
-    assert!(stderr(&out).contains("busy"));
+    assert!(stderr_text(&out).contains("busy"));
     drop(m);
 
     let mnt = v.mountpoint("m");
     let wrong = TestVault::new(&[]);
-    let out = v
+    let out = run(v
         .cmd()
         .arg("mount")
         .arg(&v.backing)
         .arg(&mnt)
         .arg("--key-file")
-        .arg(&wrong.key)
-        .output()
-        .unwrap();
-    assert_eq!(exit_code(&out), 7, "{}", stderr(&out));
-    assert!(stderr(&out).contains("wrong key"));
+        .arg(&wrong.key));
+    assert_eq!(exit_code(&out), 7, "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("wrong key"));
 
-    let out = v
+    let out = run(v
         .cmd()
         .arg("mount")
         .arg(&v.backing)
         .arg(&mnt)
         .arg("--key-file")
-        .arg(v.dir.path().join("nokey"))
-        .output()
-        .unwrap();
+        .arg(v.dir.path().join("nokey")));
     assert_eq!(exit_code(&out), 6);
 
-    let out = v
+    let out = run(v
         .cmd()
         .arg("mount")
         .arg(v.dir.path())
         .arg(&mnt)
         .arg("--key-file")
-        .arg(&v.key)
-        .output()
-        .unwrap();
-    assert_eq!(exit_code(&out), 3, "{}", stderr(&out));
+        .arg(&v.key));
+    assert_eq!(exit_code(&out), 3, "{}", stderr_text(&out));
 
     let out = v.try_mount(&mnt, &["-o", "no_such_option"]);
     assert_eq!(exit_code(&out), 2);
-    assert!(stderr(&out).contains("no_such_option"));
+    assert!(stderr_text(&out).contains("no_such_option"));
 
-    let out = v.cmd().args(["mount", "--bogus-flag"]).output().unwrap();
+    let out = run(v.cmd().args(["mount", "--bogus-flag"]));
     assert_eq!(exit_code(&out), 2);
 
     // Corrupt config: refuse to mount, nothing mounted.
@@ -228,14 +217,14 @@ fn mount_failures_have_clear_messages_and_distinct_exit_codes() {
     bytes[40] ^= 1;
     fs::write(&cfg, &bytes).unwrap();
     let out = v.try_mount(&mnt, &[]);
-    assert_eq!(exit_code(&out), 4, "{}", stderr(&out));
+    assert_eq!(exit_code(&out), 4, "{}", stderr_text(&out));
     assert!(!is_mounted(&mnt));
 }
 
 #[test]
 fn a_damaged_file_fails_only_in_its_damaged_range() {
     let v = TestVault::new(&[]);
-    let content: Vec<u8> = (0..5 * 4096u32).map(|i| (i % 241) as u8).collect();
+    let content = pattern(1, 5 * 4096);
     {
         let m = v.mount("setup", &[]);
         fs::write(m.p("victim"), &content).unwrap();
@@ -295,14 +284,12 @@ fn growing_past_free_space_fails_at_once_and_changes_nothing() {
         .map(|p| fs::symlink_metadata(p).unwrap().len())
         .sum();
     let start = Instant::now();
-    let out = std::process::Command::new("truncate")
+    let out = run(std::process::Command::new("truncate")
         .args(["-s", "1P"])
-        .arg(m.p("f"))
-        .output()
-        .unwrap();
+        .arg(m.p("f")));
     let elapsed = start.elapsed();
     assert!(!out.status.success());
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = stderr_text(&out);
     assert!(
         msg.contains("No space left") || msg.contains("File too large"),
         "{msg}"
@@ -319,11 +306,9 @@ fn growing_past_free_space_fails_at_once_and_changes_nothing() {
         elapsed < Duration::from_secs(30),
         "refusal took {elapsed:?}"
     );
-    let out = std::process::Command::new("truncate")
+    let out = run(std::process::Command::new("truncate")
         .args(["-s", "8E"])
-        .arg(m.p("f"))
-        .output()
-        .unwrap();
+        .arg(m.p("f")));
     assert!(!out.status.success());
 }
 
@@ -408,7 +393,7 @@ fn the_readahead_window_is_one_full_request_or_what_the_option_says() {
     let bad = v.mountpoint("bad");
     let out = v.try_mount(&bad, &["-o", "readahead_kb=1M"]);
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr_text(&out);
     assert!(stderr.contains("readahead_kb=1M"), "{stderr}");
     assert!(!is_mounted(&bad));
 }
@@ -551,13 +536,11 @@ fn systemd_units_verify() {
 #[test]
 fn umount_of_something_that_is_not_an_envfs_mount_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(envfs_bin())
+    let out = run(std::process::Command::new(envfs_bin())
         .arg("umount")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+        .arg(dir.path()));
     assert_eq!(out.status.code(), Some(13));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not mounted"));
+    assert!(stderr_text(&out).contains("not mounted"));
 }
 
 #[test]
@@ -565,7 +548,7 @@ fn sigterm_unmounts_cleanly_and_keeps_acknowledged_data() {
     let v = TestVault::new(&[]);
     let (_guard, mut child) = v.mount_foreground("mnt", None);
     let mnt = _guard.path.clone();
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    let data = pattern(2, 200_000);
     fs::write(mnt.join("kept"), &data).unwrap();
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -612,16 +595,12 @@ fn shared_mount(v: &TestVault) -> Mount {
 /// Run `script` in `dir` as nobody and insist that it succeeds.
 fn as_nobody_ok(dir: &Path, script: &str) {
     let out = as_nobody(dir, script);
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{script}: {}", stderr_text(&out));
 }
 
 /// Run `script` in `dir` as user nobody (uid/gid 65534, no supplementary groups).
 fn as_nobody(dir: &Path, script: &str) -> std::process::Output {
-    std::process::Command::new("setpriv")
+    run(std::process::Command::new("setpriv")
         .args([
             "--reuid=65534",
             "--regid=65534",
@@ -630,9 +609,7 @@ fn as_nobody(dir: &Path, script: &str) -> std::process::Output {
             "-c",
             script,
         ])
-        .current_dir(dir)
-        .output()
-        .unwrap()
+        .current_dir(dir))
 }
 
 #[test]
@@ -644,13 +621,9 @@ fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     let as_nobody = |script: &str| as_nobody(&m.path, script);
     let out = as_nobody("cat root-only");
     assert!(!out.status.success(), "nobody read a 0600 root file");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    assert!(stderr_text(&out).contains("Permission denied"));
     let out = as_nobody("echo mine > by-nobody && cat by-nobody");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr_text(&out));
     let meta = fs::metadata(m.p("by-nobody")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
 }
@@ -706,15 +679,8 @@ fn modifying_a_file_drops_setuid_and_setgid_as_on_a_local_filesystem() {
         "setcap cap_net_raw+ep capable && getcap capable | grep -q cap_net_raw",
     );
     sh(&m.path, "echo more >> capable");
-    let out = std::process::Command::new("getcap")
-        .arg(m.p("capable"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "",
-        "capability kept"
-    );
+    let out = run(std::process::Command::new("getcap").arg(m.p("capable")));
+    assert_eq!(stdout_text(&out).trim(), "", "capability kept");
 }
 
 #[test]
@@ -810,37 +776,25 @@ fn a_read_only_backing_store_can_be_read_and_mounted_read_only() {
         ),
     );
     let _view = ReadOnlyView(ro.clone());
-    let out = v
+    let out = run(v
         .cmd()
         .arg("cat")
         .arg(&ro)
         .arg("f")
         .arg("--key-file")
-        .arg(&v.key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&v.key));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     assert_eq!(out.stdout, b"from a snapshot");
     let mnt = v.mountpoint("ro-mnt");
-    let out = v
+    let out = run(v
         .cmd()
         .arg("mount")
         .arg(&ro)
         .arg(&mnt)
         .arg("--key-file")
         .arg(&v.key)
-        .args(["-o", "ro"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["-o", "ro"]));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     let m = Mount::adopt(mnt);
     assert_eq!(fs::read(m.p("f")).unwrap(), b"from a snapshot");
 }
@@ -910,11 +864,9 @@ fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
     fs::create_dir(&backing).unwrap();
     let key = dir.path().join("k.key");
     let envfs = |args: &[&str]| {
-        std::process::Command::new(envfs_bin())
+        run(std::process::Command::new(envfs_bin())
             .args(args)
-            .env("XDG_CONFIG_HOME", dir.path().join("cfg"))
-            .output()
-            .unwrap()
+            .env("XDG_CONFIG_HOME", dir.path().join("cfg")))
     };
     assert!(
         envfs(&[
@@ -940,7 +892,7 @@ fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
         .success()
     );
     let m = Mount::adopt(mnt.clone());
-    let kept: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    let kept = pattern(3, 1_000_000);
     fs::write(m.p("kept"), &kept).unwrap();
     fs::File::open(m.p("kept")).unwrap().sync_all().unwrap();
     // Fill the disk through the mount, in odd-sized writes so chunks are split.
@@ -951,9 +903,9 @@ fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
         .unwrap();
     assert!(!out.status.success(), "the disk should have filled up");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("No space left"),
+        stderr_text(&out).contains("No space left"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr_text(&out)
     );
     // Both files are whole: every byte of them reads back without an integrity error.
     assert_eq!(fs::read(m.p("kept")).unwrap(), kept);

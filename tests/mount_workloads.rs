@@ -26,7 +26,7 @@ fn make_tree(root: &Path) {
     fs::write(root.join("empty"), b"").unwrap();
     fs::write(root.join(format!("{}-long", "n".repeat(200))), MARKER).unwrap();
     std::os::unix::fs::symlink(format!("{MARKER}-dir/sub/f1.bin"), root.join("link")).unwrap();
-    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let big = pattern(1, 300_000);
     fs::write(root.join("big.bin"), big).unwrap();
     fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o640)).unwrap();
 }
@@ -321,7 +321,7 @@ fn shared_and_private_mmap_reads_and_writes() {
     let mut m = v.mount("mnt", &[]);
     let path = m.p("mapped.bin");
     let len = 3 * 4096 + 123;
-    let original: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let original = pattern(2, len);
     fs::write(&path, &original).unwrap();
 
     let f = OpenOptions::new()

@@ -2,15 +2,15 @@
 //! give an empty file its header: there must be exactly one header, and every chunk both
 //! wrote must authenticate under it.
 
-mod common;
+mod support;
 
-use common::*;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
+use support::fs_core::*;
 
 #[test]
 fn two_mounts_racing_to_create_a_header_produce_one() {
-    let tv = TestVault::new(&options(4096, 1024));
+    let tv = CoreVault::new(&options(4096, 1024));
     let first = Arc::new(open_fs(tv.root()));
     let second = Arc::new(open_fs(tv.root()));
     for round in 0..200 {

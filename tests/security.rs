@@ -608,19 +608,17 @@ fn damaged_symlink_targets_and_xattr_values_are_logged_as_errors() {
             fs::read_link(m.p("link-one")),
             "readlink of a forged target",
         );
-        let out = Command::new("getfattr")
+        let out = run(Command::new("getfattr")
             .args(["--only-values", "-n", "user.mango-attr"])
-            .arg(m.p("xattr-file"))
-            .output()
-            .unwrap();
+            .arg(m.p("xattr-file")));
         assert!(
             !out.status.success(),
             "getfattr of a forged value succeeded"
         );
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("Input/output error"),
+            stderr_text(&out).contains("Input/output error"),
             "{}",
-            String::from_utf8_lossy(&out.stderr)
+            stderr_text(&out)
         );
     });
     let link_lines = error_lines(&log, &link.display().to_string());
@@ -720,12 +718,7 @@ fn a_long_name_with_a_tampered_sidecar_is_refused_by_name_as_it_is_hidden_from_l
         .arg(&v.backing)
         .arg("--key-file")
         .arg(&v.key));
-    assert_eq!(
-        out.status.code(),
-        Some(15),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(15), "{}", stdout_text(&out));
 }
 
 #[test]

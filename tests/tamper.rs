@@ -11,9 +11,8 @@
 //! Not tested for detection, because the format documents it as undetectable: replacing a
 //! whole file with another file's backing bytes (or an older version of itself).
 
-mod common;
+mod support;
 
-use common::{TestVault, pattern};
 use envfs::Error;
 use envfs::error::IntegrityKind;
 use envfs::format::geometry::{CHUNK_OVERHEAD, NONCE_LEN, TAG_LEN};
@@ -25,6 +24,8 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use support::fs_core::{self, CoreVault};
+use support::pattern;
 
 // ---- fixture ----------------------------------------------------------------------------
 
@@ -54,18 +55,18 @@ fn donor(name: &str) -> String {
 }
 
 struct Fixture {
-    tv: TestVault,
+    tv: CoreVault,
     g: Geometry,
 }
 
 impl Fixture {
     fn new(opts: &InitOptions) -> Fixture {
-        let tv = TestVault::new(opts);
+        let tv = CoreVault::new(opts);
         let g = tv.fs.vault().geometry;
         for (i, (name, _, _)) in FILES.iter().enumerate() {
             let len = file_len(g, name);
-            common::write_file(&tv.fs, name, &pattern(i as u64, len));
-            common::write_file(&tv.fs, &donor(name), &pattern(1000 + i as u64, len));
+            fs_core::write_file(&tv.fs, name, &pattern(i as u64, len));
+            fs_core::write_file(&tv.fs, &donor(name), &pattern(1000 + i as u64, len));
         }
         assert_eq!(tv.fs.open_file_count(), 0);
         Fixture { tv, g }
@@ -125,7 +126,7 @@ impl Fixture {
 
 fn geometries() -> Vec<(&'static str, InitOptions)> {
     vec![
-        ("1024/256", common::small()),
+        ("1024/256", fs_core::small()),
         ("4096/1024", InitOptions::default()),
     ]
 }
@@ -368,8 +369,8 @@ fn header_copied_from_another_file() {
 #[test]
 fn header_from_another_vault_with_the_same_key() {
     // Same KEK, different vault id: the wrapped DEK is bound to the vault id.
-    let mut fx = Fixture::new(&common::small());
-    let other = Fixture::new(&common::small());
+    let mut fx = Fixture::new(&fs_core::small());
+    let other = Fixture::new(&fs_core::small());
     let h = fx.g.header_size as usize;
     let foreign = other.bytes("five");
     fx.edit("five", |b| b[..h].copy_from_slice(&foreign[..h]));
@@ -462,7 +463,7 @@ fn chunk_moved_from_another_file() {
 fn chunk_replaced_by_an_older_version_of_another_position() {
     // A chunk of the same file, same length, from a different index (a "move" within the
     // file, as opposed to the swap above which exchanges two).
-    let mut fx = Fixture::new(&common::small());
+    let mut fx = Fixture::new(&fs_core::small());
     let (a, b) = (fx.chunk_range("five", 1), fx.chunk_range("five", 2));
     fx.edit("five", |bytes| bytes.copy_within(a, b.start));
     fx.verify(
@@ -613,7 +614,7 @@ enum Refusal {
 }
 
 fn open_refusal(root: &Path) -> Refusal {
-    match Vault::open(root, vec![common::provider()]) {
+    match Vault::open(root, vec![fs_core::provider()]) {
         Ok(_) => panic!("a tampered vault opened"),
         Err(Error::CorruptConfig(_)) => Refusal::Corrupt,
         Err(Error::UnsupportedVersion(_)) => Refusal::Unsupported,
@@ -628,9 +629,9 @@ fn config_file(root: &Path) -> PathBuf {
 }
 
 /// A fresh small vault holding one file, and its config bytes.
-fn config_fixture() -> (TestVault, Vec<u8>) {
-    let tv = TestVault::new(&common::small());
-    common::write_file(&tv.fs, "f", b"hello");
+fn config_fixture() -> (CoreVault, Vec<u8>) {
+    let tv = CoreVault::new(&fs_core::small());
+    fs_core::write_file(&tv.fs, "f", b"hello");
     let bytes = fs::read(config_file(tv.root())).unwrap();
     (tv, bytes)
 }
@@ -745,7 +746,7 @@ fn config_edits_refuse_to_open() {
         flipped[bit / 8] ^= 1 << (bit % 8);
         fs::write(config_file(tv.root()), &flipped).unwrap();
         assert!(
-            Vault::open(tv.root(), vec![common::provider()]).is_err(),
+            Vault::open(tv.root(), vec![fs_core::provider()]).is_err(),
             "config bit {bit}"
         );
     }
@@ -768,7 +769,7 @@ fn config_from_another_vault_does_not_open_its_files() {
     let (other, other_config) = config_fixture();
     fs::write(config_file(tv.root()), other_config).unwrap();
     drop(other);
-    let fs = common::open_fs(tv.root());
+    let fs = fs_core::open_fs(tv.root());
     // The names were encrypted under the other vault's name key: nothing decrypts.
     assert!(fs.readdir(Path::new("")).unwrap().is_empty());
 }
@@ -833,11 +834,11 @@ fn os(names: &[&str]) -> Vec<OsString> {
 
 #[test]
 fn tampered_names_are_hidden() {
-    for opts in [common::small(), common::base32(common::small())] {
-        let mut tv = TestVault::new(&opts);
+    for opts in [fs_core::small(), fs_core::base32(fs_core::small())] {
+        let mut tv = CoreVault::new(&opts);
         tv.fs.mkdir(Path::new("d"), 0o755, None).unwrap();
         for name in ["a", "b", "c", "d/x", "d/y"] {
-            common::write_file(&tv.fs, name, name.as_bytes());
+            fs_core::write_file(&tv.fs, name, name.as_bytes());
         }
         for (victim, dir, rest) in [("b", "", vec!["a", "c", "d"]), ("d/x", "d", vec!["y"])] {
             let backing = tv.backing(victim);
@@ -861,12 +862,12 @@ fn tampered_names_are_hidden() {
 
 #[test]
 fn long_names_use_a_sidecar_and_tampering_hides_them() {
-    let mut tv = TestVault::new(&common::small());
+    let mut tv = CoreVault::new(&fs_core::small());
     let long_a = "A".repeat(200);
     let long_b = "B".repeat(200);
-    common::write_file(&tv.fs, &long_a, b"content a");
-    common::write_file(&tv.fs, &long_b, b"content b");
-    common::write_file(&tv.fs, "short", b"s");
+    fs_core::write_file(&tv.fs, &long_a, b"content a");
+    fs_core::write_file(&tv.fs, &long_b, b"content b");
+    fs_core::write_file(&tv.fs, "short", b"s");
     let entry = tv.backing(&long_a);
     let entry_name = entry.file_name().unwrap().to_str().unwrap().to_string();
     assert!(entry_name.ends_with(".envfs-ln"), "{entry_name}");
@@ -887,7 +888,7 @@ fn long_names_use_a_sidecar_and_tampering_hides_them() {
         os(&[&long_a, &long_b, "short"]),
         "long names listed"
     );
-    assert_eq!(common::read_file(&tv.fs, &long_a).unwrap(), b"content a");
+    assert_eq!(fs_core::read_file(&tv.fs, &long_a).unwrap(), b"content a");
 
     // Flip a bit of the sidecar's content: the name no longer matches the entry's hash.
     let mut bytes = encoded.clone().into_bytes();
@@ -919,7 +920,7 @@ fn long_names_use_a_sidecar_and_tampering_hides_them() {
 
 #[test]
 fn tampered_symlink_targets_fail_to_read() {
-    let mut tv = TestVault::new(&common::small());
+    let mut tv = CoreVault::new(&fs_core::small());
     tv.fs
         .symlink("some/target/path".as_ref(), Path::new("link"), None)
         .unwrap();
@@ -951,8 +952,8 @@ fn tampered_symlink_targets_fail_to_read() {
 
 #[test]
 fn tampered_xattr_values_fail_to_read() {
-    let mut tv = TestVault::new(&common::small());
-    common::write_file(&tv.fs, "f", b"x");
+    let mut tv = CoreVault::new(&fs_core::small());
+    fs_core::write_file(&tv.fs, "f", b"x");
     let path = Path::new("f");
     tv.fs
         .setxattr(path, "user.color".as_ref(), b"blue", 0)
@@ -1020,11 +1021,11 @@ fn scan(dir: &Path, seen: &mut usize) {
 #[test]
 fn no_plaintext_reaches_the_backing_store() {
     for opts in [
-        common::small(),
+        fs_core::small(),
         InitOptions::default(),
-        common::base32(common::small()),
+        fs_core::base32(fs_core::small()),
     ] {
-        let tv = TestVault::new(&opts);
+        let tv = CoreVault::new(&opts);
         let fs = &tv.fs;
         let content: Vec<u8> = b"MARKER-secret-content "
             .iter()
@@ -1041,7 +1042,7 @@ fn no_plaintext_reaches_the_backing_store() {
             &format!("MARKER-secret-dir/{long}"),
             &long,
         ] {
-            common::write_file(fs, name, &content);
+            fs_core::write_file(fs, name, &content);
         }
         // Partial writes, grows and shrinks, appends, O_TRUNC and renames too.
         let (h, _) = fs
@@ -1067,7 +1068,7 @@ fn no_plaintext_reaches_the_backing_store() {
             )
             .unwrap(),
         );
-        common::write_file(fs, "MARKER-secret-name", b"MARKER-secret-rewritten");
+        fs_core::write_file(fs, "MARKER-secret-name", b"MARKER-secret-rewritten");
         fs.rename(
             Path::new("MARKER-secret-edited"),
             Path::new("MARKER-secret-dir/MARKER-secret-renamed"),
@@ -1100,7 +1101,7 @@ fn no_plaintext_reaches_the_backing_store() {
             "MARKER-secret-target/MARKER"
         );
         assert!(contains_marker(
-            &common::read_file(fs, "MARKER-secret-dir/MARKER-secret-renamed").unwrap()
+            &fs_core::read_file(fs, "MARKER-secret-dir/MARKER-secret-renamed").unwrap()
         ));
         // ...and nowhere in the backing directory.
         let mut seen = 0;
@@ -1171,7 +1172,7 @@ fn writes_never_launder_tampered_data() {
         ("one", 0, "append to it", write(|_| 1, 1), Expect::Chunk(0)),
     ];
     for (name, chunk, what, op, expect) in cases {
-        let mut fx = Fixture::new(&common::small());
+        let mut fx = Fixture::new(&fs_core::small());
         let range = fx.chunk_range(name, chunk);
         fx.flip(name, range.start as u64 + NONCE_LEN + 1, 2);
         fx.tv.reopen();
@@ -1188,7 +1189,7 @@ fn writes_never_launder_tampered_data() {
     }
 
     // A tampered header refuses every write that needs the file's keys.
-    let mut fx = Fixture::new(&common::small());
+    let mut fx = Fixture::new(&fs_core::small());
     fx.flip("five", fx.g.header_size - 1, 0);
     fx.tv.reopen();
     let before = fx.bytes("five");
@@ -1212,7 +1213,7 @@ fn writes_never_launder_tampered_data() {
 
     // What needs no tampered byte still works: replacing a whole chunk, or cutting the
     // file back to before the damage.
-    let mut fx = Fixture::new(&common::small());
+    let mut fx = Fixture::new(&fs_core::small());
     let range = fx.chunk_range("five", 2);
     fx.flip("five", range.start as u64 + NONCE_LEN + 1, 2);
     fx.tv.reopen();
@@ -1245,7 +1246,7 @@ impl std::io::Write for Captured {
 
 #[test]
 fn integrity_failures_are_logged_once_with_path_and_chunk() {
-    let mut fx = Fixture::new(&common::small());
+    let mut fx = Fixture::new(&fs_core::small());
     let range = fx.chunk_range("five", 2);
     fx.flip("five", range.start as u64 + NONCE_LEN, 0);
     fx.tv.reopen();

@@ -44,7 +44,7 @@ pub struct Kms {
 
 /// The Python with moto: `$ENVFS_TEST_PYTHON`, else the project's virtual environment that
 /// scripts/setup.sh makes (`.venv/`), else `python3` on PATH.
-pub fn python() -> std::path::PathBuf {
+fn python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("ENVFS_TEST_PYTHON") {
         return p.into();
     }
@@ -298,11 +298,4 @@ fn serve(
             return;
         }
     }
-}
-
-pub fn python_has_moto() -> bool {
-    Command::new(python())
-        .args(["-c", "import moto, boto3"])
-        .status()
-        .is_ok_and(|s| s.success())
 }

@@ -1,8 +1,23 @@
-//! Shared helpers for tests that run the real `envfs` binary and real FUSE mounts.
-//! Every mount is undone when its guard drops, also when a test panics.
+//! The helpers every integration test shares (`mod support;`), in one tree:
+//!
+//! - here, binary-level helpers: the `envfs` binary under test, vaults it initialises
+//!   ([`TestVault`]), real FUSE mounts ([`Mount`], undone when the guard drops, also when a
+//!   test panics), the one command runner ([`run`], [`ok`], [`exit_code`], [`stderr_text`],
+//!   [`stdout_text`], [`sh`]), backing-store walks, and the one source of test data
+//!   ([`Rng`], [`pattern`]);
+//! - [`fs_core`]: library-level helpers over the filesystem core (`envfs::fs::Fs`), with no
+//!   binary and no mount ([`fs_core::CoreVault`]);
+//! - [`golden_table`]: the frozen plaintext of the golden vaults (shared with
+//!   examples/make_golden.rs);
+//! - [`kms`]: a local KMS server with fault injection.
+//!
+//! Each test binary uses a different subset, hence `allow(dead_code)`; every item here has a
+//! caller in some test.
 
 #![allow(dead_code)]
 
+pub mod fs_core;
+pub mod golden_table;
 pub mod kms;
 
 use std::path::{Path, PathBuf};
@@ -29,20 +44,14 @@ impl TestVault {
         let backing = dir.path().join("backing");
         std::fs::create_dir(&backing).unwrap();
         let key = dir.path().join("vault.key");
-        let out = Command::new(envfs_bin())
+        let out = run(Command::new(envfs_bin())
             .arg("init")
             .arg(&backing)
             .arg("--key-file")
             .arg(&key)
             .args(init_args)
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .env("XDG_CONFIG_HOME", dir.path().join("config")));
+        assert!(out.status.success(), "init failed: {}", stderr_text(&out));
         TestVault { dir, backing, key }
     }
 
@@ -62,11 +71,7 @@ impl TestVault {
     pub fn mount(&self, name: &str, opts: &[&str]) -> Mount {
         let mnt = self.mountpoint(name);
         let out = self.try_mount(&mnt, opts);
-        assert!(
-            out.status.success(),
-            "mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mount failed: {}", stderr_text(&out));
         Mount::adopt(mnt)
     }
 
@@ -104,15 +109,14 @@ impl TestVault {
     }
 
     pub fn try_mount(&self, mnt: &Path, opts: &[&str]) -> Output {
-        self.cmd()
+        run(self
+            .cmd()
             .arg("mount")
             .arg(&self.backing)
             .arg(mnt)
             .arg("--key-file")
             .arg(&self.key)
-            .args(opts)
-            .output()
-            .unwrap()
+            .args(opts))
     }
 }
 
@@ -177,19 +181,34 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// Run a command to completion.
+/// Run a command to completion, capturing stdout and stderr (panics only if it cannot be
+/// started).
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()))
 }
 
 /// The stdout of a command that must have succeeded (else panic with both outputs).
+#[track_caller]
 pub fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
         "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
+        stderr_text(&out),
+        stdout_text(&out)
     );
+    stdout_text(&out)
+}
+
+/// The exit code of a command that exited (a command killed by a signal has none: panic).
+#[track_caller]
+pub fn exit_code(out: &Output) -> i32 {
+    out.status
+        .code()
+        .unwrap_or_else(|| panic!("killed by a signal, no exit code: {:?}", out.status))
+}
+
+pub fn stdout_text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -261,6 +280,26 @@ fn xattr_names(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Copy a backing directory (files, directories, symlinks as symlinks), e.g. a golden vault
+/// into a writable place.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&src).unwrap();
+        if meta.is_dir() {
+            copy_tree(&src, &dst);
+        } else if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Every path below `dir` (not `dir` itself), in no particular order.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -276,7 +315,8 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce from a seed.
+/// The tests' one pseudo-random generator (xorshift64), deterministic so that a failure
+/// reproduces from its seed. A state of 0 stays 0: seed it with anything else.
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -294,4 +334,13 @@ impl Rng {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+}
+
+/// Deterministic, non-repeating test content: a different stream per `seed`. The test data
+/// of every test that does not need particular bytes; built on [`Rng`] (the seed is mixed
+/// first, so seeds 0, 1, 2, … give unrelated streams and never the all-zero state in
+/// practice). Not the golden vectors' content: that is frozen in `golden_table`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03);
+    (0..len).map(|_| (rng.next() >> 24) as u8).collect()
 }

@@ -1,19 +1,18 @@
-//! Helpers shared by the integration tests: build a vault in a temporary directory, reopen
-//! it from disk, and read whole files through the filesystem core.
-
-#![allow(dead_code)]
+//! Library-level helpers: a vault built in a temporary directory through `envfs::vault`,
+//! the filesystem core (`envfs::fs::Fs`) over it, reopening it from disk, and whole-file
+//! reads and writes through the core. No binary, no mount.
 
 use envfs::crypto::Secret32;
 use envfs::format::NameEncoding;
-use envfs::fs::{Fs, Handle};
+use envfs::fs::Fs;
 use envfs::keys::KeyProvider;
 use envfs::keys::local::LocalKeyProvider;
 use envfs::vault::{InitOptions, Vault};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The KEK every test vault is created with.
-pub const KEK: [u8; 32] = [0x42; 32];
+/// The KEK every core vault is created with.
+const KEK: [u8; 32] = [0x42; 32];
 
 pub fn provider() -> Arc<dyn KeyProvider> {
     Arc::new(LocalKeyProvider::from_kek(&Secret32::from_bytes(KEK)))
@@ -37,17 +36,18 @@ pub fn base32(mut opts: InitOptions) -> InitOptions {
     opts
 }
 
-/// A vault in a fresh temporary directory, and the filesystem core over it.
-pub struct TestVault {
+/// A vault in a fresh temporary directory and the filesystem core over it, opened with
+/// [`provider`] (unlike `support::TestVault`, which `envfs init` makes with a key file).
+pub struct CoreVault {
     pub dir: tempfile::TempDir,
     pub fs: Fs,
 }
 
-impl TestVault {
-    pub fn new(opts: &InitOptions) -> TestVault {
+impl CoreVault {
+    pub fn new(opts: &InitOptions) -> CoreVault {
         let dir = tempfile::tempdir().expect("tempdir");
         let vault = Vault::init(dir.path(), provider(), opts).expect("init");
-        TestVault {
+        CoreVault {
             dir,
             fs: Fs::new(Arc::new(vault)),
         }
@@ -82,27 +82,9 @@ pub fn write_file(fs: &Fs, path: &str, data: &[u8]) {
     }
 }
 
-/// Read a whole file through a fresh handle.
+/// Read a whole file through a fresh handle, asking for more than its size.
 pub fn read_file(fs: &Fs, path: &str) -> envfs::Result<Vec<u8>> {
     let h = fs.open(Path::new(path), libc::O_RDONLY)?;
-    read_all(fs, &h)
-}
-
-/// Read a whole file through `h`, asking for more than its size.
-pub fn read_all(fs: &Fs, h: &Handle) -> envfs::Result<Vec<u8>> {
-    let size = fs.size(h)?;
-    fs.read(h, 0, size as usize + 4096)
-}
-
-/// Deterministic, non-repeating test content (a different stream per `seed`).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let size = fs.size(&h)?;
+    fs.read(&h, 0, size as usize + 4096)
 }
