@@ -280,6 +280,11 @@ impl Dir {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
+    /// An `O_PATH` descriptor of this directory itself.
+    pub fn entry_fd_self(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// This directory's own descriptor.
     pub fn into_fd(self) -> OwnedFd {
         self.fd

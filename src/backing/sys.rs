@@ -136,7 +136,7 @@ pub fn fstatvfs(file: &impl AsRawFd) -> io::Result<libc::statvfs> {
 #[derive(Clone, Copy)]
 pub enum XattrOf<'a> {
     Path(&'a Path),
-    Fd(&'a std::os::fd::OwnedFd),
+    Fd(std::os::fd::BorrowedFd<'a>),
 }
 
 impl XattrOf<'_> {

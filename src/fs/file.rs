@@ -226,7 +226,13 @@ impl<'a> Engine<'a> {
     pub fn check_openable(&self, file: &OpenFile, backing_size: u64) -> Result<()> {
         match self.geometry().plain_size(backing_size) {
             Err(BadLength::ShortHeader) => Err(self.integrity(file, None, IntegrityKind::Header)),
-            // A damaged tail still leaves the chunks before it readable.
+            // A header and less than one chunk's overhead: `stat` shows it as empty too, so
+            // the same holds (fsck calls it invalid-length at chunk 0).
+            Err(BadLength::ShortChunk) if self.geometry().plain_size_lossy(backing_size) == 0 => {
+                Err(self.integrity(file, Some(0), IntegrityKind::Length))
+            }
+            // A damaged tail after whole chunks still leaves the chunks before it readable,
+            // and a read reaching the tail fails.
             _ => Ok(()),
         }
     }

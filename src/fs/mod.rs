@@ -25,7 +25,7 @@ use name_cache::NameCache;
 use names::{BackingEntry, NameMap};
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -800,13 +800,18 @@ impl Fs {
             value.to_vec()
         };
         let (fd, _) = self.entry_fd(path)?;
-        Ok(sys::setxattr(XattrOf::Fd(&fd), &stored, &value, flags)?)
+        Ok(sys::setxattr(
+            XattrOf::Fd(fd.as_fd()),
+            &stored,
+            &value,
+            flags,
+        )?)
     }
 
     pub fn getxattr(&self, path: &Path, name: &OsStr) -> Result<Vec<u8>> {
         let stored = self.xattr_backing_name(name)?;
         let (fd, backing) = self.entry_fd(path)?;
-        let value = sys::getxattr(XattrOf::Fd(&fd), &stored)?;
+        let value = sys::getxattr(XattrOf::Fd(fd.as_fd()), &stored)?;
         if !name.as_bytes().starts_with(b"user.") {
             return Ok(value);
         }
@@ -824,7 +829,7 @@ impl Fs {
     pub fn listxattr(&self, path: &Path) -> Result<Vec<OsString>> {
         let (fd, _) = self.entry_fd(path)?;
         let mut out = Vec::new();
-        for stored in sys::listxattr(XattrOf::Fd(&fd))? {
+        for stored in sys::listxattr(XattrOf::Fd(fd.as_fd()))? {
             if let Some(encoded) = stored.strip_prefix(b"user.") {
                 let plain = xattr_name_plaintext(
                     &self.vault.xattrs,
@@ -850,7 +855,7 @@ impl Fs {
     pub fn removexattr(&self, path: &Path, name: &OsStr) -> Result<()> {
         let stored = self.xattr_backing_name(name)?;
         let (fd, _) = self.entry_fd(path)?;
-        Ok(sys::removexattr(XattrOf::Fd(&fd), &stored)?)
+        Ok(sys::removexattr(XattrOf::Fd(fd.as_fd()), &stored)?)
     }
 
     /// Re-encrypt a file under a fresh DEK and file id (for a suspected DEK compromise):
@@ -899,10 +904,10 @@ impl Fs {
             }
             self.fsync(&target, false)?;
             let (from, to) = (dir.entry_fd(&name)?, dir.entry_fd(&tmp)?);
-            for xattr in sys::listxattr(XattrOf::Fd(&from))? {
+            for xattr in sys::listxattr(XattrOf::Fd(from.as_fd()))? {
                 let xattr = OsString::from_vec(xattr);
-                let value = sys::getxattr(XattrOf::Fd(&from), &xattr)?;
-                sys::setxattr(XattrOf::Fd(&to), &xattr, &value, 0)?;
+                let value = sys::getxattr(XattrOf::Fd(from.as_fd()), &xattr)?;
+                sys::setxattr(XattrOf::Fd(to.as_fd()), &xattr, &value, 0)?;
             }
             let fd = target.file.fd();
             sys::fchown(&fd, Some(st.st_uid), Some(st.st_gid))?;

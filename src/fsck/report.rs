@@ -29,6 +29,8 @@ pub enum FindingKind {
     UndecryptableName,
     /// An encrypted symlink target does not decrypt.
     UndecryptableSymlink,
+    /// A `user.*` extended attribute whose name decrypts but whose value does not.
+    UndecryptableXattr,
     /// A long-name entry without its sidecar.
     MissingSidecar,
     /// A long-name entry whose sidecar does not hold the name the entry is named after.
@@ -44,7 +46,7 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 14] = [
+    pub const ALL: [FindingKind; 15] = [
         FindingKind::TamperedChunk,
         FindingKind::Truncated,
         FindingKind::InvalidLength,
@@ -53,6 +55,7 @@ impl FindingKind {
         FindingKind::KeyServiceError,
         FindingKind::UndecryptableName,
         FindingKind::UndecryptableSymlink,
+        FindingKind::UndecryptableXattr,
         FindingKind::MissingSidecar,
         FindingKind::MismatchedSidecar,
         FindingKind::OrphanedSidecar,
@@ -72,6 +75,7 @@ impl FindingKind {
             FindingKind::KeyServiceError => "key-service-error",
             FindingKind::UndecryptableName => "undecryptable-name",
             FindingKind::UndecryptableSymlink => "undecryptable-symlink",
+            FindingKind::UndecryptableXattr => "undecryptable-xattr",
             FindingKind::MissingSidecar => "missing-sidecar",
             FindingKind::MismatchedSidecar => "mismatched-sidecar",
             FindingKind::OrphanedSidecar => "orphaned-sidecar",

@@ -9,17 +9,20 @@
 //! Chunks are read in batches (one `pread` for up to `BATCH_CHUNKS` chunks).
 
 use super::report::{Finding, FindingKind, Progress, bump};
-use crate::backing::{Dir, sys};
+use crate::backing::Dir;
+use crate::backing::sys::{self, XattrOf};
 use crate::crypto::FileKeys;
 use crate::error::Error;
 use crate::format::config::NameEncoding;
 use crate::format::geometry::BadLength;
 use crate::format::{FileHeader, Geometry};
 use crate::fs::names::{Judged, NameDamage, judge, open_link_target};
+use crate::fs::{xattr_name_plaintext, xattr_value_plaintext};
 use crate::vault::Vault;
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,9 @@ pub(super) fn walk(vault: &Vault, root: Dir, workers: usize, progress: &Progress
         seen_inodes: Mutex::new(HashSet::new()),
         queue: Queue::default(),
     };
+    if let Ok(fd) = root.entry_fd_self() {
+        checker.check_xattrs(fd.as_fd(), vault.root(), Some(Path::new("")));
+    }
     checker.queue.push(Job::Dir {
         parent: Arc::new(root),
         name: None,
@@ -345,8 +351,57 @@ impl Checker<'_> {
         }
     }
 
+    /// Every `user.*` extended attribute of an entry whose name the mount shows (one that
+    /// decrypts, `fs::xattr_name_plaintext`) must have a value that opens for it
+    /// (`fs::xattr_value_plaintext`): the mount's getxattr fails with EIO otherwise.
+    fn check_xattrs(&self, fd: BorrowedFd<'_>, backing: &Path, plain: Option<&Path>) {
+        let names = match sys::listxattr(XattrOf::Fd(fd)) {
+            Ok(names) => names,
+            // Stores without xattrs have none to damage.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return,
+            Err(e) => {
+                let detail = format!("cannot list extended attributes: {e}");
+                return self.report(FindingKind::Unreadable, backing, plain, None, detail);
+            }
+        };
+        for stored in names {
+            let Some(encoded) = stored.strip_prefix(b"user.") else {
+                continue; // ACLs and other system attributes are stored as they are
+            };
+            let Some(name) = xattr_name_plaintext(&self.vault.xattrs, self.encoding(), encoded)
+            else {
+                continue; // not ours: the mount does not list it either
+            };
+            let full = [b"user.".as_slice(), &name].concat();
+            let opens = sys::getxattr(XattrOf::Fd(fd), OsStr::from_bytes(&stored))
+                .map(|value| xattr_value_plaintext(&self.vault.xattrs, &full, &value).is_some());
+            match opens {
+                Ok(true) => {}
+                // The attribute's name is plaintext: it never appears in a finding.
+                Ok(false) => self.report(
+                    FindingKind::UndecryptableXattr,
+                    backing,
+                    plain,
+                    None,
+                    "a user.* extended attribute value is corrupt or not authentic",
+                ),
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {} // removed meanwhile
+                Err(e) => {
+                    let detail = format!("cannot read an extended attribute: {e}");
+                    self.report(FindingKind::Unreadable, backing, plain, None, detail);
+                }
+            }
+        }
+    }
+
     /// Queue or check one named entry by its type (`S_IFMT` bits).
     fn dispatch(&self, dir: &Arc<Dir>, name: OsString, plain: Option<PathBuf>, kind: u32) {
+        // A regular file's attributes are checked through the descriptor check_file opens.
+        if kind != libc::S_IFREG
+            && let Ok(fd) = dir.entry_fd(&name)
+        {
+            self.check_xattrs(fd.as_fd(), &self.shown(dir, &name), plain.as_deref());
+        }
         match kind {
             libc::S_IFDIR => {
                 bump(&self.progress.directories, 1);
@@ -421,6 +476,7 @@ impl Checker<'_> {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return; // replaced since the listing
         }
+        self.check_xattrs(fd.as_fd(), &backing, plain.as_deref());
         if st.st_nlink > 1
             && !self
                 .seen_inodes

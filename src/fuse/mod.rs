@@ -332,22 +332,31 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let attr = match fh.and_then(|fh| self.handle(fh).ok()) {
-            Some(h) => self.fs.getattr_handle(&h),
-            None => {
-                let path = try_reply!(reply, self.path(ino));
-                self.fs.getattr(&path)
-            }
-        };
-        let attr = try_reply!(reply, attr);
-        let fattr = self.fuse_attr(&attr);
-        if fattr.ino != ino && ino.0 != inodes::ROOT {
-            // The name now holds another file (replaced behind our back): the kernel drops
-            // its stale entry and looks the name up again.
-            reply.error(Errno::ESTALE);
-            return;
+        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+            let attr = try_reply!(reply, self.fs.getattr_handle(&h));
+            return reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
         }
-        reply.attr(&self.opts.attr_timeout, &fattr);
+        let by_name = self
+            .path(ino)
+            .and_then(|path| self.fs.getattr(&path).map_err(IntoErrno::into_errno))
+            .map(|attr| self.fuse_attr(&attr));
+        match by_name {
+            Ok(fattr) if fattr.ino == ino || ino.0 == inodes::ROOT => {
+                reply.attr(&self.opts.attr_timeout, &fattr)
+            }
+            // The node lost its name (unlinked, or renamed over) or the name now holds
+            // another file. The kernel's fstat of a file still open comes here without its
+            // handle: answer from an open handle of the node, which reports nlink 0.
+            failed => match self.open_handle_of(ino) {
+                Some(h) => {
+                    let attr = try_reply!(reply, self.fs.getattr_handle(&h));
+                    reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+                }
+                // Replaced behind our back: the kernel drops its stale entry and looks the
+                // name up again.
+                None => reply.error(failed.err().unwrap_or(Errno::ESTALE)),
+            },
+        }
     }
 
     fn setattr(
