@@ -154,26 +154,29 @@ impl XattrOf<'_> {
 
 pub fn getxattr(of: XattrOf<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
     let ((p, follow), n) = (of.target()?, cstr(Path::new(name))?);
-    let call = |buf: *mut libc::c_void, len: usize| {
+    read_sized(|buf, len| {
         // SAFETY: valid C strings; buf is NULL with len 0, or has len bytes.
         check_size(unsafe {
             if follow {
-                libc::getxattr(p.as_ptr(), n.as_ptr(), buf, len)
+                libc::getxattr(p.as_ptr(), n.as_ptr(), buf.cast(), len)
             } else {
-                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf, len)
+                libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.cast(), len)
             }
         })
-    };
+    })
+}
+
+/// The bytes a size-then-fill call returns (`getxattr`, `listxattr`): a NULL buffer with
+/// size 0 asks for the length; if the value grew before the second call, ask again.
+fn read_sized(call: impl Fn(*mut u8, usize) -> io::Result<usize>) -> io::Result<Vec<u8>> {
     loop {
-        // A NULL buffer with size 0 asks for the length.
         let len = call(std::ptr::null_mut(), 0)?;
         let mut buf = vec![0u8; len];
-        match call(buf.as_mut_ptr().cast(), len) {
+        match call(buf.as_mut_ptr(), len) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
-            // The value grew between the two calls: ask again.
             Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
             Err(e) => return Err(e),
         }
@@ -206,32 +209,21 @@ pub fn setxattr(of: XattrOf<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::
 
 pub fn listxattr(of: XattrOf<'_>) -> io::Result<Vec<Vec<u8>>> {
     let (p, follow) = of.target()?;
-    let call = |buf: *mut libc::c_char, len: usize| {
+    let buf = read_sized(|buf, len| {
         // SAFETY: valid C string; buf is NULL with len 0, or has len bytes.
         check_size(unsafe {
             if follow {
-                libc::listxattr(p.as_ptr(), buf, len)
+                libc::listxattr(p.as_ptr(), buf.cast(), len)
             } else {
-                libc::llistxattr(p.as_ptr(), buf, len)
+                libc::llistxattr(p.as_ptr(), buf.cast(), len)
             }
         })
-    };
-    loop {
-        let len = call(std::ptr::null_mut(), 0)?;
-        let mut buf = vec![0u8; len];
-        match call(buf.as_mut_ptr().cast(), len) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf
-                    .split(|&b| b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.to_vec())
-                    .collect());
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    })?;
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect())
 }
 
 pub fn removexattr(of: XattrOf<'_>, name: &OsStr) -> io::Result<()> {
