@@ -18,12 +18,15 @@
 
 pub mod sys;
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn cstr(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
@@ -57,10 +60,43 @@ pub struct BackingRoot {
     /// For messages only.
     path: PathBuf,
     openat2: AtomicU8,
+    cache: DirCache,
+}
+
+/// How many directory descriptors `dir_cached` keeps, at most.
+pub const DIR_CACHE_CAPACITY: usize = 256;
+
+/// How long `dir_cached` reuses a descriptor before resolving its path again, unless
+/// `set_dir_cache_ttl` says otherwise: the kernel's default entry timeout. The mount sets
+/// its own `entry_timeout` (docs/SEMANTICS.md §5), so a directory that the backing store
+/// moves behind the mount's back (a sync client, another host) is found where it now is no
+/// later than the kernel itself notices.
+pub const DIR_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Directory descriptors by backing path, so that the operations of one directory (a
+/// listing's lookups, `cp -r`, `rm -rf`) resolve its path once rather than once each.
+/// Bounded and short-lived (above); `forget` drops a path and everything below it, and the
+/// epoch keeps a descriptor resolved before a `forget` from being cached after it.
+struct DirCache {
+    dirs: Mutex<HashMap<PathBuf, (Arc<Dir>, Instant)>>,
+    epoch: AtomicU64,
+    /// The TTL in nanoseconds; 0 caches nothing.
+    ttl_nanos: AtomicU64,
+}
+
+impl Default for DirCache {
+    fn default() -> DirCache {
+        DirCache {
+            dirs: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            ttl_nanos: AtomicU64::new(DIR_CACHE_TTL.as_nanos() as u64),
+        }
+    }
 }
 
 /// One open backing directory (an `O_PATH` descriptor) and its path below the root, for
 /// messages.
+#[derive(Debug)]
 pub struct Dir {
     fd: OwnedFd,
     rel: PathBuf,
@@ -83,7 +119,58 @@ impl BackingRoot {
             root: unsafe { OwnedFd::from_raw_fd(fd) },
             path: path.to_path_buf(),
             openat2: AtomicU8::new(UNKNOWN),
+            cache: DirCache::default(),
         })
+    }
+
+    /// `dir(rel)`, reusing a descriptor resolved less than `DIR_CACHE_TTL` ago. For the
+    /// mount, which must `forget` every directory it renames or removes. A cached
+    /// descriptor still refers to a directory that was at `rel`: whatever the backing store
+    /// did since, it leads nowhere a symlink points.
+    pub fn dir_cached(&self, rel: &Path) -> io::Result<Arc<Dir>> {
+        let ttl = Duration::from_nanos(self.cache.ttl_nanos.load(Ordering::Relaxed));
+        if ttl.is_zero() {
+            return Ok(Arc::new(self.dir(rel)?));
+        }
+        let now = Instant::now();
+        if let Some((dir, at)) = self.cache.dirs.lock().unwrap().get(rel)
+            && now.duration_since(*at) < ttl
+        {
+            return Ok(dir.clone());
+        }
+        let epoch = self.cache.epoch.load(Ordering::Acquire);
+        let dir = Arc::new(self.dir(rel)?);
+        let mut dirs = self.cache.dirs.lock().unwrap();
+        if self.cache.epoch.load(Ordering::Acquire) == epoch {
+            if dirs.len() >= DIR_CACHE_CAPACITY {
+                dirs.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+                if dirs.len() >= DIR_CACHE_CAPACITY {
+                    dirs.clear();
+                }
+            }
+            dirs.insert(dir.rel.clone(), (dir.clone(), now));
+        }
+        Ok(dir)
+    }
+
+    /// How long `dir_cached` may reuse a descriptor (zero: never).
+    pub fn set_dir_cache_ttl(&self, ttl: Duration) {
+        let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        self.cache.ttl_nanos.store(nanos, Ordering::Relaxed);
+        self.forget(Path::new(""));
+    }
+
+    /// Drop the cached descriptors of `rel` and of every directory below it (after a
+    /// rename or rmdir of `rel`).
+    pub fn forget(&self, rel: &Path) {
+        let mut dirs = self.cache.dirs.lock().unwrap();
+        self.cache.epoch.fetch_add(1, Ordering::AcqRel);
+        dirs.retain(|path, _| !path.starts_with(rel));
+    }
+
+    /// Number of directory descriptors cached (for tests).
+    pub fn cached_dirs(&self) -> usize {
+        self.cache.dirs.lock().unwrap().len()
     }
 
     pub fn path(&self) -> &Path {
@@ -689,8 +776,7 @@ mod tests {
             }
             let err = root
                 .dir(Path::new("a/evil"))
-                .err()
-                .expect("followed a symlink");
+                .expect_err("followed a symlink");
             assert_eq!(
                 err.raw_os_error(),
                 Some(libc::ELOOP),
@@ -825,6 +911,51 @@ mod tests {
         for bad in ["", ".", "..", "x/y"] {
             assert!(a.stat(OsStr::new(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cached_directories_are_reused_until_forgotten_or_stale() {
+        let (_t, backing, _) = setup();
+        let root = BackingRoot::open(&backing).unwrap();
+        let b = root.dir_cached(Path::new("a/b")).unwrap();
+        assert!(Arc::ptr_eq(&b, &root.dir_cached(Path::new("a/b")).unwrap()));
+        let a = root.dir_cached(Path::new("a")).unwrap();
+        assert_eq!(root.cached_dirs(), 2);
+        // Forgetting a directory forgets what lies below it, and nothing else.
+        root.forget(Path::new("a/b"));
+        assert_eq!(root.cached_dirs(), 1);
+        assert!(Arc::ptr_eq(&a, &root.dir_cached(Path::new("a")).unwrap()));
+        root.forget(Path::new("a"));
+        assert_eq!(root.cached_dirs(), 0);
+        // After a rename and forget, the path leads to what is there now.
+        root.dir_cached(Path::new("a/b")).unwrap();
+        std::fs::rename(backing.join("a/b"), backing.join("a/c")).unwrap();
+        std::fs::create_dir(backing.join("a/b")).unwrap();
+        std::fs::write(backing.join("a/b/new"), b"").unwrap();
+        root.forget(Path::new("a"));
+        let now_b = root.dir_cached(Path::new("a/b")).unwrap();
+        assert!(now_b.stat(OsStr::new("new")).is_ok());
+        // Bounded: never more than the capacity, however many directories are visited.
+        for i in 0..DIR_CACHE_CAPACITY + 10 {
+            let name = format!("d{i}");
+            std::fs::create_dir(backing.join(&name)).unwrap();
+            root.dir_cached(Path::new(&name)).unwrap();
+            assert!(root.cached_dirs() <= DIR_CACHE_CAPACITY);
+        }
+        // Stale entries are resolved again: a symlink put in place of a cached directory
+        // is refused once the entry has expired.
+        root.set_dir_cache_ttl(Duration::ZERO);
+        root.dir_cached(Path::new("d1")).unwrap();
+        assert_eq!(root.cached_dirs(), 0, "a zero TTL caches nothing");
+        root.set_dir_cache_ttl(DIR_CACHE_TTL);
+        root.dir_cached(Path::new("d0")).unwrap();
+        std::fs::remove_dir(backing.join("d0")).unwrap();
+        std::os::unix::fs::symlink(backing.join("a"), backing.join("d0")).unwrap();
+        std::thread::sleep(DIR_CACHE_TTL + Duration::from_millis(50));
+        assert_eq!(
+            root.dir_cached(Path::new("d0")).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
     }
 
     #[test]

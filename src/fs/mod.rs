@@ -134,6 +134,10 @@ pub struct Fs {
     sizes: SizeMap,
 }
 
+/// A directory's entries as `Fs::list` returns them: each decrypted entry with its backing
+/// name, and the directory's descriptor.
+type Listing = (Vec<(DirEntry, OsString)>, Arc<Dir>);
+
 /// Split a mount-relative path into its parent and final name.
 fn split(path: &Path) -> Result<(&Path, &OsStr)> {
     match (path.parent(), path.file_name()) {
@@ -202,21 +206,37 @@ impl Fs {
         self.backing.as_ref().map_err(|&e| Error::from_errno(e))
     }
 
+    /// Drop the cached descriptors of entry `name` of `dir` and below (it was renamed or
+    /// removed).
+    fn forget(&self, dir: &Dir, name: &OsStr) {
+        if let Ok(root) = self.backing_root() {
+            root.forget(&dir.rel().join(name));
+        }
+    }
+
+    /// The backing root directory itself.
+    fn root_dir(&self) -> Result<Arc<Dir>> {
+        Ok(self.backing_root()?.dir_cached(Path::new(""))?)
+    }
+
     /// The backing directory of plaintext directory `path`, opened beneath the root
     /// without following any symlink.
-    fn dir_of(&self, path: &Path) -> Result<Dir> {
+    fn dir_of(&self, path: &Path) -> Result<Arc<Dir>> {
         let rel = self.rel(path)?;
-        Ok(self.backing_root()?.dir(&rel)?)
+        Ok(self.backing_root()?.dir_cached(&rel)?)
     }
 
     /// An existing entry: its parent directory's descriptor and its backing name (the
     /// mount's root has none: callers treat it apart).
-    fn locate(&self, path: &Path) -> Result<(Dir, OsString)> {
+    fn locate(&self, path: &Path) -> Result<(Arc<Dir>, OsString)> {
         let rel = self.rel(path)?;
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
             return Err(Error::from_errno(libc::EINVAL));
         };
-        Ok((self.backing_root()?.dir(parent)?, name.to_os_string()))
+        Ok((
+            self.backing_root()?.dir_cached(parent)?,
+            name.to_os_string(),
+        ))
     }
 
     /// An `O_PATH` descriptor of an existing entry (the mount's root included), opened
@@ -232,16 +252,25 @@ impl Fs {
     }
 
     /// The backing directory that is to hold plaintext path `path`, and its entry there.
-    fn entry(&self, path: &Path) -> Result<(Dir, BackingEntry)> {
+    fn entry(&self, path: &Path) -> Result<(Arc<Dir>, BackingEntry)> {
         let (parent, name) = split(path)?;
         let dir = self.dir_of(parent)?;
         let entry = self.names().encrypt(name, is_root(parent))?;
         Ok((dir, entry))
     }
 
+    /// How long directory descriptors are reused (`backing::BackingRoot::dir_cached`): the
+    /// mount passes its entry timeout, so a directory moved behind its back is found where
+    /// it is now no later than the kernel notices.
+    pub fn set_dir_cache_ttl(&self, ttl: std::time::Duration) {
+        if let Ok(root) = self.backing_root() {
+            root.set_dir_cache_ttl(ttl);
+        }
+    }
+
     /// The backing device and inode of the mount's root.
     pub fn root_id(&self) -> Result<(u64, u64)> {
-        let st = self.backing_root()?.root()?.stat_self()?;
+        let st = self.root_dir()?.stat_self()?;
         Ok((st.st_dev, st.st_ino))
     }
 
@@ -254,7 +283,7 @@ impl Fs {
 
     pub fn getattr(&self, path: &Path) -> Result<Attr> {
         if is_root(path) {
-            return Ok(self.sizes.attr(&self.backing_root()?.root()?.stat_self()?));
+            return Ok(self.sizes.attr(&self.root_dir()?.stat_self()?));
         }
         let (dir, name) = match self.locate(path) {
             // envfs' own files in a plaintext-names vault do not exist for the mount.
@@ -347,7 +376,7 @@ impl Fs {
         if set.size.is_some() {
             return Err(Error::from_errno(libc::EISDIR));
         }
-        let root = self.backing_root()?.root()?;
+        let root = self.root_dir()?;
         if let Some(mode) = set.mode {
             root.chmod_self(mode & 0o7777)?;
         }
@@ -375,7 +404,7 @@ impl Fs {
     }
 
     /// The decrypted entries of a directory with their backing names, and the directory.
-    fn list(&self, path: &Path) -> Result<(Vec<(DirEntry, OsString)>, Dir)> {
+    fn list(&self, path: &Path) -> Result<Listing> {
         let dir = self.dir_of(path)?;
         let at_root = is_root(path);
         let mut out = Vec::new();
@@ -465,6 +494,7 @@ impl Fs {
             }
             Err(e) => return Err(e.into()),
         }
+        self.forget(&dir, &entry.name);
         self.names().remove_sidecar(&dir, &entry);
         Ok(())
     }
@@ -505,6 +535,10 @@ impl Fs {
             }
             return Err(e.into());
         }
+        // A directory moved (or replaced): its cached descriptors, and those below it, no
+        // longer belong to their paths.
+        self.forget(&from_fd, &from_entry.name);
+        self.forget(&to_fd, &to_entry.name);
         // After an exchange both names still exist, each with its own sidecar; so do both
         // after a rename between two hard links of one file, which rename(2) leaves alone.
         if flags & RENAME_EXCHANGE == 0 && from_fd.stat(&from_entry.name).is_err() {
@@ -933,7 +967,7 @@ impl Fs {
     /// first (a forged header must not be described as real).
     pub fn entry_info(&self, path: &Path) -> Result<EntryInfo> {
         let (st, shown, dir) = if is_root(path) {
-            let root = self.backing_root()?.root()?;
+            let root = self.root_dir()?;
             (root.stat_self()?, self.vault.root().to_path_buf(), None)
         } else {
             let (dir, name) = self.locate(path)?;
@@ -966,7 +1000,7 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
-        let st = self.backing_root()?.root()?.statvfs()?;
+        let st = self.root_dir()?.statvfs()?;
         Ok(StatFs {
             blocks: st.f_blocks,
             bfree: st.f_bfree,
@@ -986,14 +1020,14 @@ impl Fs {
 
     /// syncfs of the backing store: every write made durable (at unmount).
     pub fn sync_backing(&self) -> Result<()> {
-        Ok(self.backing_root()?.root()?.syncfs()?)
+        Ok(self.root_dir()?.syncfs()?)
     }
 
     /// access(2) of an entry, answered by the backing store as the daemon's user (for
     /// mounts without `default_permissions`, which only the mounting user can reach).
     pub fn access(&self, path: &Path, mask: i32) -> Result<()> {
         if is_root(path) {
-            return Ok(self.backing_root()?.root()?.access(None, mask)?);
+            return Ok(self.root_dir()?.access(None, mask)?);
         }
         let (dir, name) = self.locate(path)?;
         Ok(dir.access(Some(&name), mask)?)

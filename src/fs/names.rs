@@ -157,13 +157,20 @@ impl<'v> NameMap<'v> {
             chunk: None,
             kind: IntegrityKind::Name,
         };
-        match read_sidecar_bytes(root.open_file(&sidecar, libc::O_RDONLY | libc::O_NONBLOCK)) {
+        let opened = root.dir_cached(dir).and_then(|d| {
+            d.open_file(
+                sidecar.file_name().expect("a name"),
+                libc::O_RDONLY | libc::O_NONBLOCK,
+                0,
+            )
+        });
+        match read_sidecar_bytes(opened) {
             Ok(bytes) if Some(bytes.as_slice()) == entry.long.as_ref().map(|l| l.as_bytes()) => {
                 Ok(())
             }
             Ok(_) => Err(bad()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match root.dir(dir).and_then(|d| d.stat(&entry.name)) {
+                match root.dir_cached(dir).and_then(|d| d.stat(&entry.name)) {
                     Err(missing) if missing.kind() == io::ErrorKind::NotFound => {
                         Err(missing.into())
                     }

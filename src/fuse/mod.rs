@@ -152,6 +152,7 @@ impl EnvFs {
         let (dev, ino) = fs
             .root_id()
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        fs.set_dir_cache_ttl(opts.entry_timeout);
         Ok(EnvFs {
             fs,
             inodes: Inodes::new(dev, ino),
