@@ -752,8 +752,18 @@ fn fallocate_grows_with_zeros() {
 
 // ---- limits -----------------------------------------------------------------------------
 
-#[test]
-fn growing_past_free_space_fails_promptly_and_changes_nothing() {
+/// Total and available bytes of the filesystem holding `dir`.
+fn disk_space(dir: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
+}
+
+/// Every way of growing a file to `size` (plaintext bytes), on a file with content and on an
+/// empty one; the errors must all be `want`, and nothing may change.
+fn assert_growth_refused(size: u64, want: fn(&Error) -> bool, errno: i32) {
     let tv = CoreVault::new(&fs_core::small());
     let fs = &tv.fs;
     let data = pattern(60, 3000);
@@ -761,9 +771,8 @@ fn growing_past_free_space_fails_promptly_and_changes_nothing() {
     let (e, _) = fs.create(p("empty"), 0o644, libc::O_RDWR, None).unwrap();
     let backing = tv.backing("f");
     let before = fs::read(&backing).unwrap();
-    let huge = 1u64 << 50;
+    let huge = size;
     let h = fs.open(p("f"), libc::O_RDWR).unwrap();
-    let started = Instant::now();
     let attempts: Vec<(&str, envfs::Result<()>)> = vec![
         ("truncate", fs.truncate(&h, huge)),
         (
@@ -791,17 +800,43 @@ fn growing_past_free_space_fails_promptly_and_changes_nothing() {
     ];
     for (what, result) in attempts {
         match result {
-            Err(err @ Error::NoSpace) => assert_eq!(err.errno(), libc::ENOSPC),
-            other => panic!("{what}: expected NoSpace, got {other:?}"),
+            Err(err) if want(&err) => assert_eq!(err.errno(), errno, "{what}"),
+            other => panic!("{what}: expected errno {errno}, got {other:?}"),
         }
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "ENOSPC must come from a free-space check, not from filling the disk"
-    );
+    // Refused by a check before anything is written, not by filling the disk.
     assert_eq!(fs::read(&backing).unwrap(), before);
     assert_eq!(fs.read(&h, 0, 10_000).unwrap(), data);
     assert_eq!(backing_len(&tv.backing("empty")), 0, "no header written");
+}
+
+#[test]
+fn growing_past_free_space_fails_promptly_and_changes_nothing() {
+    // A size whose backing file would fit the filesystem but not its free space.
+    let probe = CoreVault::new(&fs_core::small());
+    let (total, available) = disk_space(probe.root());
+    assert!(
+        total - available > 1 << 20,
+        "the test needs a filesystem with at least 1 MiB in use or reserved"
+    );
+    let g = probe.fs.vault().geometry;
+    let size = g.plain_size_lossy(available + (total - available) / 2);
+    assert_growth_refused(size, |e| matches!(e, Error::NoSpace), libc::ENOSPC);
+}
+
+#[test]
+fn growing_beyond_the_whole_backing_filesystem_is_too_big() {
+    // No file on the backing filesystem can be longer than the filesystem: EFBIG, which
+    // POSIX gives for a length over the maximum file size (pjdfstest truncate/12 asks for
+    // EFBIG or EINVAL), rather than ENOSPC, which says that freeing space would help.
+    let probe = CoreVault::new(&fs_core::small());
+    let (total, _) = disk_space(probe.root());
+    let size = 1u64 << 50;
+    assert!(
+        total < size,
+        "the test needs a filesystem smaller than 1 PiB"
+    );
+    assert_growth_refused(size, |e| matches!(e, Error::FileTooBig), libc::EFBIG);
 }
 
 #[test]

@@ -465,7 +465,14 @@ impl<'a> Engine<'a> {
             .backing_size(new_plain)
             .saturating_sub(backing_size);
         let st = crate::backing::sys::fstatvfs(fd)?;
-        let available = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        let frsize = st.f_frsize as u64;
+        // Larger than the whole backing filesystem: no file there can ever be this long
+        // (EFBIG, as POSIX has it for a length over the maximum file size), not merely a
+        // full disk.
+        if self.geometry().backing_size(new_plain) > (st.f_blocks as u64).saturating_mul(frsize) {
+            return Err(Error::FileTooBig);
+        }
+        let available = (st.f_bavail as u64).saturating_mul(frsize);
         if needed > available {
             return Err(Error::NoSpace);
         }
