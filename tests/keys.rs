@@ -441,3 +441,81 @@ fn a_kms_key_in_a_second_region_is_reached_in_its_own_region() {
     assert!(out.status.success(), "{}", stderr_text(&out));
     assert_eq!(out.stdout, b"both regions");
 }
+
+/// A key given as a pipe or as stdin unlocks a daemonized mount, not only a foreground one.
+/// The daemon is envfs started again, so it must be handed the key text its parent read:
+/// before, it found `/dev/stdin` empty (its stdin is /dev/null) and a `<(…)` pipe drained,
+/// and `mount` failed with "not an envfs key file" (exit 6).
+#[test]
+fn a_key_from_stdin_or_a_pipe_unlocks_a_daemonized_mount() {
+    let v = TestVault::new(&[]);
+    let key_text = fs::read(&v.key).unwrap();
+    for (how, redirect) in [
+        ("stdin redirected from the key file", true),
+        ("stdin a pipe", false),
+    ] {
+        let mnt = v.mountpoint(&format!("mnt-{}", how.len()));
+        let mut cmd = v.cmd();
+        cmd.arg("mount")
+            .arg(&v.backing)
+            .arg(&mnt)
+            .args(["--key-file", "/dev/stdin"]);
+        if redirect {
+            cmd.stdin(fs::File::open(&v.key).unwrap());
+        } else {
+            cmd.stdin(std::process::Stdio::piped());
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(&key_text).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{how}: {}", stderr_text(&out));
+        let m = Mount::adopt(mnt);
+        fs::write(m.p("secret.txt"), how).unwrap();
+        assert_eq!(fs::read_to_string(m.p("secret.txt")).unwrap(), how);
+    }
+    // A process substitution, as a shell gives it.
+    let mnt = v.mountpoint("mnt-procsub");
+    let out = run(Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} mount {} {} --key-file <(cat {})",
+            envfs_bin(),
+            v.backing.display(),
+            mnt.display(),
+            v.key.display()
+        ))
+        .env("XDG_CONFIG_HOME", v.dir.path().join("config")));
+    assert!(out.status.success(), "<(…): {}", stderr_text(&out));
+    let m = Mount::adopt(mnt);
+    assert_eq!(
+        fs::read_to_string(m.p("secret.txt")).unwrap(),
+        "stdin a pipe",
+        "the daemon opened the vault with the key it was handed"
+    );
+    drop(m);
+    // Not a key: refused by the command the user ran, with its exit code, nothing mounted.
+    let mnt = v.mountpoint("mnt-bad");
+    let mut child = v
+        .cmd()
+        .arg("mount")
+        .arg(&v.backing)
+        .arg(&mnt)
+        .args(["--key-file", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"garbage\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("not an envfs key file"));
+    assert!(!is_mounted(&mnt));
+}

@@ -305,6 +305,11 @@ fn mount_or_serve(
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.
     let mut vault = open_vault(backing, &keys)?;
+    if serving {
+        // Only a parent about to daemonize hands the key texts on; nobody else needs the
+        // copies.
+        drop(crate::keys::keyfile::take_read_keys());
+    }
     check_not_nested(backing, mountpoint)?;
     if is_daemon_child() {
         // Key files are read by now (relative paths resolved against the caller's cwd).
@@ -337,26 +342,34 @@ fn daemonize() -> Result<()> {
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let write_fd = write_end.as_raw_fd();
+    let (key_pipes, handed) = hand_on_read_keys()?;
+    let key_fds: Vec<i32> = key_pipes.iter().map(|fd| fd.as_raw_fd()).collect();
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    if !handed.is_empty() {
+        cmd.env(crate::keys::keyfile::HANDED_KEYS_ENV, handed);
+    }
     // stderr stays the caller's until the mount is live, so a daemon that dies early
     // (before it can report through the pipe) is still heard; then it goes to /dev/null.
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            // Let the write end survive exec.
-            let flags = libc::fcntl(write_fd, libc::F_GETFD);
-            libc::fcntl(write_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            // Let the write end, and the key pipes' read ends, survive exec.
+            for fd in std::iter::once(write_fd).chain(key_fds.iter().copied()) {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
             Ok(())
         });
     }
     let mut child = cmd.spawn()?;
     drop(write_end);
+    drop(key_pipes);
     let mut verdict = String::new();
     std::fs::File::from(read_end).read_to_string(&mut verdict)?;
     if verdict.starts_with("ok") {
@@ -372,6 +385,37 @@ fn daemonize() -> Result<()> {
             "the mount daemon exited before the mount was ready".into(),
         )),
     }
+}
+
+/// The key files were read when the vault was opened here; the daemon starts envfs again,
+/// and must not read them a second time (a pipe such as `--key-file /dev/stdin` or `<(…)`
+/// is drained, and `/dev/stdin` would be its own). Each text goes into a fresh pipe whose
+/// read end the daemon inherits, named in `keyfile::HANDED_KEYS_ENV` by the path the user
+/// gave. Returns the read ends (to close
+/// once the daemon has them) and the variable's value.
+fn hand_on_read_keys() -> Result<(Vec<OwnedFd>, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut read_ends = Vec::new();
+    let mut handed = Vec::new();
+    for (path, text) in crate::keys::keyfile::take_read_keys() {
+        let mut fds = [0i32; 2];
+        // SAFETY: fds is a two-int array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: pipe2 returned two fresh fds that we now own.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A key file is at most 64 KiB, which a pipe holds without a reader.
+        std::fs::File::from(write_end).write_all(text.as_bytes())?;
+        handed.push(format!(
+            "{}:{}",
+            read_end.as_raw_fd(),
+            hex::encode(path.as_os_str().as_bytes())
+        ));
+        read_ends.push(read_end);
+    }
+    Ok((read_ends, handed.join(",")))
 }
 
 static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -10,13 +10,49 @@ use zeroize::Zeroizing;
 /// Key files are a few lines; anything larger is not one (and is not read into memory).
 pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
+/// Key texts as read, by the path the user gave, so that a daemonized mount, which starts
+/// envfs again, can be handed them (`take_read_keys`) rather than read its sources a second
+/// time: a pipe (`--key-file /dev/stdin`, `<(…)`) would be drained by then, `/dev/stdin`
+/// would be the daemon's own (empty) stdin, and a file could have changed.
+static READ_KEYS: std::sync::Mutex<Vec<(PathBuf, Zeroizing<String>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The environment variable through which a daemon child learns which key texts its parent
+/// hands it: `FD:PATH-IN-HEX` pairs, comma-separated. The descriptors are pipes the parent
+/// wrote the texts into.
+pub const HANDED_KEYS_ENV: &str = "ENVFS_KEY_FDS";
+
+/// The key texts read so far (taken: each is handed on once).
+pub fn take_read_keys() -> Vec<(PathBuf, Zeroizing<String>)> {
+    std::mem::take(&mut *READ_KEYS.lock().unwrap())
+}
+
+/// The descriptor a parent handed this process for key file `path`, if any.
+fn handed_fd(path: &Path) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let wanted = hex::encode(path.as_os_str().as_bytes());
+    std::env::var(HANDED_KEYS_ENV)
+        .ok()?
+        .split(',')
+        .filter_map(|pair| pair.split_once(':'))
+        .find(|(_, p)| *p == wanted)
+        .and_then(|(fd, _)| fd.parse().ok())
+}
+
 /// Read a key file's text exactly once (it may be a pipe: `--key-file /dev/stdin` or
-/// `<(…)`), bounded in size. Errors name the path, never the contents.
+/// `<(…)`), bounded in size. Errors name the path, never the contents. In a daemonized
+/// mount, a pipe the user gave was read by the parent, which hands the text over.
 pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
     use std::io::Read;
+    use std::os::fd::FromRawFd;
     let cannot =
         |e: std::io::Error| Error::KeyFile(format!("cannot read key file {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(cannot)?;
+    let file = match handed_fd(path) {
+        // SAFETY: the parent passed this descriptor for exactly this key file; it is ours
+        // and read once.
+        Some(fd) => unsafe { std::fs::File::from_raw_fd(fd) },
+        None => std::fs::File::open(path).map_err(cannot)?,
+    };
     // Room for the whole bounded read up front: a growing buffer would leave copies of the
     // key text in freed memory.
     let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 1));
@@ -30,7 +66,12 @@ pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
         )));
     }
     match std::str::from_utf8(&bytes) {
-        Ok(text) => Ok(Zeroizing::new(text.to_string())),
+        Ok(text) => {
+            let text = Zeroizing::new(text.to_string());
+            let kept = Zeroizing::new(text.to_string());
+            READ_KEYS.lock().unwrap().push((path.to_path_buf(), kept));
+            Ok(text)
+        }
         Err(_) => Err(Error::KeyFile(format!(
             "{} is not an envfs key file",
             path.display()
