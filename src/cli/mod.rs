@@ -76,12 +76,14 @@ impl KeyArgs {
 pub enum KeyCommand {
     /// One line per key, oldest first: KEY-ID, provider, key id.
     List {
+        /// The vault's backing directory.
         backing: PathBuf,
         #[command(flatten)]
         keys: KeyArgs,
     },
     /// Add a key: a recovery key file (created if PATH does not exist) or an AWS KMS key.
     Add {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// A recovery key file (X25519); created when it does not exist.
         #[arg(
@@ -99,6 +101,7 @@ pub enum KeyCommand {
     },
     /// Remove a key (refuses the last one). Run `envfs rewrap` afterwards.
     Remove {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// The KEY-ID from `envfs key list` (or the full key id).
         key_id: String,
@@ -137,6 +140,7 @@ pub enum Command {
     },
     /// Describe a vault, or one file's header.
     Info {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// A plaintext path inside the vault.
         path: Option<PathBuf>,
@@ -144,13 +148,16 @@ pub enum Command {
         keys: KeyArgs,
     },
     /// Mount a vault (as a daemon; returns once the mount is live).
+    #[command(after_help = mount::options_help())]
     Mount {
+        /// The vault's backing directory.
         backing: PathBuf,
+        /// Where to show the decrypted tree (an empty directory).
         mountpoint: PathBuf,
         /// Stay in the foreground (logs go to stderr).
         #[arg(short, long)]
         foreground: bool,
-        /// Mount options, comma-separated (see docs/OPERATIONS.md).
+        /// Mount options, comma-separated (listed below).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
         #[command(flatten)]
@@ -163,6 +170,7 @@ pub enum Command {
     },
     /// Bring every file header in line with the vault's keys (no content is re-encrypted).
     Rewrap {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// Files processed in parallel.
         #[arg(long, default_value_t = 4)]
@@ -172,6 +180,7 @@ pub enum Command {
     },
     /// Re-encrypt files under fresh DEKs (for a suspected DEK compromise).
     Rekey {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// Plaintext paths inside the vault.
         #[arg(required = true)]
@@ -180,9 +189,13 @@ pub enum Command {
         keys: KeyArgs,
     },
     /// Unmount an envfs mount, flushing everything to the backing store.
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The mountpoint of an envfs mount.
+        mountpoint: PathBuf,
+    },
     /// Decrypt one file to stdout without mounting.
     Cat {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// A plaintext path inside the vault.
         path: PathBuf,
@@ -191,6 +204,7 @@ pub enum Command {
     },
     /// Check a vault without mounting it: every name, header and chunk.
     Fsck {
+        /// The vault's backing directory.
         backing: PathBuf,
         /// Remove orphaned long-name sidecars and leftover temporary files (nothing else).
         #[arg(long)]
@@ -855,5 +869,29 @@ fn rekey(backing: &Path, paths: &[PathBuf], keys: &KeyArgs) -> Result<()> {
             exit::INCOMPLETE,
             format!("{failed} of {} files were not rekeyed", paths.len()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `--help` describes every positional argument of every command.
+    #[test]
+    fn every_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} <{}>", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "envfs", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }

@@ -87,6 +87,116 @@ fn seconds(name: &str, value: &str) -> Result<Duration> {
 }
 
 /// Parse mount options (comma-separated, possibly from several `-o`).
+/// Every `-o` option `parse_options` takes, as `envfs mount --help` lists them: the
+/// spelling, an example the parser accepts (tested), and one line on what it does. The
+/// full story is docs/OPERATIONS.md "Mount options" (a test checks it names each one).
+pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
+    ("ro / rw", "ro", "read-only / read-write (default rw)"),
+    (
+        "allow_other",
+        "allow_other",
+        "let all users use the mount (turns on default_permissions)",
+    ),
+    (
+        "default_permissions",
+        "default_permissions",
+        "the kernel checks mode bits",
+    ),
+    (
+        "nonempty",
+        "nonempty",
+        "allow mounting over a non-empty directory",
+    ),
+    (
+        "key_file=PATH",
+        "key_file=/k",
+        "the key file (wins over --key-file and ENVFS_KEY_FILE)",
+    ),
+    (
+        "kms_key=KEY",
+        "kms_key=alias/x",
+        "open with this AWS KMS key (as --kms-key)",
+    ),
+    (
+        "vault_fingerprint=HEX",
+        "vault_fingerprint=00112233445566778899aabbccddeeff",
+        "as --vault-fingerprint",
+    ),
+    (
+        "accept_rollback=GENERATION",
+        "accept_rollback=3",
+        "as --accept-rollback",
+    ),
+    (
+        "attr_timeout=S",
+        "attr_timeout=0.5",
+        "kernel attribute cache, in seconds",
+    ),
+    (
+        "entry_timeout=S",
+        "entry_timeout=1",
+        "kernel name cache, in seconds",
+    ),
+    (
+        "negative_timeout=S",
+        "negative_timeout=0",
+        "how long a missing name is remembered, in seconds",
+    ),
+    (
+        "writeback_cache / no_writeback_cache",
+        "writeback_cache",
+        "kernel write buffering (default off)",
+    ),
+    ("threads=N", "threads=8", "FUSE worker threads, 1-64"),
+    (
+        "readahead_kb=N",
+        "readahead_kb=1024",
+        "the mount's readahead window in KiB (root only)",
+    ),
+    (
+        "dek_cache_size=N",
+        "dek_cache_size=100",
+        "unwrapped DEKs kept in memory",
+    ),
+    (
+        "dek_cache_ttl=S",
+        "dek_cache_ttl=60",
+        "how long a cached DEK is used, in seconds",
+    ),
+    ("prefetch=N", "prefetch=16", "new-file DEKs generated ahead"),
+    (
+        "prefetch_workers=N",
+        "prefetch_workers=4",
+        "threads generating them, 1-256",
+    ),
+    ("foreground", "foreground", "same as -f (not in fstab)"),
+    (
+        "nosuid / suid, nodev / dev",
+        "nosuid",
+        "kernel flags (`envfs mount` as root: nosuid,nodev)",
+    ),
+    ("noexec / exec, noatime / atime", "noexec", "kernel flags"),
+    ("dirsync, sync / async", "sync", "kernel flags"),
+    (
+        "nofail, _netdev, auto, noauto, user, users, nouser, defaults, x-*, comment=",
+        "nofail",
+        "for mount(8), fstab and systemd: accepted and ignored",
+    ),
+];
+
+/// The `-o` options for `envfs mount --help`.
+pub fn options_help() -> String {
+    let mut out = String::from("Mount options (-o a,b,c; the same names work in fstab):\n");
+    for (spelling, _, what) in MOUNT_OPTIONS {
+        out.push_str(&format!("  {spelling:<38} {what}\n"));
+    }
+    out.push_str(
+        "An unknown option is an error (exit 2). Defaults and details: \"Mount options\" in \
+         docs/OPERATIONS.md of the envfs sources.",
+    );
+    out
+}
+
 pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
     for opt in lists
         .iter()
@@ -168,7 +278,7 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             (n, _) if n.starts_with("x-") || n == "comment" => {}
             _ => {
                 return Err(Error::Invalid(format!(
-                    "unknown mount option '{opt}' (see docs/OPERATIONS.md)"
+                    "unknown mount option '{opt}' (envfs mount --help lists them)"
                 )));
             }
         }
@@ -609,6 +719,25 @@ pub fn rewrite_mount_helper_args(args: Vec<OsString>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_option_parses_and_is_documented() {
+        let operations = include_str!("../../docs/OPERATIONS.md");
+        for (spelling, example, _) in MOUNT_OPTIONS {
+            let mut c = MountConfig::default();
+            parse_options(&[example.to_string()], &mut c)
+                .unwrap_or_else(|e| panic!("{spelling}: example {example} refused: {e}"));
+            let name = example.split('=').next().unwrap();
+            assert!(
+                operations.contains(&format!("`{name}")),
+                "{spelling}: docs/OPERATIONS.md does not name `{name}`"
+            );
+        }
+        let help = options_help();
+        for (spelling, _, _) in MOUNT_OPTIONS {
+            assert!(help.contains(spelling), "{spelling} missing from --help");
+        }
+    }
 
     #[test]
     fn options_parse_and_reject_unknown() {
