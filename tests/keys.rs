@@ -519,3 +519,75 @@ fn a_key_from_stdin_or_a_pipe_unlocks_a_daemonized_mount() {
     assert!(stderr_text(&out).contains("not an envfs key file"));
     assert!(!is_mounted(&mnt));
 }
+
+/// Once the local key is removed, the default key file still on disk is the wrong key, not
+/// a missing one: commands say so (exit 7, naming its key and the vault's), and without it
+/// they say the vault has no local key to look for. Before, both said the default key file
+/// was missing (exit 6), although it was right there.
+#[test]
+fn the_default_key_file_after_its_key_was_removed_is_a_wrong_key() {
+    let v = TestVault::new(&[]);
+    // The key file where commands look for it by default.
+    let info = ok(run(v
+        .cmd()
+        .arg("info")
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)));
+    let vault_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("vault id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let default_key = v
+        .dir
+        .path()
+        .join(format!("config/envfs/keys/{vault_id}.key"));
+    fs::create_dir_all(default_key.parent().unwrap()).unwrap();
+    fs::rename(&v.key, &default_key).unwrap();
+    let recovery = v.dir.path().join("recovery.key");
+    ok(run(v
+        .cmd()
+        .args(["key", "add"])
+        .arg(&v.backing)
+        .arg("--new-key-file")
+        .arg(&recovery)));
+    let listed = ok(run(v.cmd().args(["key", "list"]).arg(&v.backing)));
+    let local_line = listed.lines().find(|l| l.contains(" local ")).unwrap();
+    let (short_id, local_id) = {
+        let cols: Vec<&str> = local_line.split_whitespace().collect();
+        (cols[0].to_string(), cols[2].to_string())
+    };
+    ok(run(v
+        .cmd()
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(&short_id)
+        .arg("--key-file")
+        .arg(&recovery)));
+    let out = run(v.cmd().args(["key", "list"]).arg(&v.backing));
+    let err = stderr_text(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("wrong key") && err.contains(&local_id),
+        "{err}"
+    );
+    assert!(err.contains("x25519:"), "names the vault's key: {err}");
+    // Without the stale file: no local key to look for, and how to proceed.
+    fs::remove_file(&default_key).unwrap();
+    let out = run(v.cmd().args(["key", "list"]).arg(&v.backing));
+    let err = stderr_text(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("has no local key") && err.contains("--key-file"),
+        "{err}"
+    );
+    // The key it does have still opens it.
+    ok(run(v
+        .cmd()
+        .args(["key", "list"])
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&recovery)));
+}

@@ -100,10 +100,20 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
         check_pin(&config, &arn, &source)?;
         return Ok(vec![Arc::new(KmsKeyProvider::connect(&arn)?)]);
     }
+    // A default key file that the vault no longer lists (its local key was removed): use it
+    // anyway, so that opening fails as a wrong key, naming the file's key and the vault's,
+    // rather than claiming the file is missing.
+    if let Some(path) = default_local.as_ref().filter(|p| p.exists()) {
+        return Ok(vec![Arc::new(LocalKeyProvider::load(path)?)]);
+    }
     Err(Error::KeyFile(match default_local {
-        Some(path) => format!(
+        Some(path) if has_local => format!(
             "no key file given and none at {} (the default for vault {id}); use --key-file",
             path.display()
+        ),
+        Some(_) => format!(
+            "no key file given, and vault {id} has no local key to look for by default; \
+             give one of its keys with --key-file (`envfs info` lists them)"
         ),
         None => {
             "no key file given and neither XDG_CONFIG_HOME nor HOME is set; use --key-file".into()
