@@ -201,6 +201,21 @@ fn removing_the_last_key_or_an_unknown_key_is_refused() {
         .args(k));
     assert!(!out.status.success());
     assert!(stderr_text(&out).contains("last key"));
+    // With files in the vault too: the refusal is about the last key, and it does not
+    // advise `rewrap`, which cannot help when there is no other key to wrap for.
+    let m = v.mount("m", &[]);
+    fs::write(m.p("file"), b"content").unwrap();
+    drop(m);
+    let out = run(v
+        .cmd()
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(&ids[0])
+        .args(k));
+    let err = stderr_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("last key") && err.contains("key add"), "{err}");
+    assert!(!err.contains("rewrap"), "{err}");
     let out = run(v
         .cmd()
         .args(["key", "remove"])

@@ -762,11 +762,13 @@ fn key_command(action: KeyCommand) -> Result<()> {
             keys,
         } => {
             let mut vault = open_vault(&backing, &keys)?;
-            if let Some(slot) = vault
-                .config
-                .slots
-                .iter()
-                .find(|s| crate::vault::short_key_id(s) == key_id || s.key_id == key_id)
+            // The last key is refused by `remove_key` whatever the files: no rewrap helps.
+            if vault.config.slots.len() > 1
+                && let Some(slot) = vault
+                    .config
+                    .slots
+                    .iter()
+                    .find(|s| crate::vault::short_key_id(s) == key_id || s.key_id == key_id)
             {
                 let stranded = crate::fs::rewrap::files_only_wrapped_by(&vault, slot)?;
                 if !stranded.is_empty() {

@@ -528,7 +528,9 @@ impl Vault {
             })?;
         if self.config.slots.len() == 1 {
             return Err(Error::Invalid(
-                "refusing to remove the vault's last key: nothing could open it".into(),
+                "refusing to remove the vault's last key: nothing could open it (add another \
+                 first: envfs key add)"
+                    .into(),
             ));
         }
         let mut config = self.config.clone();
