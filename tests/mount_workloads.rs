@@ -527,3 +527,41 @@ fn read_only_mount_refuses_writes() {
     let err = fs::write(m.p("g"), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
 }
+
+/// A daemonized mount started with relative paths finds them where its caller meant, and
+/// then works from `/`, so it never keeps the directory it was started from busy
+/// (docs/OPERATIONS.md, "Mounting").
+#[test]
+fn the_daemon_resolves_relative_paths_and_then_works_from_the_root() {
+    let v = TestVault::new(&[]);
+    let started_in = v.dir.path();
+    fs::create_dir(started_in.join("rel-mnt")).unwrap();
+    let out = run(v.cmd().current_dir(started_in).args([
+        "mount",
+        "backing",
+        "rel-mnt",
+        "--key-file",
+        "vault.key",
+    ]));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let m = Mount::adopt(started_in.join("rel-mnt"));
+    fs::write(m.p("f"), b"relative").unwrap();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"relative");
+    // The daemon: the process whose command line is this mount's.
+    let daemon = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .find(|e| {
+            fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+                args.contains(&b"rel-mnt".as_slice()) && args.contains(&b"mount".as_slice())
+            }) && fs::read_link(e.path().join("cwd")).is_ok()
+        })
+        .expect("the mount daemon is running");
+    assert_eq!(
+        fs::read_link(daemon.path().join("cwd")).unwrap(),
+        Path::new("/"),
+        "the daemon keeps its caller's directory busy"
+    );
+}
