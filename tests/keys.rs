@@ -193,12 +193,15 @@ fn removing_the_last_key_or_an_unknown_key_is_refused() {
     let k = ["--key-file", v.key.to_str().unwrap()];
     let ids = key_ids(&v, &k);
     assert_eq!(ids.len(), 1);
-    let out = run(v
-        .cmd()
-        .args(["key", "remove"])
-        .arg(&v.backing)
-        .arg(&ids[0])
-        .args(k));
+    let remove_only_key = || {
+        run(v
+            .cmd()
+            .args(["key", "remove"])
+            .arg(&v.backing)
+            .arg(&ids[0])
+            .args(k))
+    };
+    let out = remove_only_key();
     assert!(!out.status.success());
     assert!(stderr_text(&out).contains("last key"));
     // With files in the vault too: the refusal is about the last key, and it does not
@@ -206,12 +209,7 @@ fn removing_the_last_key_or_an_unknown_key_is_refused() {
     let m = v.mount("m", &[]);
     fs::write(m.p("file"), b"content").unwrap();
     drop(m);
-    let out = run(v
-        .cmd()
-        .args(["key", "remove"])
-        .arg(&v.backing)
-        .arg(&ids[0])
-        .args(k));
+    let out = remove_only_key();
     let err = stderr_text(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("last key") && err.contains("key add"), "{err}");

@@ -173,6 +173,20 @@ fn create_file(op: &str, dir: RawFd, path: &CString, data: &[u8]) {
 }
 
 #[track_caller]
+/// The file at `path` holds exactly `want`, and its size says so.
+fn assert_holds(op: &str, dir: RawFd, path: &CString, want: &[u8]) {
+    assert!(
+        read_file(op, dir, path) == want,
+        "{op}: content is not the {} bytes expected",
+        want.len()
+    );
+    assert_eq!(
+        lstat_ok(op, dir, path).st_size as usize,
+        want.len(),
+        "{op}: size"
+    );
+}
+
 fn read_file(op: &str, dir: RawFd, path: &CString) -> Vec<u8> {
     let fd = openat(
         &format!("{op}: openat(O_RDONLY)"),
@@ -691,14 +705,11 @@ fn ftruncate_through_openat(layout: Layout) {
     });
     let mut want = data[..3000].to_vec();
     want.resize(6000, 0);
-    assert!(
-        read_file("ftruncate(6000)", d.fd(), &p) == want,
-        "ftruncate(6000): content is not the 3000 bytes kept and zeros"
-    );
-    assert_eq!(
-        lstat_ok("ftruncate", d.fd(), &p).st_size,
-        6000,
-        "ftruncate: size"
+    assert_holds(
+        "ftruncate(6000): 3000 bytes kept, then zeros",
+        d.fd(),
+        &p,
+        &want,
     );
     d.assert_backing("ftruncate", files(1));
 }
@@ -722,15 +733,7 @@ fn truncate_by_proc_path(layout: Layout) {
     sys("truncate(2)", unsafe {
         libc::truncate(via_chain.as_ptr(), 1234)
     });
-    assert!(
-        read_file("truncate(2)", d.fd(), &p) == data[..1234],
-        "truncate(2): content is not the first 1234 bytes"
-    );
-    assert_eq!(
-        lstat_ok("truncate(2)", d.fd(), &p).st_size,
-        1234,
-        "truncate(2): size"
-    );
+    assert_holds("truncate(2)", d.fd(), &p, &data[..1234]);
     d.assert_backing("truncate(2)", files(1));
 }
 
