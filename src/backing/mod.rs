@@ -296,6 +296,14 @@ fn proc_path(fd: &OwnedFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
 }
 
+/// chmod of the inode an `O_PATH` descriptor holds, through its /proc link: fchmod does not
+/// take `O_PATH` descriptors, and the link names exactly that inode.
+fn chmod_fd(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+    let proc = proc_path(fd);
+    // SAFETY: valid NUL-terminated string.
+    check(unsafe { libc::chmod(proc.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
 /// Open directory `name` of `dir` as an `O_PATH` descriptor, never through a symlink. A
 /// symlink in its place is `ELOOP`, as openat2's `RESOLVE_NO_SYMLINKS` says it (the kernel
 /// itself answers `ENOTDIR` for `O_NOFOLLOW | O_DIRECTORY` on a symlink).
@@ -525,18 +533,10 @@ impl Dir {
     /// itself (a symlink has no mode of its own on Linux: `EOPNOTSUPP`).
     pub fn chmod(&self, name: &OsStr, mode: u32) -> io::Result<()> {
         let fd = self.entry_fd(name)?;
-        // SAFETY: stat is plain data filled by the kernel.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid descriptor and out pointer.
-        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        if sys::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        // chmod through the descriptor's /proc link: fchmod does not take O_PATH
-        // descriptors, and the link names exactly the inode the descriptor holds.
-        let proc = proc_path(&fd);
-        // SAFETY: valid NUL-terminated string.
-        check(unsafe { libc::chmod(proc.as_ptr(), mode as libc::mode_t) }).map(drop)
+        chmod_fd(&fd, mode)
     }
 
     /// utimensat without following a symlink; `None` leaves a time unchanged.
@@ -635,9 +635,7 @@ impl Dir {
 
     /// chmod of this directory itself.
     pub fn chmod_self(&self, mode: u32) -> io::Result<()> {
-        let proc = proc_path(&self.fd);
-        // SAFETY: valid NUL-terminated string.
-        check(unsafe { libc::chmod(proc.as_ptr(), mode as libc::mode_t) }).map(drop)
+        chmod_fd(&self.fd, mode)
     }
 
     /// chown of this directory itself; `None` leaves an id unchanged.

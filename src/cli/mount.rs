@@ -414,12 +414,11 @@ fn mount_or_serve(
     };
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.
-    let mut vault = open_vault(backing, &keys)?;
-    if serving {
-        // Only a parent about to daemonize hands the key texts on; nobody else needs the
-        // copies.
-        drop(crate::keys::keyfile::take_read_keys());
+    if !serving {
+        // About to daemonize: the daemon is handed the key texts read here.
+        crate::keys::keyfile::keep_read_keys();
     }
+    let mut vault = open_vault(backing, &keys)?;
     check_not_nested(backing, mountpoint)?;
     if is_daemon_child() {
         // Key files are read by now (relative paths resolved against the caller's cwd).

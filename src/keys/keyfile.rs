@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 /// Key files are a few lines; anything larger is not one (and is not read into memory).
 pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
-/// Key texts as read, by the path the user gave, so that a daemonized mount, which starts
+/// Key texts as read (after `keep_read_keys`), by the path the user gave, so that a daemonized mount, which starts
 /// envfs again, can be handed them (`take_read_keys`) rather than read its sources a second
 /// time: a pipe (`--key-file /dev/stdin`, `<(…)`) would be drained by then, `/dev/stdin`
 /// would be the daemon's own (empty) stdin, and a file could have changed.
@@ -22,7 +22,16 @@ static READ_KEYS: std::sync::Mutex<Vec<(PathBuf, Zeroizing<String>)>> =
 /// wrote the texts into.
 pub const HANDED_KEYS_ENV: &str = "ENVFS_KEY_FDS";
 
-/// The key texts read so far (taken: each is handed on once).
+/// Whether `read_key_text` keeps a copy of what it reads: only in a `mount` about to
+/// daemonize, the one process that hands key texts on. Everything else keeps none.
+static KEEP_READ_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keep the key texts read from now on, for `take_read_keys`.
+pub fn keep_read_keys() {
+    KEEP_READ_KEYS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The key texts read since `keep_read_keys` (taken: each is handed on once).
 pub fn take_read_keys() -> Vec<(PathBuf, Zeroizing<String>)> {
     std::mem::take(&mut *READ_KEYS.lock().unwrap())
 }
@@ -68,8 +77,10 @@ pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
     match std::str::from_utf8(&bytes) {
         Ok(text) => {
             let text = Zeroizing::new(text.to_string());
-            let kept = Zeroizing::new(text.to_string());
-            READ_KEYS.lock().unwrap().push((path.to_path_buf(), kept));
+            if KEEP_READ_KEYS.load(std::sync::atomic::Ordering::Relaxed) {
+                let kept = Zeroizing::new(text.to_string());
+                READ_KEYS.lock().unwrap().push((path.to_path_buf(), kept));
+            }
             Ok(text)
         }
         Err(_) => Err(Error::KeyFile(format!(
