@@ -570,14 +570,13 @@ impl Fs {
             }
             return Err(e.into());
         }
-        if let Some(o) = owner {
-            // The link's own owner: never its (encrypted, so meaningless) target's.
-            if let Err(e) = dir.chown(&entry.name, Some(o.uid), Some(o.gid)) {
-                // A failed symlink(2) leaves nothing behind; neither may this.
-                let _ = dir.unlink(&entry.name);
-                self.names().remove_sidecar(&dir, &entry);
-                return Err(e.into());
-            }
+        // The link's own owner (never its encrypted, so meaningless, target's), changed only
+        // when it differs: sshfs follows a symlink on chown, and its target does not exist.
+        if let Err(e) = self.finish_create(&dir, &entry.name, 0o777, owner) {
+            // A failed symlink(2) leaves nothing behind; neither may this.
+            let _ = dir.unlink(&entry.name);
+            self.names().remove_sidecar(&dir, &entry);
+            return Err(e);
         }
         self.getattr(link)
     }
