@@ -8,6 +8,7 @@ pub mod geometry;
 pub mod header;
 pub mod names;
 pub mod slot;
+pub mod sync_names;
 
 pub use config::{NameEncoding, VaultConfig};
 pub use geometry::Geometry;

@@ -6,6 +6,7 @@
 //! backing paths they map to are computed by `NameMap`.
 
 pub mod attr;
+pub mod entry_log;
 pub mod file;
 mod name_cache;
 pub mod names;
@@ -20,9 +21,10 @@ use crate::format::FileHeader;
 use crate::vault::Vault;
 use attr::SizeMap;
 pub use attr::{Attr, FileKind};
+use entry_log::{EntryCounts, EntryLog};
 use file::{Engine, IntegrityLog, OpenFile, OpenFiles};
 use name_cache::NameCache;
-use names::{BackingEntry, NameMap};
+use names::{BackingEntry, Judged, NameMap};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -131,6 +133,8 @@ pub struct Fs {
     names: NameCache,
     open: OpenFiles,
     log: IntegrityLog,
+    /// Hidden foreign entries and shown conflict copies, logged once each.
+    entries: EntryLog,
     sizes: SizeMap,
 }
 
@@ -164,6 +168,7 @@ impl Fs {
             names: NameCache::default(),
             open: OpenFiles::default(),
             log: IntegrityLog::default(),
+            entries: EntryLog::default(),
         }
     }
 
@@ -255,7 +260,7 @@ impl Fs {
     fn entry(&self, path: &Path) -> Result<(Arc<Dir>, BackingEntry)> {
         let (parent, name) = split(path)?;
         let dir = self.dir_of(parent)?;
-        let entry = self.names().encrypt(name, is_root(parent))?;
+        let entry = self.names().resolve(&dir, name, is_root(parent))?;
         Ok((dir, entry))
     }
 
@@ -404,27 +409,58 @@ impl Fs {
     }
 
     /// The decrypted entries of a directory with their backing names, and the directory.
+    /// Every entry is judged by `names::judge`, the rule fsck uses too. Sync clients'
+    /// copies are listed after the user's own entries, under the name `judge` gives them,
+    /// unless an entry of the directory already has that name.
     fn list(&self, path: &Path) -> Result<Listing> {
         let dir = self.dir_of(path)?;
         let at_root = is_root(path);
         let mut out = Vec::new();
+        let mut copies = Vec::new();
         for entry in dir.entries()? {
-            match self.names().decrypt(&dir, &entry.name, at_root) {
-                Ok(Some(plain)) => {
-                    let listed = DirEntry {
-                        name: plain,
-                        ino: entry.ino,
-                        kind: FileKind::from_mode(entry.kind),
-                    };
-                    out.push((listed, entry.name));
+            let listed = |name| DirEntry {
+                name,
+                ino: entry.ino,
+                kind: FileKind::from_mode(entry.kind),
+            };
+            match names::judge(&self.vault, &dir, &entry.name, at_root) {
+                Judged::Named(plain) => out.push((listed(plain), entry.name)),
+                Judged::Copy(copy) => {
+                    self.entries.copy_shown(
+                        &self.shown(&dir, &entry.name),
+                        &self.shown(&dir, &copy.original),
+                        copy.client,
+                        copy.kind,
+                    );
+                    copies.push((listed(copy.shown), entry.name));
                 }
-                Ok(None) => {}
                 // Left out of the listing, logged once (fsck reports it too).
-                Err(e @ Error::Integrity { .. }) => self.log.report_at_path(&e),
-                Err(e) => return Err(e),
+                Judged::Damaged(damage) => self.log.report_at_path(&Error::Integrity {
+                    path: damage.path(&self.vault, &dir, &entry.name),
+                    chunk: None,
+                    kind: IntegrityKind::Name,
+                }),
+                Judged::Foreign(why) => self.entries.foreign(&self.shown(&dir, &entry.name), why),
+                Judged::Config | Judged::Reserved | Judged::Sidecar(_) | Judged::ClientFile(_) => {}
+            }
+        }
+        if !copies.is_empty() {
+            let mut taken: std::collections::HashSet<OsString> =
+                out.iter().map(|(e, _)| e.name.clone()).collect();
+            for (listed, backing) in copies {
+                if taken.insert(listed.name.clone()) {
+                    out.push((listed, backing));
+                } else {
+                    self.entries.copy_shadowed(&self.shown(&dir, &backing));
+                }
             }
         }
         Ok((out, dir))
+    }
+
+    /// What listings have hidden and added so far (`envfs status`).
+    pub fn entry_counts(&self) -> EntryCounts {
+        self.entries.counts()
     }
 
     /// List a directory with every entry's attributes (for readdirplus and `ls -l`): one

@@ -78,10 +78,7 @@ mod tests {
     use std::cell::Cell;
 
     fn entry(s: &str) -> BackingEntry {
-        BackingEntry {
-            name: s.into(),
-            long: None,
-        }
+        BackingEntry::plain(s.into(), None)
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::crypto::siv::domain;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::{CONFIG_FILE_NAME, NameEncoding};
 use crate::format::names::{self as spelling, BackingName, RESERVED_PREFIX};
+use crate::format::sync_names::{self, Client, CopyKind, SYNCTHING_VERSIONS};
 use crate::vault::Vault;
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -29,13 +30,26 @@ pub struct BackingEntry {
     pub name: OsString,
     /// For a long name: the full encoded name, which its sidecar must hold.
     pub long: Option<String>,
+    /// For a sync client's copy of another entry (`Judged::Copy`): that entry's backing
+    /// name. A copy of a long name has no sidecar of its own; it shares the original's.
+    pub copy_of: Option<OsString>,
 }
 
 impl BackingEntry {
+    /// An entry under its own (encrypted or plaintext) name.
+    pub fn plain(name: OsString, long: Option<String>) -> BackingEntry {
+        BackingEntry {
+            name,
+            long,
+            copy_of: None,
+        }
+    }
+
     pub fn sidecar_name(&self) -> Option<OsString> {
+        let owner = self.copy_of.as_ref().unwrap_or(&self.name);
         self.long
             .as_ref()
-            .map(|_| OsString::from(spelling::sidecar_for(&self.name.to_string_lossy())))
+            .map(|_| OsString::from(spelling::sidecar_for(&owner.to_string_lossy())))
     }
 }
 
@@ -73,10 +87,7 @@ impl<'v> NameMap<'v> {
     pub fn encrypt(&self, name: &OsStr, at_root: bool) -> Result<BackingEntry> {
         self.check_name(name, at_root)?;
         if self.plaintext() {
-            return Ok(BackingEntry {
-                name: name.to_os_string(),
-                long: None,
-            });
+            return Ok(BackingEntry::plain(name.to_os_string(), None));
         }
         Ok(self.cache.get_or_insert(name, || self.seal(name)))
     }
@@ -87,16 +98,103 @@ impl<'v> NameMap<'v> {
         let encoded = spelling::encode(self.vault.config.name_encoding, &sealed);
         if encoded.len() > self.vault.config.long_name_limit as usize {
             let entry = spelling::long_name_entry(self.vault.config.name_encoding, &encoded);
-            BackingEntry {
-                name: entry.into(),
-                long: Some(encoded),
-            }
+            BackingEntry::plain(entry.into(), Some(encoded))
         } else {
-            BackingEntry {
-                name: encoded.into(),
-                long: None,
+            BackingEntry::plain(encoded.into(), None)
+        }
+    }
+
+    /// The backing entry that plaintext name `name` of backing directory `dir` stands for:
+    /// its own encrypted name, unless that does not exist and the name is what the listing
+    /// shows for a sync client's copy of another entry (`Judged::Copy`), in which case it
+    /// is that copy. The entry need not exist (a name about to be created resolves to its
+    /// own encrypted name). One stat more than `encrypt`, and only for names that carry a
+    /// sync client's marker.
+    pub fn resolve(&self, dir: &Dir, name: &OsStr, at_root: bool) -> Result<BackingEntry> {
+        if at_root && !self.plaintext() && name == SYNCTHING_VERSIONS {
+            // Syncthing's old versions, reachable by name where Syncthing keeps them.
+            if dir
+                .stat(name)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            {
+                return Ok(BackingEntry::plain(name.to_os_string(), None));
             }
         }
+        let own = self.encrypt(name, at_root)?;
+        if self.plaintext() {
+            return Ok(own);
+        }
+        let readings = sync_names::readings(name.as_bytes());
+        if readings.is_empty() {
+            return Ok(own);
+        }
+        match dir.stat(&own.name) {
+            Ok(_) => return Ok(own),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(self
+            .find_copy(dir, name, at_root, &readings)?
+            .unwrap_or(own))
+    }
+
+    /// The sync client's copy that the listing of `dir` shows as `shown`, if there is one.
+    /// Each reading of `shown` names an original and a marker; the copy's backing name is
+    /// the original's with the marker where the client puts it. Shown names that may have
+    /// been cut to NAME_MAX, or that carry more than one marker, cannot be read back, and
+    /// are found by judging the directory's marked entries instead.
+    fn find_copy(
+        &self,
+        dir: &Dir,
+        shown: &OsStr,
+        at_root: bool,
+        readings: &[sync_names::Reading],
+    ) -> Result<Option<BackingEntry>> {
+        let is_it = |candidate: &OsStr| match judge(self.vault, dir, candidate, at_root) {
+            Judged::Copy(copy) if copy.shown == shown => Some(copy),
+            _ => None,
+        };
+        let mut search = sync_names::may_be_cut(shown.as_bytes());
+        for reading in readings {
+            let original = OsStr::from_bytes(&reading.original);
+            if sync_names::shown_name(&reading.original, &reading.marker) != shown.as_bytes()
+                || self.check_name(original, at_root).is_err()
+            {
+                continue;
+            }
+            search |= sync_names::readings(&reading.original)
+                .iter()
+                .any(|r| r.client != Client::OneDrive);
+            let original = self.encrypt(original, at_root)?;
+            for spelling in sync_names::backing_spellings(original.name.as_bytes(), &reading.marker)
+            {
+                let candidate = OsString::from_vec(spelling);
+                if dir.stat(&candidate).is_ok() && is_it(&candidate).is_some() {
+                    return Ok(Some(BackingEntry {
+                        name: candidate,
+                        long: original.long,
+                        copy_of: Some(original.name),
+                    }));
+                }
+            }
+        }
+        if !search {
+            return Ok(None);
+        }
+        for name in dir.list()? {
+            if sync_names::readings(name.as_bytes()).is_empty() {
+                continue;
+            }
+            if let Some(copy) = is_it(&name) {
+                let long = copy.original_long;
+                return Ok(Some(BackingEntry {
+                    name,
+                    long,
+                    copy_of: Some(copy.original),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The backing path, relative to the backing root, of a mount-relative plaintext path
@@ -110,8 +208,16 @@ impl<'v> NameMap<'v> {
         for component in path.components() {
             match component {
                 Component::Normal(name) => {
-                    let entry = self.encrypt(name, at_root)?;
-                    if entry.long.is_some() {
+                    let marked = !self.plaintext()
+                        && ((at_root && name == SYNCTHING_VERSIONS)
+                            || !sync_names::readings(name.as_bytes()).is_empty());
+                    let entry = if marked {
+                        // `resolve` judges a copy (its original's sidecar included).
+                        self.resolve(&*root.dir_cached(&out)?, name, at_root)?
+                    } else {
+                        self.encrypt(name, at_root)?
+                    };
+                    if entry.long.is_some() && entry.copy_of.is_none() {
                         self.verify_long_entry(root, &out, &entry)?;
                     }
                     out.push(entry.name);
@@ -122,22 +228,6 @@ impl<'v> NameMap<'v> {
             }
         }
         Ok(out)
-    }
-
-    /// The plaintext name of a backing directory entry, `Ok(None)` for entries that are not
-    /// shown (envfs' own files, or foreign files in an encrypted-names vault); an integrity
-    /// error for a user entry whose name is lost. `dir` holds the entry (long-name sidecars
-    /// are read from it).
-    pub fn decrypt(&self, dir: &Dir, backing: &OsStr, at_root: bool) -> Result<Option<OsString>> {
-        match judge(self.vault, dir, backing, at_root) {
-            Judged::Named(plain) => Ok(Some(plain)),
-            Judged::Damaged(damage) => Err(Error::Integrity {
-                path: damage.path(self.vault, dir, backing),
-                chunk: None,
-                kind: IntegrityKind::Name,
-            }),
-            Judged::Config | Judged::Reserved | Judged::Sidecar(_) | Judged::Foreign(_) => Ok(None),
-        }
     }
 
     /// Whether the long-name entry `entry` of backing directory `dir` (relative to `root`)
@@ -208,11 +298,28 @@ impl<'v> NameMap<'v> {
         Ok(result?)
     }
 
-    /// Remove the sidecar of a long-name entry of `dir` whose entry is gone. Best effort: a
-    /// leftover sidecar is harmless (hidden from listings, reported by fsck).
+    /// Remove the sidecar of a long-name entry of `dir` whose entry is gone, unless another
+    /// entry still needs it: the original a copy shares it with, or a sync client's copy of
+    /// the entry (whose name is lost without it). Best effort: a leftover sidecar is
+    /// harmless (hidden from listings, reported by fsck).
     pub fn remove_sidecar(&self, dir: &Dir, entry: &BackingEntry) {
-        if let Some(sidecar) = entry.sidecar_name() {
-            let _ = dir.unlink(&sidecar);
+        let Some(sidecar) = entry.sidecar_name() else {
+            return;
+        };
+        let owner = entry.copy_of.as_ref().unwrap_or(&entry.name);
+        if dir.stat(owner).is_ok() {
+            return;
+        }
+        let copied = |name: &OsString| {
+            sync_names::readings(name.as_bytes())
+                .iter()
+                .any(|r| r.original == owner.as_bytes())
+        };
+        match dir.list() {
+            Ok(names) if !names.iter().any(copied) => {
+                let _ = dir.unlink(&sidecar);
+            }
+            _ => {}
         }
     }
 }
@@ -227,12 +334,35 @@ pub enum Judged {
     Config,
     /// A name reserved for envfs' temporary files (`.envfs-*`).
     Reserved,
-    /// A long-name sidecar; the name of the entry it belongs to.
+    /// A long-name sidecar (or a sync client's copy of one); the name of the entry it
+    /// belongs to.
     Sidecar(OsString),
+    /// A sync client's copy of a user entry: a conflict copy or a kept version. Shown, and
+    /// used by name, like any user entry.
+    Copy(MarkedCopy),
+    /// One of a sync client's own files (`.stfolder`, `.dropbox.cache`, `desktop.ini`, …).
+    ClientFile(Client),
     /// Not written by envfs, and why.
     Foreign(&'static str),
     /// A user entry whose name is lost.
     Damaged(NameDamage),
+}
+
+/// A sync client's copy of a user entry, as `judge` reads it.
+#[derive(Debug, Clone)]
+pub struct MarkedCopy {
+    /// The name the mount shows: the original's plaintext name with the client's marker
+    /// (format/sync_names.rs `shown_name`).
+    pub shown: OsString,
+    /// The backing name of the entry it is a copy of (the first one, for a copy of a copy),
+    /// which need not exist any more.
+    pub original: OsString,
+    /// For a copy of a long name, the original's full encoded name (its sidecar's).
+    pub original_long: Option<String>,
+    /// The original's plaintext name.
+    pub original_plain: OsString,
+    pub client: Client,
+    pub kind: CopyKind,
 }
 
 /// Why a user entry's name cannot be known.
@@ -277,6 +407,70 @@ pub fn judge(vault: &Vault, dir: &Dir, name: &OsStr, at_root: bool) -> Judged {
     if vault.config.plaintext_names {
         return Judged::Named(name.to_os_string());
     }
+    if let Some(client) = sync_names::client_file(name.as_bytes()) {
+        return Judged::ClientFile(client);
+    }
+    judge_marked(vault, dir, name, 0)
+}
+
+/// How many markers deep a copy of a copy is still read (`x (1) (1)`, …).
+const MAX_NESTED_COPIES: usize = 3;
+
+/// Judge an entry by its spelling; what is not an envfs name may be a sync client's copy of
+/// one, if removing a marker leaves an authentic name (the SIV tag makes a chance match
+/// impossible in practice).
+fn judge_marked(vault: &Vault, dir: &Dir, name: &OsStr, depth: usize) -> Judged {
+    let direct = judge_spelling(vault, dir, name);
+    if matches!(direct, Judged::Named(_) | Judged::Sidecar(_)) || depth >= MAX_NESTED_COPIES {
+        return direct;
+    }
+    for reading in sync_names::readings(name.as_bytes()) {
+        let original = OsStr::from_bytes(&reading.original);
+        let copy = |plain: &OsStr, first: OsString, long: Option<String>, of: OsString| {
+            Judged::Copy(MarkedCopy {
+                shown: OsString::from_vec(sync_names::shown_name(
+                    plain.as_bytes(),
+                    &reading.marker,
+                )),
+                original: first,
+                original_long: long,
+                original_plain: of,
+                client: reading.client,
+                kind: reading.kind,
+            })
+        };
+        match judge_marked(vault, dir, original, depth + 1) {
+            Judged::Named(plain) => {
+                let long = long_name_of(vault, dir, original);
+                return copy(&plain, original.to_os_string(), long, plain.clone());
+            }
+            Judged::Copy(inner) => {
+                return copy(
+                    &inner.shown,
+                    inner.original,
+                    inner.original_long,
+                    inner.original_plain,
+                );
+            }
+            Judged::Sidecar(of) => return Judged::Sidecar(of),
+            _ => {}
+        }
+    }
+    direct
+}
+
+/// The full encoded name of long-name entry `name` of `dir` (its sidecar's), if it is one.
+fn long_name_of(vault: &Vault, dir: &Dir, name: &OsStr) -> Option<String> {
+    let text = name.to_str()?;
+    let BackingName::Long(entry) = spelling::classify(text) else {
+        return None;
+    };
+    let bytes = read_sidecar_in(dir, &OsString::from(spelling::sidecar_for(entry))).ok()?;
+    spelling::sidecar_name(vault.config.name_encoding, entry, &bytes)
+}
+
+/// Judge an entry by its spelling alone: an encrypted name, a long name and its sidecar.
+fn judge_spelling(vault: &Vault, dir: &Dir, name: &OsStr) -> Judged {
     let Some(text) = name.to_str() else {
         return Judged::Foreign("the name is not UTF-8");
     };

@@ -43,10 +43,16 @@ pub enum FindingKind {
     LeftoverTemp,
     /// The backing store refused to list or read the entry.
     Unreadable,
+    /// A sync client's conflict copy of a user entry (a notice: shown in the mount).
+    ConflictCopy,
+    /// A version a sync client kept of a user entry, outside its versions folder (a notice).
+    KeptVersion,
+    /// One of a sync client's own files (a notice: hidden from the mount, not damage).
+    SyncClientFile,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 15] = [
+    pub const ALL: [FindingKind; 18] = [
         FindingKind::TamperedChunk,
         FindingKind::Truncated,
         FindingKind::InvalidLength,
@@ -62,6 +68,9 @@ impl FindingKind {
         FindingKind::UnknownFile,
         FindingKind::LeftoverTemp,
         FindingKind::Unreadable,
+        FindingKind::ConflictCopy,
+        FindingKind::KeptVersion,
+        FindingKind::SyncClientFile,
     ];
 
     /// The stable identifier used in both outputs (documented in docs/CLI.md).
@@ -82,11 +91,23 @@ impl FindingKind {
             FindingKind::UnknownFile => "unknown-file",
             FindingKind::LeftoverTemp => "leftover-temp",
             FindingKind::Unreadable => "unreadable",
+            FindingKind::ConflictCopy => "conflict-copy",
+            FindingKind::KeptVersion => "kept-version",
+            FindingKind::SyncClientFile => "sync-client-file",
         }
     }
 
     pub fn from_id(id: &str) -> Option<FindingKind> {
         FindingKind::ALL.into_iter().find(|k| k.id() == id)
+    }
+
+    /// Whether this kind is a notice: something to know (a sync client's copy or file), not
+    /// a problem. Notices are listed but do not make fsck fail.
+    pub fn is_notice(self) -> bool {
+        matches!(
+            self,
+            FindingKind::ConflictCopy | FindingKind::KeptVersion | FindingKind::SyncClientFile
+        )
     }
 
     /// Whether `--repair-names` removes entries of this kind.
@@ -108,6 +129,8 @@ pub struct Finding {
     pub path: Option<PathBuf>,
     /// The chunk index, for chunk-level findings.
     pub chunk: Option<u64>,
+    /// For a sync client's copy: the plaintext path of the entry it is a copy of.
+    pub copy_of: Option<PathBuf>,
     /// A short explanation (no key material, no file contents, no plaintext).
     pub detail: String,
     /// `--repair-names` removed the entry.
@@ -172,9 +195,25 @@ pub struct Report {
 }
 
 impl Report {
-    /// Findings still present (not removed by `--repair-names`).
+    /// Findings still present (not removed by `--repair-names`), notices aside.
     pub fn problems(&self) -> usize {
-        self.findings.iter().filter(|f| !f.repaired).count()
+        self.findings
+            .iter()
+            .filter(|f| !f.repaired && !f.kind.is_notice())
+            .count()
+    }
+
+    pub fn notices(&self) -> usize {
+        self.findings.iter().filter(|f| f.kind.is_notice()).count()
+    }
+
+    /// Number of notices per kind.
+    pub fn notice_counts(&self) -> BTreeMap<FindingKind, usize> {
+        let mut counts = BTreeMap::new();
+        for f in self.findings.iter().filter(|f| f.kind.is_notice()) {
+            *counts.entry(f.kind).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn repaired(&self) -> usize {
@@ -185,10 +224,14 @@ impl Report {
         self.problems() == 0
     }
 
-    /// Number of findings per kind; `repaired` selects removed or remaining ones.
+    /// Number of problems per kind; `repaired` selects removed or remaining ones.
     pub fn counts(&self, repaired: bool) -> BTreeMap<FindingKind, usize> {
         let mut counts = BTreeMap::new();
-        for f in self.findings.iter().filter(|f| f.repaired == repaired) {
+        for f in self
+            .findings
+            .iter()
+            .filter(|f| f.repaired == repaired && !f.kind.is_notice())
+        {
             *counts.entry(f.kind).or_insert(0) += 1;
         }
         counts
@@ -206,6 +249,9 @@ impl Report {
                 line.push_str(": ");
             } else if let Some(c) = f.chunk {
                 let _ = write!(line, "chunk {c}: ");
+            }
+            if let Some(of) = &f.copy_of {
+                let _ = write!(line, "copy of {}: ", escape_path(of));
             }
             let _ = write!(
                 line,
@@ -251,6 +297,11 @@ impl Report {
                 list(self.counts(true))
             );
         }
+        match self.notices() {
+            0 => {}
+            1 => line.push_str(&format!("; 1 notice ({})", list(self.notice_counts()))),
+            n => line.push_str(&format!("; {n} notices ({})", list(self.notice_counts()))),
+        }
         line
     }
 
@@ -268,6 +319,12 @@ impl Report {
                 Some(p) => json_str(&mut j, &p.to_string_lossy()),
                 None => j.push_str("null"),
             }
+            j.push_str(",\"copy_of\":");
+            match &f.copy_of {
+                Some(p) => json_str(&mut j, &p.to_string_lossy()),
+                None => j.push_str("null"),
+            }
+            let _ = write!(j, ",\"notice\":{}", f.kind.is_notice());
             j.push_str(",\"backing_path\":");
             json_str(&mut j, &f.backing_path.to_string_lossy());
             j.push_str(",\"chunk\":");
@@ -296,6 +353,18 @@ impl Report {
             self.repaired()
         );
         for (i, (kind, n)) in self.counts(false).iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            json_str(&mut j, kind.id());
+            let _ = write!(j, ":{n}");
+        }
+        let _ = write!(
+            j,
+            "}},\"notices\":{},\"notices_by_kind\":{{",
+            self.notices()
+        );
+        for (i, (kind, n)) in self.notice_counts().iter().enumerate() {
             if i > 0 {
                 j.push(',');
             }
@@ -366,6 +435,7 @@ mod tests {
             backing_path: PathBuf::from("/raw/Ab\"c\\d"),
             path: path.map(PathBuf::from),
             chunk,
+            copy_of: None,
             detail: "what\tis wrong".into(),
             repaired,
         };
@@ -378,6 +448,15 @@ mod tests {
                     false,
                 ),
                 finding(FindingKind::OrphanedSidecar, None, None, true),
+                Finding {
+                    copy_of: Some("docs/a.txt".into()),
+                    ..finding(
+                        FindingKind::ConflictCopy,
+                        Some("docs/a (1).txt"),
+                        None,
+                        false,
+                    )
+                },
             ],
             stats: Stats {
                 files: 3,
@@ -403,6 +482,14 @@ mod tests {
         assert_eq!(doc["summary"]["repaired"], 1);
         assert_eq!(doc["summary"]["by_kind"]["tampered-chunk"], 1);
         assert!(doc["summary"]["by_kind"].get("orphaned-sidecar").is_none());
+        // A notice names both paths and does not count as a problem.
+        let copy = &doc["findings"][2];
+        assert_eq!(copy["copy_of"], "docs/a.txt");
+        assert_eq!(copy["notice"], true);
+        assert_eq!(doc["findings"][0]["notice"], false);
+        assert_eq!(doc["summary"]["notices"], 1);
+        assert_eq!(doc["summary"]["notices_by_kind"]["conflict-copy"], 1);
+        assert!(doc["summary"]["by_kind"].get("conflict-copy").is_none());
     }
 
     #[test]
@@ -411,15 +498,16 @@ mod tests {
         report().write_text(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert!(
             lines[0].starts_with("tampered-chunk: odd \"name\"\\nwith\\u{1}controls, chunk 7: ")
         );
         assert!(lines[1].ends_with("(removed)"));
+        assert!(lines[2].starts_with("conflict-copy: docs/a (1).txt: copy of docs/a.txt: "));
         assert_eq!(
-            lines[2],
+            lines[3],
             "checked 3 files, 0 directories, 0 symlinks, 9 chunks (5.0 MiB): 1 problem \
-             (tampered-chunk 1); removed 1 (orphaned-sidecar 1)"
+             (tampered-chunk 1); removed 1 (orphaned-sidecar 1); 1 notice (conflict-copy 1)"
         );
     }
 

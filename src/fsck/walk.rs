@@ -15,8 +15,9 @@ use crate::crypto::FileKeys;
 use crate::error::Error;
 use crate::format::config::NameEncoding;
 use crate::format::geometry::BadLength;
+use crate::format::sync_names::{self, CopyKind};
 use crate::format::{FileHeader, Geometry};
-use crate::fs::names::{Judged, NameDamage, judge, open_link_target};
+use crate::fs::names::{Judged, MarkedCopy, NameDamage, judge, open_link_target};
 use crate::fs::{xattr_name_plaintext, xattr_value_plaintext};
 use crate::vault::Vault;
 use std::collections::{HashSet, VecDeque};
@@ -208,7 +209,36 @@ impl Checker<'_> {
             backing_path: backing.to_path_buf(),
             path: plain.map(Path::to_path_buf),
             chunk,
+            copy_of: None,
             detail: detail.into(),
+            repaired: false,
+        });
+    }
+
+    /// A sync client's copy of a user entry: a notice naming both plaintext paths (its
+    /// contents are then checked like any entry's).
+    fn report_copy(
+        &self,
+        backing: &Path,
+        plain: Option<&Path>,
+        of: Option<PathBuf>,
+        copy: &MarkedCopy,
+    ) {
+        let (kind, what) = match copy.kind {
+            CopyKind::Conflict => (FindingKind::ConflictCopy, "conflict copy"),
+            CopyKind::Version => (FindingKind::KeptVersion, "kept version"),
+        };
+        bump(&self.progress.findings, 1);
+        self.findings.lock().unwrap().push(Finding {
+            kind,
+            backing_path: backing.to_path_buf(),
+            path: plain.map(Path::to_path_buf),
+            chunk: None,
+            copy_of: of,
+            detail: format!(
+                "{} {what}; `envfs conflicts` lists and resolves it",
+                copy.client.label()
+            ),
             repaired: false,
         });
     }
@@ -255,11 +285,31 @@ impl Checker<'_> {
             .iter()
             .map(|e| self.name_key(e.name.as_bytes()))
             .collect();
+        // A sidecar whose entry is gone still names the entry's sync-client copies.
+        let copied = |of: &OsStr| {
+            let key = self.name_key(of.as_bytes());
+            present.iter().any(|name| {
+                sync_names::readings(name)
+                    .iter()
+                    .any(|r| self.name_key(&r.original) == key)
+            })
+        };
         for entry in entries {
             let backing = self.shown(&dir, &entry.name);
             let is_file = entry.kind == libc::S_IFREG;
             let child_plain = match judge(self.vault, &dir, &entry.name, at_root) {
                 Judged::Named(name) => plain.map(|p| p.join(name)),
+                Judged::Copy(copy) => {
+                    let shown = plain.map(|p| p.join(&copy.shown));
+                    let of = plain.map(|p| p.join(&copy.original_plain));
+                    self.report_copy(&backing, shown.as_deref(), of, &copy);
+                    shown
+                }
+                Judged::ClientFile(client) => {
+                    let detail = format!("a {} file, hidden from the mount", client.label());
+                    self.report(FindingKind::SyncClientFile, &backing, None, None, detail);
+                    continue;
+                }
                 Judged::Damaged(damage) => {
                     self.name_damage(damage, &dir, &entry.name, &backing);
                     None
@@ -294,7 +344,7 @@ impl Checker<'_> {
                             None,
                             "not written by envfs (named like a long-name sidecar, but not a file)",
                         );
-                    } else if !present.contains(&self.name_key(of.as_bytes())) {
+                    } else if !present.contains(&self.name_key(of.as_bytes())) && !copied(&of) {
                         self.report(
                             FindingKind::OrphanedSidecar,
                             &backing,
