@@ -35,7 +35,7 @@ violation() {
 
 level() {
   case "$1" in
-    error) echo 0 ;;
+    error | text) echo 0 ;;
     format | backing) echo 1 ;;
     crypto) echo 2 ;;
     keys) echo 3 ;;

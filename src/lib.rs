@@ -17,6 +17,7 @@ pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+pub mod text;
 pub mod vault;
 
 pub use error::{Error, Result};

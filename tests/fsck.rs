@@ -535,12 +535,13 @@ fn damaged_vault(fx: &Fixture) -> BTreeSet<Item> {
     fs::copy(sidecar_of(&fx.backing(&long(3))), sidecar_of(&entry)).unwrap();
     expect(MismatchedSidecar, "", entry, None, false);
 
-    // Foreign files and envfs' leftover temporary files.
+    // Foreign files, sync clients' and file managers' own files (notices, named as what
+    // they are), and envfs' leftover temporary files.
     let vdir = fx.backing("v");
     for (name, kind) in [
         ("notes.txt", UnknownFile),
         ("README", UnknownFile),
-        (".DS_Store", UnknownFile),
+        (".DS_Store", SyncClientFile),
         (".envfs-tmp-0123456789abcdef", LeftoverTemp),
     ] {
         fs::write(vdir.join(name), b"x").unwrap();
@@ -548,7 +549,7 @@ fn damaged_vault(fx: &Fixture) -> BTreeSet<Item> {
     }
     fs::create_dir(vdir.join(".stfolder")).unwrap();
     fs::write(vdir.join(".stfolder/inside"), b"not walked").unwrap();
-    expect(UnknownFile, "", vdir.join(".stfolder"), None, false);
+    expect(SyncClientFile, "", vdir.join(".stfolder"), None, false);
     let root_tmp = fx.tv.backing.join(".envfs-config-0123456789abcdef.tmp");
     fs::write(&root_tmp, b"half a config").unwrap();
     expect(LeftoverTemp, "", root_tmp, None, false);

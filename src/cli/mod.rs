@@ -1,6 +1,7 @@
 //! The `envfs` command line: argument parsing, key discovery, and one function per
 //! subcommand. Every failure ends as one line on stderr and a distinct exit code (exit.rs).
 
+mod conflicts;
 pub mod exit;
 pub mod logging;
 pub mod mount;
@@ -202,6 +203,28 @@ pub enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// List sync clients' conflict copies with both sides' sizes and times, or resolve them.
+    #[command(
+        after_help = "--keep newest keeps, in every conflict, the version changed last \
+        (the original on a tie); --keep PATH keeps that version (a plaintext path that \
+        `envfs conflicts` lists) in its conflict. The kept version takes the original's name \
+        and the other versions are removed. Without --apply nothing changes: the plan is printed."
+    )]
+    Conflicts {
+        /// The vault's backing directory.
+        backing: PathBuf,
+        /// Resolve: `newest`, or the plaintext path of the version to keep.
+        #[arg(long, value_name = "newest|PATH")]
+        keep: Option<String>,
+        /// Carry out what --keep plans (without it, only print the plan).
+        #[arg(long, requires = "keep")]
+        apply: bool,
+        /// Print as one JSON document.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     /// Check a vault without mounting it: every name, header and chunk.
     Fsck {
         /// The vault's backing directory.
@@ -293,6 +316,17 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             keys,
         } => fsck(&backing, repair_names, json, &keys),
+        Command::Conflicts {
+            backing,
+            keep,
+            apply,
+            json,
+            keys,
+        } => {
+            let keep = keep.as_deref().map(conflicts::parse_keep).transpose()?;
+            let fs = Fs::new(Arc::new(open_vault(&backing, &keys)?));
+            conflicts::run(&fs, keep, apply, json)
+        }
     }
 }
 

@@ -700,13 +700,17 @@ fn unmount_now(mountpoint: &Path) -> Result<()> {
 /// mount(8) runs `envfs BACKING MOUNTPOINT -o OPTS` (via mount.fuse3). Rewrite that into
 /// `envfs mount …` so both spellings share one parser.
 pub fn rewrite_mount_helper_args(args: Vec<OsString>) -> Vec<OsString> {
-    const SUBCOMMANDS: &[&str] = &[
-        "init", "info", "cat", "mount", "umount", "key", "rewrap", "rekey", "fsck", "help",
-    ];
+    // The subcommands come from the clap definition, so a new one is never taken for a
+    // backing directory.
+    use clap::CommandFactory;
+    let is_subcommand = |name: &str| {
+        name == "help"
+            || super::Cli::command()
+                .get_subcommands()
+                .any(|c| c.get_name() == name || c.get_all_aliases().any(|a| a == name))
+    };
     match args.get(1).and_then(|a| a.to_str()) {
-        Some(first)
-            if !first.starts_with('-') && !SUBCOMMANDS.contains(&first) && args.len() >= 3 =>
-        {
+        Some(first) if !first.starts_with('-') && args.len() >= 3 && !is_subcommand(first) => {
             let mut out = vec![args[0].clone(), OsString::from("mount")];
             out.extend(args[1..].iter().cloned());
             out
@@ -801,7 +805,19 @@ mod tests {
         let out = rewrite_mount_helper_args(args);
         assert_eq!(out[1], "mount");
         assert_eq!(out[2], "/b");
-        let args: Vec<OsString> = ["envfs", "info", "/b"].iter().map(OsString::from).collect();
-        assert_eq!(rewrite_mount_helper_args(args.clone()), args);
+        // Every subcommand is left alone (this listed them by hand and missed new ones).
+        use clap::CommandFactory;
+        for sub in super::super::Cli::command().get_subcommands() {
+            let args: Vec<OsString> = ["envfs", sub.get_name(), "/b", "x"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            assert_eq!(
+                rewrite_mount_helper_args(args.clone()),
+                args,
+                "{}",
+                sub.get_name()
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! backing paths they map to are computed by `NameMap`.
 
 pub mod attr;
+pub mod conflicts;
 pub mod entry_log;
 pub mod file;
 mod name_cache;
