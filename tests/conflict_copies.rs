@@ -421,3 +421,28 @@ fn non_utf8_names_keep_their_bytes_in_a_copys_shown_name() {
     let h = v.fs.open(Path::new(&shown), libc::O_RDONLY).unwrap();
     assert_eq!(v.fs.read(&h, 0, 10).unwrap(), b"y");
 }
+
+#[test]
+fn a_conflict_copy_of_the_vault_config_is_reported_as_a_lost_key_change() {
+    let v = CoreVault::new(&small());
+    write_file(&v.fs, "a.txt", b"a");
+    let copy = v
+        .root()
+        .join("envfs.sync-conflict-20261201-180306-TQ7MR7C.conf");
+    fs::copy(v.root().join("envfs.conf"), &copy).unwrap();
+    assert_eq!(names(&v.fs, ""), set(&["a.txt"]));
+    assert_eq!(v.fs.entry_counts().foreign_hidden, 1);
+    let report = check(&v);
+    let finding = report
+        .findings
+        .iter()
+        .find(|f| f.backing_path == copy)
+        .expect("reported");
+    assert_eq!(finding.kind, FindingKind::UnknownFile);
+    assert!(
+        finding.detail.contains("conflict copy of the vault config"),
+        "{}",
+        finding.detail
+    );
+    assert!(!report.is_clean(), "a lost key change needs attention");
+}

@@ -581,6 +581,10 @@ fn fsck_reports_exactly_the_damaged_items() {
     ] {
         let fx = Fixture::new(&args);
         let want = damaged_vault(&fx);
+        // Notices (sync clients' files) are listed but are not problems.
+        let problems = want.iter().filter(|i| !i.0.is_notice()).count();
+        let notices = want.len() - problems;
+        assert!(notices > 0 && problems > 0);
 
         let report = fx.check(false);
         assert_same(&items(&report), &want, &format!("{args:?}: library report"));
@@ -611,12 +615,13 @@ fn fsck_reports_exactly_the_damaged_items() {
         }
         let summary = lines.last().unwrap();
         assert!(
-            summary.contains(&format!("{} problems", want.len())),
+            summary.contains(&format!("{problems} problems")),
             "{summary}"
         );
+        assert!(summary.contains(&format!("{notices} notices")), "{summary}");
         assert!(summary.contains("tampered-chunk "), "{summary}");
         assert!(
-            stderr_text(&out).contains(&format!("fsck found {} problems", want.len())),
+            stderr_text(&out).contains(&format!("fsck found {problems} problems")),
             "{}",
             stderr_text(&out)
         );
@@ -625,7 +630,8 @@ fn fsck_reports_exactly_the_damaged_items() {
         assert_eq!(exit_code(&out), FSCK_FOUND_PROBLEMS);
         let (set, doc) = json_items(&out.stdout);
         assert_same(&set, &want, &format!("{args:?}: --json"));
-        assert_eq!(doc["summary"]["problems"], want.len() as u64);
+        assert_eq!(doc["summary"]["problems"], problems as u64);
+        assert_eq!(doc["summary"]["notices"], notices as u64);
         let by_kind = doc["summary"]["by_kind"].as_object().unwrap();
         let tampered = want
             .iter()

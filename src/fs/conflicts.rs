@@ -4,7 +4,7 @@
 //! The copies are found by the rule listings use (`names::judge`), and resolved through
 //! the core's own rename and unlink, so long-name sidecars are kept exactly as long as
 //! something needs them. envfs never renames a backing entry on its own (docs/SEMANTICS.md
-//! §13): resolution happens when a person asks for it, here or with `mv` in the mount.
+//! §16): resolution happens when a person asks for it, here or with `mv` in the mount.
 
 use super::names::{self, Judged};
 use super::{Attr, FileKind, Fs, is_root};

@@ -282,10 +282,7 @@ impl<'v> NameMap<'v> {
         if read_sidecar_in(dir, &sidecar).is_ok_and(|b| b == encoded.as_bytes()) {
             return Ok(());
         }
-        let tmp = OsString::from(format!(
-            "{RESERVED_PREFIX}tmp-{}",
-            hex::encode(crate::crypto::random::array::<8>())
-        ));
+        let tmp = super::rewrap::temp_name("tmp");
         let result = (|| -> io::Result<()> {
             let mut f =
                 dir.open_file(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)?;
@@ -409,6 +406,19 @@ pub fn judge(vault: &Vault, dir: &Dir, name: &OsStr, at_root: bool) -> Judged {
     }
     if let Some(client) = sync_names::client_file(name.as_bytes()) {
         return Judged::ClientFile(client);
+    }
+    if at_root
+        && name.as_bytes().starts_with(b"envfs")
+        && sync_names::readings(name.as_bytes())
+            .iter()
+            .any(|r| r.original == CONFIG_FILE_NAME.as_bytes())
+    {
+        // Not shown and not used: the config in force is `envfs.conf`. But a change of
+        // keys made on another host at the same time was lost with it.
+        return Judged::Foreign(
+            "a sync client's conflict copy of the vault config: a key change made on two \
+             hosts at once; the one in this copy is not in force, redo it",
+        );
     }
     judge_marked(vault, dir, name, 0)
 }
