@@ -205,3 +205,76 @@ fn bad_arguments_are_usage_errors_that_change_nothing() {
     assert_eq!(exit_code(&out), 2, "{}", stderr_text(&out));
     assert_eq!(backing_names(&v.backing), before);
 }
+
+#[test]
+fn the_mount_shows_copies_hides_foreign_entries_once_and_status_counts_both() {
+    let (v, _, copy) = vault_with_conflict();
+    fs::write(v.backing.join("dropped here.txt"), b"not envfs").unwrap();
+    fs::write(v.backing.join(".stfolder"), b"").unwrap();
+    let log_path = v.dir.path().join("daemon.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let (mut m, mut daemon) = v.mount_foreground("mnt2", Some(log));
+    let listed = || -> BTreeSet<String> {
+        fs::read_dir(&m.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let shown = format!("report{MARK}.docx");
+    let want: BTreeSet<String> = ["report.docx".to_string(), shown.clone()].into();
+    assert_eq!(listed(), want);
+    assert_eq!(listed(), want);
+    assert_eq!(fs::read(m.p(&shown)).unwrap(), b"theirs, longer than mine");
+
+    let out = run(v.cmd().arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mount = &doc["mounts"][0];
+    assert_eq!(mount["hidden_foreign_entries"], 1, "{doc}");
+    assert_eq!(mount["conflict_copies_shown"], 1, "{doc}");
+    assert_eq!(mount["pid"], daemon.id());
+    assert_eq!(
+        mount["mountpoint"],
+        m.path.canonicalize().unwrap().to_string_lossy().as_ref()
+    );
+    let text = stdout_text(&run(v.cmd().arg("status")));
+    assert!(
+        text.contains("hidden foreign entries 1; conflict copies shown 1"),
+        "{text}"
+    );
+
+    m.unmount();
+    let _ = daemon.wait();
+    let log = fs::read_to_string(&log_path).unwrap();
+    let hidden: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("hidden from the mount"))
+        .collect();
+    assert_eq!(hidden.len(), 1, "logged once per entry per mount:\n{log}");
+    assert!(
+        hidden[0].contains("dropped here.txt"),
+        "with its backing path: {log}"
+    );
+    let copies: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("conflict copy shown"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{log}");
+    assert!(copies[0].contains(copy.to_str().unwrap()), "{log}");
+    assert!(
+        !log.contains("report"),
+        "no plaintext name in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(".stfolder"),
+        "sync clients' files are hidden silently:\n{log}"
+    );
+}
+
+#[test]
+fn status_without_mounts_and_of_a_directory_that_is_no_mount() {
+    let v = TestVault::new(&[]);
+    let out = run(v.cmd().arg("status").arg(&v.backing));
+    assert_eq!(exit_code(&out), 13, "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("is not an envfs mount"));
+}

@@ -5,6 +5,7 @@ mod conflicts;
 pub mod exit;
 pub mod logging;
 pub mod mount;
+mod status;
 pub mod syslog;
 
 use crate::error::{Error, Result};
@@ -203,6 +204,14 @@ pub enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Show every envfs mount on this host: its backing directory, daemon and counters.
+    Status {
+        /// Only this mount.
+        mountpoint: Option<PathBuf>,
+        /// Print as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// List sync clients' conflict copies with both sides' sizes and times, or resolve them.
     #[command(
         after_help = "--keep newest keeps, in every conflict, the version changed last \
@@ -316,6 +325,7 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             keys,
         } => fsck(&backing, repair_names, json, &keys),
+        Command::Status { mountpoint, json } => status::run(mountpoint.as_deref(), json),
         Command::Conflicts {
             backing,
             keep,

@@ -545,20 +545,45 @@ fn detach_stderr() {
 
 /// Where a mount daemon records its pid, so `envfs umount` can wait for it to finish.
 fn pid_file(mountpoint: &Path) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    use std::os::unix::ffi::OsStrExt;
-    let digest = Sha256::digest(mountpoint.as_os_str().as_bytes());
+    runtime_dir().join(format!("{}.pid", mount_key(mountpoint)))
+}
+
+/// Where a daemon keeps its pid file and status socket: `/run/envfs` for root, the user's
+/// runtime directory otherwise.
+fn runtime_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
-    let dir = if unsafe { libc::geteuid() } == 0 {
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
         PathBuf::from("/run/envfs")
     } else {
         std::env::var_os("XDG_RUNTIME_DIR")
             .map(|d| PathBuf::from(d).join("envfs"))
-            .unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("envfs-{}", unsafe { libc::geteuid() }))
-            })
-    };
-    dir.join(format!("{}.pid", hex::encode(&digest[..8])))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("envfs-{euid}")))
+    }
+}
+
+/// The name a mount's runtime files share: a hash of its (canonical) mountpoint.
+fn mount_key(mountpoint: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let digest = Sha256::digest(mountpoint.as_os_str().as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// The status socket a daemon serving `mountpoint` opens.
+fn status_socket(mountpoint: &Path) -> PathBuf {
+    runtime_dir().join(format!("{}.sock", mount_key(mountpoint)))
+}
+
+/// Where `envfs status` looks for the socket of `mountpoint`: this user's runtime
+/// directory, then root's (a root mount queried by root is the first).
+pub fn status_sockets(mountpoint: &Path) -> Vec<PathBuf> {
+    let mut out = vec![status_socket(mountpoint)];
+    let root = Path::new("/run/envfs").join(format!("{}.sock", mount_key(mountpoint)));
+    if !out.contains(&root) {
+        out.push(root);
+    }
+    out
 }
 
 /// Tell whoever waits (the `envfs mount` parent, systemd) how the mount went.
@@ -624,7 +649,13 @@ fn serve(
             writeback_cache: config.writeback_cache,
         },
     };
-    let result = crate::fuse::session::mount(Fs::new(vault), mountpoint, &spec);
+    let info = super::status::DaemonInfo {
+        mountpoint: mountpoint.to_path_buf(),
+        backing: PathBuf::from(&spec.fs_name),
+        vault_id: vault.config.vault_id_hex(),
+    };
+    let fs = std::sync::Arc::new(Fs::new(vault));
+    let result = crate::fuse::session::mount(fs.clone(), mountpoint, &spec);
     match result {
         Err(e) => {
             notify_ready(Err(&e));
@@ -632,8 +663,12 @@ fn serve(
         }
         Ok(session) => {
             apply_readahead(mountpoint, config);
+            let socket = status_socket(mountpoint);
+            super::status::serve(&socket, fs, info);
             notify_ready(Ok(()));
-            run_until_unmounted(session, mountpoint)
+            let served = run_until_unmounted(session, mountpoint);
+            let _ = std::fs::remove_file(&socket);
+            served
         }
     }
 }

@@ -83,7 +83,9 @@ impl EntryLog {
                 CopyKind::Conflict => "conflict copy",
                 CopyKind::Version => "kept version",
             };
-            tracing::info!(
+            // A warning, not information: two hosts' edits met, and one of them waits
+            // for a person to decide.
+            tracing::warn!(
                 backing_path = %backing_path.display(),
                 original = %original.display(),
                 "{} {what} shown; `envfs conflicts` lists and resolves them",

@@ -72,7 +72,8 @@ impl Default for AdapterOptions {
 type DirSnapshot = Arc<Vec<(OsString, Attr)>>;
 
 pub struct EnvFs {
-    fs: Fs,
+    /// Shared with the daemon's status socket (`envfs status`), which reads its counters.
+    fs: Arc<Fs>,
     inodes: Inodes,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, DirSnapshot>>,
@@ -148,7 +149,7 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 impl EnvFs {
-    pub fn new(fs: Fs, opts: AdapterOptions) -> std::io::Result<EnvFs> {
+    pub fn new(fs: Arc<Fs>, opts: AdapterOptions) -> std::io::Result<EnvFs> {
         let (dev, ino) = fs
             .root_id()
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;

@@ -85,7 +85,7 @@ pub struct Session(fuser::Session<EnvFs>);
 /// Mount `fs` on `mountpoint` and return the session, ready to serve: as root with our
 /// own mount(2) (type `fuse.envfs`, which mount(8), fstab and `envfs umount` know), otherwise
 /// through fusermount3.
-pub fn mount(fs: Fs, mountpoint: &Path, spec: &MountSpec) -> Result<Session> {
+pub fn mount(fs: std::sync::Arc<Fs>, mountpoint: &Path, spec: &MountSpec) -> Result<Session> {
     use fuser::MountOption as M;
     let config = spec;
     let fs = EnvFs::new(fs, spec.adapter.clone())?;

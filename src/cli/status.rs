@@ -1,0 +1,297 @@
+//! `envfs status`: what each envfs mount on this host is doing. Every mount daemon answers
+//! on a Unix socket of its own in the runtime directory (next to the pid file `envfs
+//! umount` waits on): a connection sends `json` or `text` and a newline, and gets the
+//! daemon's status in that form; the command finds the mounts in /proc/self/mountinfo and
+//! asks each. The socket is the
+//! daemon user's alone (mode 0600) and says nothing secret: paths of the backing store and
+//! the mount, ids and counters, never a plaintext name or key material.
+
+use super::exit;
+use crate::error::{Error, Result};
+use crate::fs::Fs;
+use crate::text::json_str;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The most a status document can be; a daemon's is a few hundred bytes.
+const MAX_STATUS: u64 = 64 * 1024;
+
+/// What a daemon knows about itself from the start.
+pub struct DaemonInfo {
+    pub mountpoint: PathBuf,
+    pub backing: PathBuf,
+    pub vault_id: String,
+}
+
+/// Serve status requests for the daemon's whole life on `socket` (replacing a stale one).
+/// Failing to serve is logged, never fatal: the mount matters more than its status.
+pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
+    let _ = std::fs::create_dir_all(socket.parent().expect("has a parent"));
+    let _ = std::fs::remove_file(socket);
+    let listener = match UnixListener::bind(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), "no status socket: {e}");
+            return;
+        }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
+    let started = (Instant::now(), SystemTime::now());
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                let mut request = [0u8; 5];
+                let json = match stream.read_exact(&mut request) {
+                    Ok(()) => &request == b"json\n",
+                    Err(_) => continue,
+                };
+                let status = Status::of(&fs, &info, started);
+                let reply = if json { status.json() } else { status.text() };
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        })
+        .expect("spawn the status thread");
+}
+
+/// One daemon's status, as it answers.
+struct Status<'a> {
+    info: &'a DaemonInfo,
+    started: u64,
+    uptime_s: u64,
+    open_files: usize,
+    counts: crate::fs::entry_log::EntryCounts,
+}
+
+impl<'a> Status<'a> {
+    fn of(fs: &Fs, info: &'a DaemonInfo, started: (Instant, SystemTime)) -> Status<'a> {
+        Status {
+            info,
+            started: started
+                .1
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            uptime_s: started.0.elapsed().as_secs(),
+            open_files: fs.open_file_count(),
+            counts: fs.entry_counts(),
+        }
+    }
+
+    fn json(&self) -> String {
+        let mut j = String::from("{\"mountpoint\":");
+        json_str(&mut j, &self.info.mountpoint.to_string_lossy());
+        j.push_str(",\"backing\":");
+        json_str(&mut j, &self.info.backing.to_string_lossy());
+        j.push_str(",\"vault_id\":");
+        json_str(&mut j, &self.info.vault_id);
+        let _ = write!(
+            j,
+            ",\"version\":\"{}\",\"pid\":{},\"started\":{},\"uptime_s\":{},\"open_files\":{},\
+             \"hidden_foreign_entries\":{},\"conflict_copies_shown\":{}}}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            self.started,
+            self.uptime_s,
+            self.open_files,
+            self.counts.foreign_hidden,
+            self.counts.copies_shown,
+        );
+        j
+    }
+
+    /// The lines under the mount's own line in `envfs status`.
+    fn text(&self) -> String {
+        format!(
+            "  vault {}, daemon pid {}, up {} s, envfs {}\n  open files {}; hidden foreign \
+             entries {}; conflict copies shown {}\n",
+            self.info.vault_id,
+            std::process::id(),
+            self.uptime_s,
+            env!("CARGO_PKG_VERSION"),
+            self.open_files,
+            self.counts.foreign_hidden,
+            self.counts.copies_shown,
+        )
+    }
+}
+
+/// One envfs mount of this host, from /proc/self/mountinfo.
+struct Listed {
+    mountpoint: PathBuf,
+    backing: String,
+}
+
+fn envfs_mounts() -> Result<Vec<Listed>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut right = right.split(' ');
+        let (Some(fstype), Some(source)) = (right.next(), right.next()) else {
+            continue;
+        };
+        if fstype != "fuse.envfs" {
+            continue;
+        }
+        if let Some(mountpoint) = left.split(' ').nth(4) {
+            out.push(Listed {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                backing: unescape(source),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Ask the daemon of `mountpoint` for its status, as JSON or text.
+fn ask(mountpoint: &Path, json: bool) -> std::result::Result<String, String> {
+    let mut last =
+        "no status socket (an envfs older than 0.3, or another user's mount)".to_string();
+    for socket in super::mount::status_sockets(mountpoint) {
+        match UnixStream::connect(&socket) {
+            Ok(mut stream) => {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                let request: &[u8] = if json { b"json\n" } else { b"text\n" };
+                if let Err(e) = stream.write_all(request) {
+                    return Err(format!("the daemon did not answer: {e}"));
+                }
+                let mut doc = String::new();
+                return match (&mut stream).take(MAX_STATUS).read_to_string(&mut doc) {
+                    Ok(_) if !doc.is_empty() => Ok(doc),
+                    Ok(_) => Err("the daemon sent no status".into()),
+                    Err(e) => Err(format!("the daemon did not answer: {e}")),
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                last = "permission denied (the mount belongs to another user)".into();
+            }
+            Err(e) => last = format!("cannot reach the daemon: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// `envfs status [MOUNTPOINT] [--json]`.
+pub fn run(mountpoint: Option<&Path>, json: bool) -> Result<()> {
+    let mut mounts = envfs_mounts()?;
+    if let Some(m) = mountpoint {
+        let canonical = m
+            .canonicalize()
+            .map_err(|e| Error::Mount(format!("{}: {e}", m.display())))?;
+        mounts.retain(|l| l.mountpoint == canonical);
+        if mounts.is_empty() {
+            return Err(Error::Mount(format!(
+                "{} is not an envfs mount",
+                m.display()
+            )));
+        }
+    }
+    let answers: Vec<(Listed, std::result::Result<String, String>)> = mounts
+        .into_iter()
+        .map(|l| {
+            let answer = ask(&l.mountpoint, json);
+            (l, answer)
+        })
+        .collect();
+    let mut out = String::new();
+    if json {
+        out.push_str("{\"mounts\":[");
+        for (i, (listed, answer)) in answers.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match answer {
+                Ok(doc) => out.push_str(doc.trim()),
+                Err(why) => {
+                    out.push_str("{\"mountpoint\":");
+                    json_str(&mut out, &listed.mountpoint.to_string_lossy());
+                    out.push_str(",\"backing\":");
+                    json_str(&mut out, &listed.backing);
+                    out.push_str(",\"error\":");
+                    json_str(&mut out, why);
+                    out.push('}');
+                }
+            }
+        }
+        out.push_str("]}\n");
+    } else if answers.is_empty() {
+        out.push_str("no envfs mounts\n");
+    } else {
+        for (listed, answer) in &answers {
+            let _ = writeln!(
+                out,
+                "{} (backing {})",
+                listed.mountpoint.display(),
+                listed.backing
+            );
+            match answer {
+                Ok(text) => out.push_str(text),
+                Err(why) => {
+                    let _ = writeln!(out, "  status unavailable: {why}");
+                }
+            }
+        }
+    }
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
+    if failed > 0 {
+        return Err(Error::Reported(
+            exit::FAILURE,
+            format!(
+                "{failed} mount{} did not report a status",
+                if failed == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_fields_are_unescaped() {
+        assert_eq!(unescape(r"/mnt/my\040vault"), "/mnt/my vault");
+        assert_eq!(unescape(r"/a\134b"), r"/a\b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/odd\04"), r"/odd\04");
+    }
+}
