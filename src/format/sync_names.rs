@@ -138,7 +138,15 @@ pub fn readings(name: &[u8]) -> Vec<Reading> {
         .map(|&b| if b.is_ascii() { b as char } else { '\u{1}' })
         .collect();
     let mut out = Vec::new();
-    for pattern in PATTERNS.iter() {
+    // Every pattern holds one of these; most names hold none, and skip the patterns (this
+    // runs for every component of every path the mount resolves).
+    let holds = |needle: &[u8]| name.windows(needle.len()).any(|w| w == needle);
+    let any_marker = name.contains(&b'~')
+        || holds(b" (")
+        || holds(b".sync-conflict-")
+        || holds(b"_conflict-")
+        || holds(b".Conflict");
+    for pattern in PATTERNS.iter().filter(|_| any_marker) {
         for m in pattern.regex.find_iter(&text) {
             let mut original = name[..m.start()].to_vec();
             original.extend_from_slice(&name[m.end()..]);
@@ -497,6 +505,33 @@ mod tests {
                 format!("{LONG} (1)").into_bytes()
             ]
         );
+    }
+
+    #[test]
+    fn the_quick_check_lets_every_pattern_through() {
+        // Each client's marker must pass the pre-check in `readings`, or it is never read;
+        // one marker per pattern.
+        let markers = [
+            ".sync-conflict-20261201-180306-TQ7MR7C",
+            "~20261201-180306",
+            " (Ada's conflicted copy 2026-12-01)",
+            " (Case Conflict)",
+            " (conflicted copy 2026-12-01 180306)",
+            "_conflict-20261201-180306",
+            " (SFConflict ada 2026-12-01-18-03-06)",
+            ".Conflict",
+            " (1)",
+        ];
+        assert_eq!(markers.len(), PATTERNS.len());
+        for m in markers {
+            let name = format!("QUJDREVG{m}");
+            assert!(
+                readings(name.as_bytes())
+                    .iter()
+                    .any(|r| r.marker == m.as_bytes()),
+                "{m}"
+            );
+        }
     }
 
     #[test]
