@@ -1,8 +1,8 @@
 //! Folders synced by a real Syncthing (two instances on loopback, tests/support/syncthing.rs).
 //!
-//! For now, the harness on its own, on plain directories (no envfs): what Syncthing 1.19
-//! does with creates, renames, deletes, concurrent edits and versions, so that the envfs
-//! tests built on it start from a harness known to work. These tests need the `syncthing`
+//! The harness on its own, on plain directories (no envfs): what Syncthing 1.19 does with
+//! creates, renames, deletes, concurrent edits and versions, so that the envfs tests built
+//! on it (tests/sync_vaults.rs) start from a harness known to work. These tests need the `syncthing`
 //! binary and fail without it (CI installs it; scripts/setup.sh does too).
 
 mod support;
