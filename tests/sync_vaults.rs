@@ -94,6 +94,11 @@ impl Host {
 /// A vault created on host A, synced to host B's empty directory, envfs mounted on both,
 /// with the shipped ignore lines in both folders.
 fn two_hosts() -> (TestVault, SyncPair, Host, Host) {
+    two_hosts_versioned("")
+}
+
+/// The same, with Syncthing's file versioning of this type on both sides.
+fn two_hosts_versioned(versioning: &str) -> (TestVault, SyncPair, Host, Host) {
     let v = TestVault::new(&[]);
     let b = v.dir.path().join("backing-b");
     fs::create_dir(&b).unwrap();
@@ -101,7 +106,7 @@ fn two_hosts() -> (TestVault, SyncPair, Host, Host) {
     for dir in [&v.backing, &b] {
         fs::write(dir.join(".stignore"), &ignore).unwrap();
     }
-    let pair = SyncPair::start(&v.backing, &b);
+    let pair = SyncPair::start_with_versioning(&v.backing, &b, versioning);
     assert!(pair.wait_in_sync(SYNC), "the vault did not reach B");
     assert!(b.join("envfs.conf").exists());
     let host_a = Host::mount(&v, &v.backing.clone(), "a");
@@ -380,6 +385,47 @@ fn a_directory_renamed_on_one_side_while_the_other_deletes_it_converges() {
         let doc = fsck_json(host, &v);
         assert_eq!(doc["summary"]["problems"], 0, "{doc}");
     }
+    a.finish();
+    b.finish();
+}
+
+#[test]
+fn versions_syncthing_keeps_are_reachable_through_the_mount_and_envfs_cat() {
+    let (v, pair, a, b) = two_hosts_versioned("simple");
+    fs::create_dir(a.p("docs")).unwrap();
+    fs::write(a.p("docs/report.docx"), b"version one").unwrap();
+    converged(&pair, &a, &b);
+    fs::write(a.p("docs/report.docx"), b"version two").unwrap();
+    let t = converged(&pair, &a, &b);
+    assert_eq!(bytes(&t, "docs/report.docx"), b"version two");
+
+    // B's old copy went to B's .stversions: never listed, reachable by name, decrypted.
+    let root: Vec<String> = fs::read_dir(&b.mount.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!root.contains(&".stversions".to_string()), "{root:?}");
+    let kept: Vec<String> = fs::read_dir(b.p(".stversions/docs"))
+        .expect("the versions folder, by name")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let name = &kept[0];
+    assert!(
+        name.starts_with("report~") && name.ends_with(".docx"),
+        "{name}"
+    );
+    let rel = format!(".stversions/docs/{name}");
+    assert_eq!(fs::read(b.p(&rel)).unwrap(), b"version one");
+    let out = b.envfs(&v, &["cat", &rel]);
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    assert_eq!(out.stdout, b"version one");
+    let out = b.envfs(&v, &["info", &rel]);
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    // Restoring it is a copy through the mount.
+    fs::copy(b.p(&rel), b.p("docs/report.docx")).unwrap();
+    let t = converged(&pair, &a, &b);
+    assert_eq!(bytes(&t, "docs/report.docx"), b"version one");
     a.finish();
     b.finish();
 }
