@@ -159,6 +159,16 @@ fn fsck_json(host: &Host, v: &TestVault) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Both vault copies pass fsck; then both mounts end with no envfs error logged.
+fn finish_clean(v: &TestVault, a: Host, b: Host) {
+    for host in [&a, &b] {
+        let doc = fsck_json(host, v);
+        assert_eq!(doc["summary"]["problems"], 0, "{doc}");
+    }
+    a.finish();
+    b.finish();
+}
+
 const LONG: &str = "a name long enough to be stored under a hash with a sidecar, \
                     because its encrypted form is longer than the vault's limit of two \
                     hundred and twenty characters.txt";
@@ -205,12 +215,7 @@ fn what_one_host_writes_reads_back_identical_on_the_other() {
     for gone in ["docs/report.docx", LONG, "empty"] {
         assert!(!t.contains_key(gone), "{gone} still there");
     }
-    for host in [&a, &b] {
-        let doc = fsck_json(host, &v);
-        assert_eq!(doc["summary"]["problems"], 0, "{doc}");
-    }
-    a.finish();
-    b.finish();
+    finish_clean(&v, a, b);
 }
 
 #[test]
@@ -381,12 +386,7 @@ fn a_directory_renamed_on_one_side_while_the_other_deletes_it_converges() {
             );
         }
     }
-    for host in [&a, &b] {
-        let doc = fsck_json(host, &v);
-        assert_eq!(doc["summary"]["problems"], 0, "{doc}");
-    }
-    a.finish();
-    b.finish();
+    finish_clean(&v, a, b);
 }
 
 #[test]

@@ -57,12 +57,7 @@ impl EntryLog {
 
     /// A backing entry at `backing_path` left out of a listing: not written by envfs.
     pub fn foreign(&self, backing_path: &Path, why: &str) {
-        if self
-            .foreign
-            .lock()
-            .unwrap()
-            .first(backing_path, "hidden entries")
-        {
+        if self.first_hidden(backing_path) {
             tracing::warn!(
                 backing_path = %backing_path.display(),
                 "hidden from the mount: not written by envfs ({why}); `envfs fsck` lists such entries"
@@ -97,18 +92,21 @@ impl EntryLog {
     /// A copy whose shown name is taken by another entry of its directory: left out of the
     /// listing (`envfs conflicts` and fsck still list it).
     pub fn copy_shadowed(&self, backing_path: &Path) {
-        if self
-            .foreign
-            .lock()
-            .unwrap()
-            .first(backing_path, "hidden entries")
-        {
+        if self.first_hidden(backing_path) {
             tracing::warn!(
                 backing_path = %backing_path.display(),
                 "conflict copy hidden: another entry has the name it would be shown under; \
                  `envfs conflicts` lists it"
             );
         }
+    }
+
+    /// Whether the hidden entry at `backing_path` is met for the first time.
+    fn first_hidden(&self, backing_path: &Path) -> bool {
+        self.foreign
+            .lock()
+            .unwrap()
+            .first(backing_path, "hidden entries")
     }
 
     pub fn counts(&self) -> EntryCounts {
