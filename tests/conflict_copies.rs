@@ -446,3 +446,18 @@ fn a_conflict_copy_of_the_vault_config_is_reported_as_a_lost_key_change() {
     );
     assert!(!report.is_clean(), "a lost key change needs attention");
 }
+
+#[test]
+fn a_copy_made_under_a_name_just_looked_up_is_found_by_the_next_listing() {
+    // A mount remembers for its entry timeout that a name is no copy (so creating
+    // hyphenated names costs no extra stats); a listing shows new copies at once and
+    // makes them reachable by name.
+    let v = CoreVault::new(&small());
+    v.fs.set_dir_cache_ttl(std::time::Duration::from_secs(600));
+    write_file(&v.fs, "notes.txt", b"mine");
+    let shown = "notes (1).txt";
+    assert!(read_file(&v.fs, shown).is_err(), "no copy yet");
+    make_copy(&v, "notes.txt", " (1)", b"theirs");
+    assert!(names(&v.fs, "").contains(shown));
+    assert_eq!(read_file(&v.fs, shown).unwrap(), b"theirs");
+}

@@ -7,6 +7,7 @@
 
 pub mod attr;
 pub mod conflicts;
+mod copy_misses;
 pub mod entry_log;
 pub mod file;
 mod name_cache;
@@ -132,6 +133,8 @@ pub struct Fs {
     /// The errno when it could not be opened.
     backing: std::result::Result<BackingRoot, i32>,
     names: NameCache,
+    /// Names found not to be a sync client's copy (`NameMap::resolve`).
+    copy_misses: copy_misses::CopyMisses,
     open: OpenFiles,
     log: IntegrityLog,
     /// Hidden foreign entries and shown conflict copies, logged once each.
@@ -167,6 +170,7 @@ impl Fs {
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
             vault,
             names: NameCache::default(),
+            copy_misses: Default::default(),
             open: OpenFiles::default(),
             log: IntegrityLog::default(),
             entries: EntryLog::default(),
@@ -178,7 +182,7 @@ impl Fs {
     }
 
     fn names(&self) -> NameMap<'_> {
-        NameMap::new(&self.vault, &self.names)
+        NameMap::new(&self.vault, &self.names, &self.copy_misses)
     }
 
     fn engine(&self) -> Engine<'_> {
@@ -272,6 +276,7 @@ impl Fs {
         if let Ok(root) = self.backing_root() {
             root.set_dir_cache_ttl(ttl);
         }
+        self.copy_misses.set_ttl(ttl);
     }
 
     /// The backing device and inode of the mount's root.
@@ -433,6 +438,7 @@ impl Fs {
                         copy.client,
                         copy.kind,
                     );
+                    self.copy_misses.forget(dir.rel(), &copy.shown);
                     copies.push((listed(copy.shown), entry.name));
                 }
                 // Left out of the listing, logged once (fsck reports it too).

@@ -5,6 +5,7 @@
 //! that sync services see no extra metadata files to conflict on and a directory rename is
 //! one backing rename. See format/names.rs for the spelling.
 
+use super::copy_misses::CopyMisses;
 use super::name_cache::NameCache;
 use crate::backing::{BackingRoot, Dir};
 use crate::crypto::SivCipher;
@@ -56,11 +57,16 @@ impl BackingEntry {
 pub struct NameMap<'v> {
     vault: &'v Vault,
     cache: &'v NameCache,
+    misses: &'v CopyMisses,
 }
 
 impl<'v> NameMap<'v> {
-    pub fn new(vault: &'v Vault, cache: &'v NameCache) -> NameMap<'v> {
-        NameMap { vault, cache }
+    pub fn new(vault: &'v Vault, cache: &'v NameCache, misses: &'v CopyMisses) -> NameMap<'v> {
+        NameMap {
+            vault,
+            cache,
+            misses,
+        }
     }
 
     fn plaintext(&self) -> bool {
@@ -108,8 +114,9 @@ impl<'v> NameMap<'v> {
     /// its own encrypted name, unless that does not exist and the name is what the listing
     /// shows for a sync client's copy of another entry (`Judged::Copy`), in which case it
     /// is that copy. The entry need not exist (a name about to be created resolves to its
-    /// own encrypted name). One stat more than `encrypt`, and only for names that carry a
-    /// sync client's marker.
+    /// own encrypted name). Only names that carry a sync client's marker cost anything
+    /// more than `encrypt`: a stat per candidate spelling of the copy, and none while the
+    /// name is a remembered miss (`copy_misses`).
     pub fn resolve(&self, dir: &Dir, name: &OsStr, at_root: bool) -> Result<BackingEntry> {
         if at_root && !self.plaintext() && name == SYNCTHING_VERSIONS {
             // Syncthing's old versions, reachable by name where Syncthing keeps them.
@@ -125,17 +132,19 @@ impl<'v> NameMap<'v> {
             return Ok(own);
         }
         let readings = sync_names::readings(name.as_bytes());
-        if readings.is_empty() {
+        if readings.is_empty() || self.misses.known(dir.rel(), name) {
             return Ok(own);
         }
+        let Some(copy) = self.find_copy(dir, name, at_root, &readings)? else {
+            self.misses.remember(dir.rel(), name);
+            return Ok(own);
+        };
+        // The real name wins over a copy shown under it.
         match dir.stat(&own.name) {
-            Ok(_) => return Ok(own),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Ok(_) => Ok(own),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(copy),
+            Err(e) => Err(e.into()),
         }
-        Ok(self
-            .find_copy(dir, name, at_root, &readings)?
-            .unwrap_or(own))
     }
 
     /// The sync client's copy that the listing of `dir` shows as `shown`, if there is one.
