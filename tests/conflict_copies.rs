@@ -461,3 +461,100 @@ fn a_copy_made_under_a_name_just_looked_up_is_found_by_the_next_listing() {
     assert!(names(&v.fs, "").contains(shown));
     assert_eq!(read_file(&v.fs, shown).unwrap(), b"theirs");
 }
+
+#[test]
+fn a_copy_of_a_copy_of_a_long_name_keeps_the_sidecar_alive() {
+    let v = CoreVault::new(&small());
+    let long = format!("{}.txt", "nested-copies-".repeat(14));
+    write_file(&v.fs, &long, b"original");
+    let sidecar = PathBuf::from(format!("{}.name", v.backing(&long).display()));
+    let (m1, m2) = (
+        ".sync-conflict-20261201-180306-AAAAAAA",
+        ".sync-conflict-20261202-101010-BBBBBBB",
+    );
+    let c1 = make_copy(&v, &long, m1, b"first copy");
+    // The copy of the copy, as Syncthing spells it: the second marker before `.envfs-ln`.
+    write_file(&v.fs, "scratch", b"copy of the copy");
+    let c2 = marked(&c1, m2);
+    fs::rename(v.backing("scratch"), &c2).unwrap();
+    let shown1 = String::from_utf8(envfs::format::sync_names::shown_name(
+        long.as_bytes(),
+        m1.as_bytes(),
+    ))
+    .unwrap();
+    // The copy of the copy shows with both markers (cut to 255 bytes); whatever its name,
+    // it must open by it.
+    let listed = names(&v.fs, "");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let shown2 = listed
+        .iter()
+        .find(|n| **n != long && **n != shown1)
+        .unwrap()
+        .clone();
+    assert!(shown2.len() <= 255, "{shown2}");
+    assert_eq!(read_file(&v.fs, &shown2).unwrap(), b"copy of the copy");
+    v.fs.unlink(Path::new(&long)).unwrap();
+    v.fs.unlink(Path::new(&shown1)).unwrap();
+    assert!(sidecar.exists(), "the copy of the copy still needs it");
+    assert_eq!(read_file(&v.fs, &shown2).unwrap(), b"copy of the copy");
+    let report = check(&v);
+    assert!(report.is_clean(), "no orphan: {:?}", report.findings);
+    let mut repair = Options::default();
+    repair.repair_names = true;
+    fsck::check(v.fs.vault(), &repair, &Progress::default()).unwrap();
+    assert!(sidecar.exists(), "--repair-names keeps it too");
+}
+
+#[test]
+fn a_copy_whose_shown_name_dropped_the_extension_still_opens() {
+    let v = CoreVault::new(&small());
+    // An extension so long that marker and extension do not fit in 255 bytes together.
+    let name = format!("D.{}", "x".repeat(230));
+    write_file(&v.fs, &name, b"original");
+    let m = ".sync-conflict-20261201-180306-TQ7MR7C";
+    make_copy(&v, &name, m, b"the copy");
+    let shown = format!("D{m}");
+    assert_eq!(names(&v.fs, ""), set(&[&name, &shown]));
+    assert_eq!(read_file(&v.fs, &shown).unwrap(), b"the copy");
+}
+
+#[test]
+fn keeping_a_copy_never_lands_on_another_copy_shown_under_the_originals_name() {
+    let v = CoreVault::new(&small());
+    write_file(&v.fs, "notes.txt", b"notes");
+    write_file(&v.fs, "notes (1).txt", b"M");
+    let m = ".sync-conflict-20261201-180306-TQ7MR7C";
+    make_copy(&v, "notes (1).txt", m, b"M's copy");
+    // `notes (1).txt` itself goes; a numbered copy of notes.txt now shows under its name.
+    fs::remove_file(v.backing("notes (1).txt")).unwrap();
+    let numbered = make_copy(&v, "notes.txt", " (1)", b"N's numbered copy");
+    let conflicts = v.fs.conflicts().unwrap();
+    let plan =
+        v.fs.plan_resolution(&conflicts, &envfs::fs::conflicts::Keep::Newest)
+            .unwrap();
+    let results: Vec<_> = plan.iter().map(|r| v.fs.resolve_conflict(r)).collect();
+    // M's copy took M's own name; N's numbered copy is untouched (its group is refused:
+    // its shown name is now a real entry's).
+    assert!(!fs::read(&numbered).unwrap().is_empty());
+    assert_eq!(read_file(&v.fs, "notes (1).txt").unwrap(), b"M's copy");
+    assert!(results.iter().any(|r| r.is_err()), "{results:?}");
+    assert_eq!(read_file(&v.fs, "notes.txt").unwrap(), b"notes");
+}
+
+#[test]
+fn a_name_crafted_with_dozens_of_markers_is_judged_in_bounded_work() {
+    let v = CoreVault::new(&small());
+    write_file(&v.fs, "a", b"a");
+    let own = v.backing("a");
+    let crafted = format!(
+        "{}{}",
+        own.file_name().unwrap().to_str().unwrap(),
+        " (1)".repeat(50)
+    );
+    write_file(&v.fs, "s", b"s");
+    fs::rename(v.backing("s"), v.root().join(&crafted)).unwrap();
+    // Listed or not, the listing finishes; fsck too.
+    let listed = names(&v.fs, "");
+    assert!(listed.contains("a"));
+    check(&v);
+}

@@ -30,7 +30,15 @@ pub struct DaemonInfo {
 /// Serve status requests for the daemon's whole life on `socket` (replacing a stale one).
 /// Failing to serve is logged, never fatal: the mount matters more than its status.
 pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
-    let _ = std::fs::create_dir_all(socket.parent().expect("has a parent"));
+    let dir = socket.parent().expect("has a parent");
+    let _ = std::fs::create_dir_all(dir);
+    // Only in a directory that is ours and that nobody else can write to: in the
+    // `/tmp/envfs-<uid>` fallback someone else may have made the directory first, and
+    // could then swap the socket for a symlink or a socket of their own.
+    if let Err(why) = private_dir(dir) {
+        tracing::warn!(dir = %dir.display(), "no status socket: {why}");
+        return;
+    }
     let _ = std::fs::remove_file(socket);
     let listener = match UnixListener::bind(socket) {
         Ok(l) => l,
@@ -46,7 +54,11 @@ pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
         .name("status".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
+                let Ok(mut stream) = stream else {
+                    // Out of descriptors, say: do not spin on a pending connection.
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
                 let mut request = [0u8; 5];
@@ -60,6 +72,24 @@ pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
             }
         })
         .expect("spawn the status thread");
+}
+
+/// Whether `dir` is a real directory owned by this user that no one else may write to.
+fn private_dir(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    if meta.uid() != euid {
+        return Err(format!("owned by uid {}, not {euid}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err("writable by others".into());
+    }
+    Ok(())
 }
 
 /// One daemon's status, as it answers.

@@ -204,7 +204,8 @@ impl Fs {
         }
         let original = &resolution.conflict.path;
         if keep.copy.is_some() {
-            self.rename(&keep.path, original, 0)?;
+            // To the original's own name, even where another copy now shows under it.
+            self.rename_to_own_name(&keep.path, original)?;
         }
         for version in &resolution.remove {
             if version.copy.is_some() {

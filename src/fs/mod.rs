@@ -565,27 +565,49 @@ impl Fs {
     pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> Result<()> {
         let (from_fd, from_entry) = self.entry(from)?;
         let (to_fd, to_entry) = self.entry(to)?;
+        self.rename_entries(&from_fd, from_entry, &to_fd, to_entry, flags)
+    }
+
+    /// Rename `from` to the entry of `to`'s own name, never to a sync client's copy that
+    /// shows under that name (`envfs conflicts` giving a kept copy its original's name
+    /// back, when the original is gone and another copy shows as it).
+    pub(crate) fn rename_to_own_name(&self, from: &Path, to: &Path) -> Result<()> {
+        let (from_fd, from_entry) = self.entry(from)?;
+        let (parent, name) = split(to)?;
+        let to_fd = self.dir_of(parent)?;
+        let to_entry = self.names().encrypt(name, is_root(parent))?;
+        self.rename_entries(&from_fd, from_entry, &to_fd, to_entry, 0)
+    }
+
+    fn rename_entries(
+        &self,
+        from_fd: &Dir,
+        from_entry: BackingEntry,
+        to_fd: &Dir,
+        to_entry: BackingEntry,
+        flags: u32,
+    ) -> Result<()> {
         if from_fd.rel() == to_fd.rel() && from_entry.name == to_entry.name {
             // rename(2) of a name onto itself succeeds and does nothing.
             from_fd.stat(&from_entry.name)?;
             return Ok(());
         }
         let to_existed = to_fd.stat(&to_entry.name).is_ok();
-        self.names().ensure_sidecar(&to_fd, &to_entry)?;
-        if let Err(e) = from_fd.rename(&from_entry.name, &to_fd, &to_entry.name, flags) {
+        self.names().ensure_sidecar(to_fd, &to_entry)?;
+        if let Err(e) = from_fd.rename(&from_entry.name, to_fd, &to_entry.name, flags) {
             if !to_existed {
-                self.names().remove_sidecar(&to_fd, &to_entry);
+                self.names().remove_sidecar(to_fd, &to_entry);
             }
             return Err(e.into());
         }
         // A directory moved (or replaced): its cached descriptors, and those below it, no
         // longer belong to their paths.
-        self.forget(&from_fd, &from_entry.name);
-        self.forget(&to_fd, &to_entry.name);
+        self.forget(from_fd, &from_entry.name);
+        self.forget(to_fd, &to_entry.name);
         // After an exchange both names still exist, each with its own sidecar; so do both
         // after a rename between two hard links of one file, which rename(2) leaves alone.
         if flags & RENAME_EXCHANGE == 0 && from_fd.stat(&from_entry.name).is_err() {
-            self.names().remove_sidecar(&from_fd, &from_entry);
+            self.names().remove_sidecar(from_fd, &from_entry);
         }
         Ok(())
     }

@@ -149,9 +149,10 @@ impl<'v> NameMap<'v> {
 
     /// The sync client's copy that the listing of `dir` shows as `shown`, if there is one.
     /// Each reading of `shown` names an original and a marker; the copy's backing name is
-    /// the original's with the marker where the client puts it. Shown names that may have
-    /// been cut to NAME_MAX, or that carry more than one marker, cannot be read back, and
-    /// are found by judging the directory's marked entries instead.
+    /// the original's with the marker where the client puts it. Shown names that cannot be
+    /// read back that way (cut to NAME_MAX, an extension dropped to fit, more than one
+    /// marker) are found by judging the directory's marked entries instead, whenever the
+    /// name holds a marker more specific than OneDrive's loose `-<host>`.
     fn find_copy(
         &self,
         dir: &Dir,
@@ -163,7 +164,8 @@ impl<'v> NameMap<'v> {
             Judged::Copy(copy) if copy.shown == shown => Some(copy),
             _ => None,
         };
-        let mut search = sync_names::may_be_cut(shown.as_bytes());
+        let search = sync_names::may_be_cut(shown.as_bytes())
+            || readings.iter().any(|r| r.client != Client::OneDrive);
         for reading in readings {
             let original = OsStr::from_bytes(&reading.original);
             if sync_names::shown_name(&reading.original, &reading.marker) != shown.as_bytes()
@@ -171,9 +173,6 @@ impl<'v> NameMap<'v> {
             {
                 continue;
             }
-            search |= sync_names::readings(&reading.original)
-                .iter()
-                .any(|r| r.client != Client::OneDrive);
             let original = self.encrypt(original, at_root)?;
             for spelling in sync_names::backing_spellings(original.name.as_bytes(), &reading.marker)
             {
@@ -316,13 +315,8 @@ impl<'v> NameMap<'v> {
         if dir.stat(owner).is_ok() {
             return;
         }
-        let copied = |name: &OsString| {
-            sync_names::readings(name.as_bytes())
-                .iter()
-                .any(|r| r.original == owner.as_bytes())
-        };
         match dir.list() {
-            Ok(names) if !names.iter().any(copied) => {
+            Ok(names) if !names.iter().any(|n| is_copy_of(self.vault, dir, n, owner)) => {
                 let _ = dir.unlink(&sidecar);
             }
             _ => {}
@@ -429,21 +423,49 @@ pub fn judge(vault: &Vault, dir: &Dir, name: &OsStr, at_root: bool) -> Judged {
              hosts at once; the one in this copy is not in force, redo it",
         );
     }
-    judge_marked(vault, dir, name, 0)
+    judge_marked(vault, dir, name, 0, &mut JUDGE_BUDGET.clone())
+}
+
+/// Whether entry `name` of `dir` is a sync client's copy (at any depth) of backing entry
+/// `owner`: the one rule for "a copy still needs this sidecar", for the mount and fsck.
+pub fn is_copy_of(vault: &Vault, dir: &Dir, name: &OsStr, owner: &OsStr) -> bool {
+    if name == owner || sync_names::readings(name.as_bytes()).is_empty() {
+        return false;
+    }
+    matches!(judge_marked(vault, dir, name, 0, &mut JUDGE_BUDGET.clone()),
+        Judged::Copy(copy) if copy.original == owner)
 }
 
 /// How many markers deep a copy of a copy is still read (`x (1) (1)`, …).
 const MAX_NESTED_COPIES: usize = 3;
 
+/// How many spellings one entry may be judged by, markers removed: a name crafted with
+/// dozens of markers must not cost thousands of sidecar reads.
+const JUDGE_BUDGET: usize = 24;
+
 /// Judge an entry by its spelling; what is not an envfs name may be a sync client's copy of
 /// one, if removing a marker leaves an authentic name (the SIV tag makes a chance match
 /// impossible in practice).
-fn judge_marked(vault: &Vault, dir: &Dir, name: &OsStr, depth: usize) -> Judged {
+fn judge_marked(
+    vault: &Vault,
+    dir: &Dir,
+    name: &OsStr,
+    depth: usize,
+    budget: &mut usize,
+) -> Judged {
+    *budget = budget.saturating_sub(1);
     let direct = judge_spelling(vault, dir, name);
     if matches!(direct, Judged::Named(_) | Judged::Sidecar(_)) || depth >= MAX_NESTED_COPIES {
         return direct;
     }
+    let mut tried = std::collections::HashSet::new();
     for reading in sync_names::readings(name.as_bytes()) {
+        if *budget == 0 {
+            break;
+        }
+        if !tried.insert(reading.original.clone()) {
+            continue;
+        }
         let original = OsStr::from_bytes(&reading.original);
         let copy = |plain: &OsStr, first: OsString, long: Option<String>, of: OsString| {
             Judged::Copy(MarkedCopy {
@@ -458,7 +480,7 @@ fn judge_marked(vault: &Vault, dir: &Dir, name: &OsStr, depth: usize) -> Judged 
                 kind: reading.kind,
             })
         };
-        match judge_marked(vault, dir, original, depth + 1) {
+        match judge_marked(vault, dir, original, depth + 1, budget) {
             Judged::Named(plain) => {
                 let long = long_name_of(vault, dir, original);
                 return copy(&plain, original.to_os_string(), long, plain.clone());

@@ -15,9 +15,9 @@ use crate::crypto::FileKeys;
 use crate::error::Error;
 use crate::format::config::NameEncoding;
 use crate::format::geometry::BadLength;
-use crate::format::sync_names::{self, CopyKind};
+use crate::format::sync_names::CopyKind;
 use crate::format::{FileHeader, Geometry};
-use crate::fs::names::{Judged, MarkedCopy, NameDamage, judge, open_link_target};
+use crate::fs::names::{Judged, MarkedCopy, NameDamage, is_copy_of, judge, open_link_target};
 use crate::fs::{xattr_name_plaintext, xattr_value_plaintext};
 use crate::vault::Vault;
 use std::collections::{HashSet, VecDeque};
@@ -285,15 +285,10 @@ impl Checker<'_> {
             .iter()
             .map(|e| self.name_key(e.name.as_bytes()))
             .collect();
-        // A sidecar whose entry is gone still names the entry's sync-client copies.
-        let copied = |of: &OsStr| {
-            let key = self.name_key(of.as_bytes());
-            present.iter().any(|name| {
-                sync_names::readings(name)
-                    .iter()
-                    .any(|r| self.name_key(&r.original) == key)
-            })
-        };
+        // A sidecar whose entry is gone still names the entry's sync-client copies (the
+        // mount's rule, `is_copy_of`).
+        let names: Vec<OsString> = entries.iter().map(|e| e.name.clone()).collect();
+        let copied = |of: &OsStr| names.iter().any(|n| is_copy_of(self.vault, &dir, n, of));
         for entry in entries {
             let backing = self.shown(&dir, &entry.name);
             let is_file = entry.kind == libc::S_IFREG;
