@@ -499,8 +499,10 @@ fn a_copy_of_a_copy_of_a_long_name_keeps_the_sidecar_alive() {
     assert_eq!(read_file(&v.fs, &shown2).unwrap(), b"copy of the copy");
     let report = check(&v);
     assert!(report.is_clean(), "no orphan: {:?}", report.findings);
-    let mut repair = Options::default();
-    repair.repair_names = true;
+    let repair = Options {
+        repair_names: true,
+        ..Options::default()
+    };
     fsck::check(v.fs.vault(), &repair, &Progress::default()).unwrap();
     assert!(sidecar.exists(), "--repair-names keeps it too");
 }
