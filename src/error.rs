@@ -133,7 +133,13 @@ impl Error {
     /// The errno a filesystem call should return for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            // A store that cannot be reached is EIO, not ENOTCONN: from a FUSE mount,
+            // "Transport endpoint is not connected" reads as "the envfs daemon died".
+            Error::Io(e) => match e.raw_os_error() {
+                Some(n) if is_transport_errno(n) => libc::EIO,
+                Some(n) => n,
+                None => libc::EIO,
+            },
             Error::Integrity { .. } => libc::EIO,
             Error::NotAVault(_) | Error::CorruptConfig(_) | Error::UnsupportedVersion(_) => {
                 libc::EIO
@@ -163,4 +169,23 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Io(e) if e.kind() == io::ErrorKind::NotFound)
     }
+}
+
+/// Errnos that say a (network) backing store cannot be reached, rather than anything
+/// about one file. `Error::errno` answers them as `EIO`; the fs core's outage check
+/// (src/fs/outage.rs) watches for them.
+pub fn is_transport_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOTCONN
+            | libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::ECONNREFUSED
+            | libc::ETIMEDOUT
+            | libc::EHOSTDOWN
+            | libc::EHOSTUNREACH
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::ESHUTDOWN
+    )
 }

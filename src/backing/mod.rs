@@ -56,7 +56,9 @@ const NO_OPENAT2: u8 = 2;
 
 /// The backing directory, held open.
 pub struct BackingRoot {
-    root: OwnedFd,
+    /// Replaced by `reopen` when the store it was opened on went away (a NAS share
+    /// remounted); everything resolved from the old one keeps failing.
+    root: std::sync::RwLock<Arc<OwnedFd>>,
     /// For messages only.
     path: PathBuf,
     openat2: AtomicU8,
@@ -116,7 +118,7 @@ impl BackingRoot {
         })?;
         Ok(BackingRoot {
             // SAFETY: open returned a fresh descriptor that we now own.
-            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: std::sync::RwLock::new(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })),
             path: path.to_path_buf(),
             openat2: AtomicU8::new(UNKNOWN),
             cache: DirCache::default(),
@@ -180,9 +182,29 @@ impl BackingRoot {
     /// The root directory itself.
     pub fn root(&self) -> io::Result<Dir> {
         Ok(Dir {
-            fd: self.root.try_clone()?,
+            fd: self.root_fd().try_clone()?,
             rel: PathBuf::new(),
         })
+    }
+
+    fn root_fd(&self) -> Arc<OwnedFd> {
+        self.root.read().unwrap().clone()
+    }
+
+    /// Whether the root still answers (an `fstat` of its descriptor): a network store that
+    /// went away fails it with its transport error.
+    pub fn root_alive(&self) -> io::Result<()> {
+        sys::fstat(&*self.root_fd()).map(|_| ())
+    }
+
+    /// Open the root again by its path, for a store that went away and came back (a share
+    /// remounted there), and drop every cached descriptor of the old one.
+    pub fn reopen(&self) -> io::Result<()> {
+        let fresh = BackingRoot::open(&self.path)?;
+        let fd = fresh.root_fd();
+        *self.root.write().unwrap() = fd;
+        self.forget(Path::new(""));
+        Ok(())
     }
 
     /// The directory at `rel` (backing names, relative to the root). A symlink anywhere on
@@ -254,7 +276,7 @@ impl BackingRoot {
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                self.root.as_raw_fd(),
+                self.root_fd().as_raw_fd(),
                 c.as_ptr(),
                 &how as *const libc::open_how,
                 std::mem::size_of::<libc::open_how>(),
@@ -269,7 +291,7 @@ impl BackingRoot {
 
     /// One component at a time, each opened `O_NOFOLLOW | O_DIRECTORY` relative to the last.
     fn walk(&self, names: &[&OsStr]) -> io::Result<OwnedFd> {
-        let mut cur = self.root.try_clone()?;
+        let mut cur = self.root_fd().try_clone()?;
         for n in names {
             cur = open_dir_at(&cur, n)?;
         }

@@ -12,6 +12,7 @@ pub mod entry_log;
 pub mod file;
 mod name_cache;
 pub mod names;
+mod outage;
 pub mod rewrap;
 
 pub use crate::backing::sys::TimeSet;
@@ -139,6 +140,8 @@ pub struct Fs {
     log: IntegrityLog,
     /// Hidden foreign entries and shown conflict copies, logged once each.
     entries: EntryLog,
+    /// Whether the backing store has gone away (a dropped NAS share).
+    outage: outage::Outage,
     sizes: SizeMap,
 }
 
@@ -174,6 +177,7 @@ impl Fs {
             open: OpenFiles::default(),
             log: IntegrityLog::default(),
             entries: EntryLog::default(),
+            outage: Default::default(),
         }
     }
 
@@ -212,8 +216,48 @@ impl Fs {
         self.vault.root().join(dir.rel()).join(name)
     }
 
+    /// The backing root, unless the store is down (`outage.rs`): then `EIO` at once, or
+    /// the store reached again, at most one try a second.
     fn backing_root(&self) -> Result<&BackingRoot> {
-        self.backing.as_ref().map_err(|&e| Error::from_errno(e))
+        let root = self.backing.as_ref().map_err(|&e| Error::from_errno(e))?;
+        if self.outage.is_down() && !(self.outage.may_retry() && self.reconnect(root)) {
+            return Err(Error::from_errno(libc::EIO));
+        }
+        Ok(root)
+    }
+
+    /// Try to reach a store that went away: its path must hold this vault again.
+    fn reconnect(&self, root: &BackingRoot) -> bool {
+        let same_vault = crate::vault::read_config_unverified(self.vault.root())
+            .is_ok_and(|(config, _)| config.vault_id == self.vault.config.vault_id);
+        if !same_vault || root.reopen().is_err() || root.root_alive().is_err() {
+            return false;
+        }
+        if self.outage.came_back() {
+            tracing::warn!(backing_path = %root.path().display(), "backing store reachable again");
+        }
+        true
+    }
+
+    /// Look at an error a request is about to return: a transport error while the backing
+    /// root no longer answers means the store is gone (logged once, `outage.rs`). Every
+    /// caller that answers requests (the FUSE adapter) passes its errors through here.
+    pub fn observe(&self, err: &Error) {
+        let Error::Io(e) = err else { return };
+        if !e.raw_os_error().is_some_and(outage::is_transport) || self.outage.is_down() {
+            return;
+        }
+        let Ok(root) = self.backing.as_ref() else {
+            return;
+        };
+        if let Err(gone) = root.root_alive()
+            && self.outage.went_down()
+        {
+            tracing::error!(
+                backing_path = %root.path().display(),
+                "backing store unreachable ({gone}): requests fail with EIO until it is back"
+            );
+        }
     }
 
     /// Drop the cached descriptors of entry `name` of `dir` and below (it was renamed or

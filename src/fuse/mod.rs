@@ -104,6 +104,14 @@ fn no_such_entry() -> FileAttr {
     }
 }
 
+impl EnvFs {
+    /// The errno a failed step replies with. The core's errors pass by `Fs::observe`
+    /// first, which notices a backing store that went away.
+    fn fail(&self, e: impl IntoErrno) -> Errno {
+        e.into_errno(&self.fs)
+    }
+}
+
 fn errno(e: &Error) -> Errno {
     if !matches!(e, Error::Io(_)) {
         tracing::debug!("request failed: {e}");
@@ -114,17 +122,18 @@ fn errno(e: &Error) -> Errno {
 /// What a failed step of a request replies with: the core's errors map through their
 /// explicit errno, the adapter's own are errnos already.
 trait IntoErrno {
-    fn into_errno(self) -> Errno;
+    fn into_errno(self, fs: &Fs) -> Errno;
 }
 
 impl IntoErrno for Errno {
-    fn into_errno(self) -> Errno {
+    fn into_errno(self, _fs: &Fs) -> Errno {
         self
     }
 }
 
 impl IntoErrno for Error {
-    fn into_errno(self) -> Errno {
+    fn into_errno(self, fs: &Fs) -> Errno {
+        fs.observe(&self);
         errno(&self)
     }
 }
@@ -202,7 +211,7 @@ impl EnvFs {
     fn verified_path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
         let path = self.path(ino)?;
         if ino.0 != inodes::ROOT {
-            let attr = self.fs.getattr(&path).map_err(IntoErrno::into_errno)?;
+            let attr = self.fs.getattr(&path).map_err(|e| self.fail(e))?;
             if self.inodes.id_for(attr.dev, attr.ino) != ino.0 {
                 return Err(Errno::ESTALE);
             }
@@ -268,11 +277,11 @@ impl EnvFs {
 
 /// Helper: run a fallible body and reply with its errno on failure.
 macro_rules! try_reply {
-    ($reply:expr, $body:expr) => {
+    ($adapter:expr, $reply:expr, $body:expr) => {
         match $body {
             Ok(v) => v,
             Err(e) => {
-                $reply.error(IntoErrno::into_errno(e));
+                $reply.error($adapter.fail(e));
                 return;
             }
         }
@@ -314,7 +323,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let path = try_reply!(reply, self.child(parent, name));
+        let path = try_reply!(self, reply, self.child(parent, name));
         match self.fs.getattr(&path) {
             Ok(attr) => self.reply_entry(parent, name, &attr, reply),
             // Node id 0 with a timeout: "no such name" that the kernel may cache.
@@ -325,7 +334,7 @@ impl fuser::Filesystem for EnvFs {
                     &no_such_entry(),
                     Generation(0),
                 ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(e)),
         }
     }
 
@@ -335,12 +344,12 @@ impl fuser::Filesystem for EnvFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
-            let attr = try_reply!(reply, self.fs.getattr_handle(&h));
+            let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
             return reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
         }
         let by_name = self
             .path(ino)
-            .and_then(|path| self.fs.getattr(&path).map_err(IntoErrno::into_errno))
+            .and_then(|path| self.fs.getattr(&path).map_err(|e| self.fail(e)))
             .map(|attr| self.fuse_attr(&attr));
         match by_name {
             Ok(fattr) if fattr.ino == ino || ino.0 == inodes::ROOT => {
@@ -351,7 +360,7 @@ impl fuser::Filesystem for EnvFs {
             // handle: answer from an open handle of the node, which reports nlink 0.
             failed => match self.open_handle_of(ino) {
                 Some(h) => {
-                    let attr = try_reply!(reply, self.fs.getattr_handle(&h));
+                    let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
                     reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
                 }
                 // Replaced behind our back: the kernel drops its stale entry and looks the
@@ -412,11 +421,11 @@ impl fuser::Filesystem for EnvFs {
                 mtime: time_set(mtime),
                 kill_suidgid,
             };
-            let attr = try_reply!(reply, self.fs.setattr_handle(&handle, &set));
+            let attr = try_reply!(self, reply, self.fs.setattr_handle(&handle, &set));
             reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
             return;
         }
-        let path = try_reply!(reply, self.verified_path(ino));
+        let path = try_reply!(self, reply, self.verified_path(ino));
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let set = SetAttr {
             mode,
@@ -427,13 +436,13 @@ impl fuser::Filesystem for EnvFs {
             mtime: time_set(mtime),
             kill_suidgid,
         };
-        let attr = try_reply!(reply, self.fs.setattr(&path, handle.as_deref(), &set));
+        let attr = try_reply!(self, reply, self.fs.setattr(&path, handle.as_deref(), &set));
         reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let path = try_reply!(reply, self.path(ino));
-        let target = try_reply!(reply, self.fs.readlink(&path));
+        let path = try_reply!(self, reply, self.path(ino));
+        let target = try_reply!(self, reply, self.fs.readlink(&path));
         reply.data(target.as_bytes());
     }
 
@@ -447,9 +456,10 @@ impl fuser::Filesystem for EnvFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let path = try_reply!(reply, self.child(parent, name));
+        let path = try_reply!(self, reply, self.child(parent, name));
         let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         let attr = try_reply!(
+            self,
             reply,
             self.fs.mknod(&path, mode, rdev as u64, self.owner(req))
         );
@@ -465,8 +475,9 @@ impl fuser::Filesystem for EnvFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let path = try_reply!(reply, self.child(parent, name));
+        let path = try_reply!(self, reply, self.child(parent, name));
         let attr = try_reply!(
+            self,
             reply,
             self.fs
                 .mkdir(&path, mode & !umask & 0o7777, self.owner(req))
@@ -475,15 +486,15 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = try_reply!(reply, self.child(parent, name));
-        try_reply!(reply, self.fs.unlink(&path));
+        let path = try_reply!(self, reply, self.child(parent, name));
+        try_reply!(self, reply, self.fs.unlink(&path));
         self.inodes.unlinked(parent.0, name);
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = try_reply!(reply, self.child(parent, name));
-        try_reply!(reply, self.fs.rmdir(&path));
+        let path = try_reply!(self, reply, self.child(parent, name));
+        try_reply!(self, reply, self.fs.rmdir(&path));
         self.inodes.unlinked(parent.0, name);
         reply.ok();
     }
@@ -496,8 +507,9 @@ impl fuser::Filesystem for EnvFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let path = try_reply!(reply, self.child(parent, link_name));
+        let path = try_reply!(self, reply, self.child(parent, link_name));
         let attr = try_reply!(
+            self,
             reply,
             self.fs.symlink(target.as_os_str(), &path, self.owner(req))
         );
@@ -514,9 +526,9 @@ impl fuser::Filesystem for EnvFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let from = try_reply!(reply, self.child(parent, name));
-        let to = try_reply!(reply, self.child(newparent, newname));
-        try_reply!(reply, self.fs.rename(&from, &to, flags.bits()));
+        let from = try_reply!(self, reply, self.child(parent, name));
+        let to = try_reply!(self, reply, self.child(newparent, newname));
+        try_reply!(self, reply, self.fs.rename(&from, &to, flags.bits()));
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             self.inodes
                 .exchanged((parent.0, name), (newparent.0, newname));
@@ -534,20 +546,20 @@ impl fuser::Filesystem for EnvFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let existing = try_reply!(reply, self.path(ino));
-        let new = try_reply!(reply, self.child(newparent, newname));
-        let attr = try_reply!(reply, self.fs.link(&existing, &new));
+        let existing = try_reply!(self, reply, self.path(ino));
+        let new = try_reply!(self, reply, self.child(newparent, newname));
+        let attr = try_reply!(self, reply, self.fs.link(&existing, &new));
         self.reply_entry(newparent, newname, &attr, reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let path = try_reply!(reply, self.verified_path(ino));
-        let handle = try_reply!(reply, self.fs.open(&path, self.open_flags(flags.0)));
+        let path = try_reply!(self, reply, self.verified_path(ino));
+        let handle = try_reply!(self, reply, self.fs.open(&path, self.open_flags(flags.0)));
         // open(O_TRUNC) truncates here (FUSE_ATOMIC_O_TRUNC), so dropping setuid/setgid for
         // an unprivileged caller is ours too (the kernel's FUSE_OPEN_KILL_SUIDGID, which
         // fuser does not pass on; root stands in for CAP_FSETID as in `setattr`).
         if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
-            try_reply!(reply, self.fs.kill_suidgid(&handle));
+            try_reply!(self, reply, self.fs.kill_suidgid(&handle));
         }
         // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
         // backing store behind our back is never served stale after a reopen.
@@ -565,8 +577,8 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let handle = try_reply!(reply, self.handle(fh));
-        let data = try_reply!(reply, self.fs.read(&handle, offset, size as usize));
+        let handle = try_reply!(self, reply, self.handle(fh));
+        let data = try_reply!(self, reply, self.fs.read(&handle, offset, size as usize));
         reply.data(&data);
     }
 
@@ -582,12 +594,12 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let handle = try_reply!(reply, self.handle(fh));
+        let handle = try_reply!(self, reply, self.handle(fh));
         // Set by the kernel when the writer lacks CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2).
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            try_reply!(reply, self.fs.kill_suidgid(&handle));
+            try_reply!(self, reply, self.fs.kill_suidgid(&handle));
         }
-        let n = try_reply!(reply, self.fs.write(&handle, offset, data));
+        let n = try_reply!(self, reply, self.fs.write(&handle, offset, data));
         reply.written(n as u32);
     }
 
@@ -625,14 +637,14 @@ impl fuser::Filesystem for EnvFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let handle = try_reply!(reply, self.handle(fh));
-        try_reply!(reply, self.fs.fsync(&handle, datasync));
+        let handle = try_reply!(self, reply, self.handle(fh));
+        try_reply!(self, reply, self.fs.fsync(&handle, datasync));
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let path = try_reply!(reply, self.path(ino));
-        let entries = try_reply!(reply, self.fs.readdir_plus(&path));
+        let path = try_reply!(self, reply, self.path(ino));
+        let entries = try_reply!(self, reply, self.fs.readdir_plus(&path));
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
         reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -647,6 +659,7 @@ impl fuser::Filesystem for EnvFs {
         mut reply: ReplyDirectory,
     ) {
         let snapshot = try_reply!(
+            self,
             reply,
             self.dirs
                 .lock()
@@ -682,6 +695,7 @@ impl fuser::Filesystem for EnvFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let snapshot = try_reply!(
+            self,
             reply,
             self.dirs
                 .lock()
@@ -691,8 +705,8 @@ impl fuser::Filesystem for EnvFs {
                 .ok_or(Errno::EBADF)
         );
         let dir_attr = if offset < 2 {
-            let path = try_reply!(reply, self.path(ino));
-            Some(try_reply!(reply, self.fs.getattr(&path)))
+            let path = try_reply!(self, reply, self.path(ino));
+            Some(try_reply!(self, reply, self.fs.getattr(&path)))
         } else {
             None
         };
@@ -742,13 +756,13 @@ impl fuser::Filesystem for EnvFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let path = try_reply!(reply, self.path(ino));
-        try_reply!(reply, self.fs.fsyncdir(&path));
+        let path = try_reply!(self, reply, self.path(ino));
+        try_reply!(self, reply, self.fs.fsyncdir(&path));
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let st = try_reply!(reply, self.fs.statfs());
+        let st = try_reply!(self, reply, self.fs.statfs());
         reply.statfs(
             st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namelen, st.frsize,
         );
@@ -764,20 +778,20 @@ impl fuser::Filesystem for EnvFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let path = try_reply!(reply, self.path(ino));
-        try_reply!(reply, self.fs.setxattr(&path, name, value, flags));
+        let path = try_reply!(self, reply, self.path(ino));
+        try_reply!(self, reply, self.fs.setxattr(&path, name, value, flags));
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let path = try_reply!(reply, self.path(ino));
-        let value = try_reply!(reply, self.fs.getxattr(&path, name));
+        let path = try_reply!(self, reply, self.path(ino));
+        let value = try_reply!(self, reply, self.fs.getxattr(&path, name));
         xattr_reply(reply, &value, size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let path = try_reply!(reply, self.path(ino));
-        let names = try_reply!(reply, self.fs.listxattr(&path));
+        let path = try_reply!(self, reply, self.path(ino));
+        let names = try_reply!(self, reply, self.fs.listxattr(&path));
         let mut buf = Vec::new();
         for n in names {
             buf.extend_from_slice(n.as_bytes());
@@ -787,16 +801,16 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = try_reply!(reply, self.path(ino));
-        try_reply!(reply, self.fs.removexattr(&path, name));
+        let path = try_reply!(self, reply, self.path(ino));
+        try_reply!(self, reply, self.fs.removexattr(&path, name));
         reply.ok();
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         // Only called without default_permissions, i.e. when only the mounting user can
         // reach the mount: the backing store's own check, as that user, is the right one.
-        let path = try_reply!(reply, self.path(ino));
-        try_reply!(reply, self.fs.access(&path, mask.bits()));
+        let path = try_reply!(self, reply, self.path(ino));
+        try_reply!(self, reply, self.fs.access(&path, mask.bits()));
         reply.ok();
     }
 
@@ -810,8 +824,9 @@ impl fuser::Filesystem for EnvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let path = try_reply!(reply, self.child(parent, name));
+        let path = try_reply!(self, reply, self.child(parent, name));
         let (handle, attr) = try_reply!(
+            self,
             reply,
             self.fs.create(
                 &path,
@@ -842,8 +857,12 @@ impl fuser::Filesystem for EnvFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let handle = try_reply!(reply, self.handle(fh));
-        try_reply!(reply, self.fs.fallocate(&handle, offset, length, mode));
+        let handle = try_reply!(self, reply, self.handle(fh));
+        try_reply!(
+            self,
+            reply,
+            self.fs.fallocate(&handle, offset, length, mode)
+        );
         reply.ok();
     }
 }

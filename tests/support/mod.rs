@@ -19,6 +19,7 @@
 pub mod fs_core;
 pub mod golden_table;
 pub mod kms;
+pub mod nas;
 pub mod syncthing;
 
 use std::path::{Path, PathBuf};
