@@ -951,3 +951,41 @@ fn an_unlinked_open_file_can_still_be_truncated_chmodded_and_read() {
     f.read_to_string(&mut back).unwrap();
     assert_eq!(back, "hello");
 }
+
+#[test]
+fn a_dev_fuse_that_cannot_be_opened_is_exit_14_with_that_message() {
+    // A user who may not open /dev/fuse (here: nobody, in a mount namespace where
+    // /dev/fuse is a root-only file), as on a host whose /dev/fuse is 0600. fusermount3's
+    // refusal used to be reported as "cannot mount on MNT: Permission denied", exit 13.
+    let v = TestVault::new(&[]);
+    let dir = v.dir.path();
+    let opened = |p: &Path| fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+    opened(dir);
+    let mnt = v.mountpoint("mnt-nobody");
+    opened(&mnt);
+    let fake = dir.join("no-fuse");
+    fs::write(&fake, b"").unwrap();
+    fs::set_permissions(&v.key, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o600)).unwrap();
+    let script = format!(
+        "mount --bind {fake} /dev/fuse && exec setpriv --reuid=65534 --regid=65534 \
+         --clear-groups env HOME={dir} XDG_CONFIG_HOME={dir}/nobody {bin} mount {backing} \
+         {mnt} --key-file {key}",
+        fake = fake.display(),
+        dir = dir.display(),
+        bin = envfs_bin(),
+        backing = v.backing.display(),
+        mnt = mnt.display(),
+        key = v.key.display(),
+    );
+    let out = run(std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(&script));
+    let err = stderr_text(&out);
+    assert_eq!(exit_code(&out), 14, "{err}");
+    assert!(
+        err.contains("cannot open /dev/fuse: Permission denied"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mnt));
+}

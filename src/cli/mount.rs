@@ -352,6 +352,17 @@ fn preflight(mountpoint: &Path, config: &MountConfig) -> Result<()> {
             "/dev/fuse does not exist: load the fuse kernel module".into(),
         ));
     }
+    // fusermount3 opens it for a user who is not root, and its refusal would read as a
+    // failed mount (exit 13); say what is wrong instead (exit 14).
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Err(Error::FuseUnavailable(format!(
+            "cannot open /dev/fuse: {e}"
+        )));
+    }
     Ok(())
 }
 
