@@ -498,6 +498,15 @@ fn mount_t_fuse_envfs_and_an_fstab_line_work() {
         &format!("findmnt -n -o FSTYPE {}", mnt.display()),
     );
     assert_eq!(types.trim(), "fuse.envfs");
+    let options = |mnt: &Path| {
+        sh(
+            v.dir.path(),
+            &format!("findmnt -n -o VFS-OPTIONS {}", mnt.display()),
+        )
+    };
+    // mount.fuse3 appends dev,suid to what the helper gets; envfs drops them.
+    let o = options(&mnt);
+    assert!(o.contains("nosuid") && o.contains("nodev"), "{o}");
     sh(v.dir.path(), &format!("umount {}", mnt.display()));
     assert!(wait_until(Duration::from_secs(5), || !is_mounted(&mnt)));
 
@@ -516,6 +525,11 @@ fn mount_t_fuse_envfs_and_an_fstab_line_work() {
         &format!("mount -T {} {}", fstab.display(), mnt.display()),
     );
     assert_eq!(fs::read(mnt.join("via-mount8")).unwrap(), b"hello");
+    let o = options(&mnt);
+    assert!(
+        o.contains("nosuid") && o.contains("nodev"),
+        "from fstab: {o}"
+    );
     drop(guard);
     assert!(!is_mounted(&mnt));
 }

@@ -466,7 +466,10 @@ fn daemonize() -> Result<()> {
     let key_fds: Vec<i32> = key_pipes.iter().map(|fd| fd.as_raw_fd()).collect();
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    // The daemon gets the arguments as this process read them (the helper form rewritten,
+    // mount.fuse3's additions dropped): its own parent is this process, not mount(8).
+    let args = rewrite_mount_helper_args(std::env::args_os().collect());
+    cmd.args(&args[1..])
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
@@ -759,15 +762,95 @@ pub fn rewrite_mount_helper_args(args: Vec<OsString>) -> Vec<OsString> {
         Some(first) if !first.starts_with('-') && args.len() >= 3 && !is_subcommand(first) => {
             let mut out = vec![args[0].clone(), OsString::from("mount")];
             out.extend(args[1..].iter().cloned());
+            // mount(8) runs a `mount.fuse.envfs` helper itself, without mount.fuse3.
+            let direct = Path::new(&args[0])
+                .file_name()
+                .is_some_and(|n| n == "mount.fuse.envfs");
+            if !direct && parent_is_mount_fuse() {
+                drop_appended_dev_suid(&mut out);
+            }
             out
         }
         _ => args,
     }
 }
 
+/// Whether this process was started by mount.fuse3, as mount(8), fstab and systemd mount
+/// units start it: mount(8) runs mount.fuse3, which `exec`s `/bin/sh -c "envfs …"`, so the
+/// parent is that shell and the grandparent mount(8). Either of them being mount(8) or
+/// mount.fuse3 counts.
+fn parent_is_mount_fuse() -> bool {
+    let parent_of = |pid: &str| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The parent pid is the second field after the ")" that ends the command name.
+        Some(
+            stat.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .to_string(),
+        )
+    };
+    let mut pid = "self".to_string();
+    for _ in 0..2 {
+        let Some(parent) = parent_of(&pid) else {
+            return false;
+        };
+        let exe = std::fs::read_link(format!("/proc/{parent}/exe")).unwrap_or_default();
+        let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "mount" || name.starts_with("mount.fuse") {
+            return true;
+        }
+        pid = parent;
+    }
+    false
+}
+
+/// mount.fuse3 appends `dev` (unless `nodev` was given) and then `suid` (unless `nosuid`
+/// was) to every helper's options, so mounts from fstab and systemd would come up
+/// `dev,suid` whatever the user wrote. Remove exactly what it appended; a `suid` or `dev`
+/// the user wrote stays (mount.fuse3 keeps it, earlier in the list), and root mounts are
+/// otherwise `nosuid,nodev` (docs/SEMANTICS.md §15).
+fn drop_appended_dev_suid(args: &mut [OsString]) {
+    let Some(i) = args.iter().position(|a| a == "-o") else {
+        return;
+    };
+    let Some(value) = args.get(i + 1).and_then(|v| v.to_str()) else {
+        return;
+    };
+    let mut opts: Vec<&str> = value.split(',').collect();
+    if !opts.contains(&"nosuid") && opts.last() == Some(&"suid") {
+        opts.pop();
+    }
+    if !opts.contains(&"nodev") && opts.last() == Some(&"dev") {
+        opts.pop();
+    }
+    args[i + 1] = OsString::from(opts.join(","));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_mount_fuse3_appends_is_dropped_and_what_the_user_wrote_stays() {
+        // Pairs of (options as mount.fuse3 passes them, what envfs keeps), as measured
+        // with fuse3 3.14's mount.fuse3.
+        for (given, kept) in [
+            ("rw,noatime,dev,suid", "rw,noatime"),
+            ("rw,nosuid,dev", "rw,nosuid"),
+            ("rw,nodev,nosuid", "rw,nodev,nosuid"),
+            ("rw,suid,dev,suid", "rw,suid"),
+            ("rw,dev,dev,suid", "rw,dev"),
+        ] {
+            let mut args: Vec<OsString> = ["envfs", "mount", "/b", "/m", "-o", given]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            drop_appended_dev_suid(&mut args);
+            assert_eq!(args[5], kept, "{given}");
+        }
+    }
 
     #[test]
     fn every_listed_option_parses_and_is_documented() {
