@@ -56,6 +56,11 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
+/// `n` and the noun that goes with it: `1 conflict`, `2 conflicts`, `3 copies`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A time as `2026-12-01 18:03:06Z` (UTC, whole seconds; before 1970 prints the epoch).
 pub fn utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -82,6 +87,12 @@ pub fn utc(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn counts() {
+        assert_eq!(count(1, "copy", "copies"), "1 copy");
+        assert_eq!(count(0, "copy", "copies"), "0 copies");
+    }
 
     #[test]
     fn utc_times() {

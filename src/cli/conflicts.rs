@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::sync_names::CopyKind;
 use crate::fs::Fs;
 use crate::fs::conflicts::{Conflict, Keep, Resolution, Version};
-use crate::text::{escape_path, human_bytes, json_str, utc};
+use crate::text::{count, escape_path, human_bytes, json_str, utc};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,10 +59,9 @@ pub fn run(fs: &Fs, keep: Option<Keep>, apply: bool, json: bool) -> Result<()> {
         let verb = if apply { "resolved" } else { "would resolve" };
         let _ = writeln!(
             lines,
-            "{verb} {} of {} conflict{}{}",
+            "{verb} {} of {}{}",
             plan.len() - failed,
-            plan.len(),
-            if plan.len() == 1 { "" } else { "s" },
+            count(plan.len(), "conflict", "conflicts"),
             if apply { "" } else { " (dry run: add --apply)" }
         );
         out.write_all(lines.as_bytes())?;
@@ -72,8 +71,8 @@ pub fn run(fs: &Fs, keep: Option<Keep>, apply: bool, json: bool) -> Result<()> {
         return Err(Error::Reported(
             exit::INCOMPLETE,
             format!(
-                "{failed} conflict{} left as they were",
-                if failed == 1 { "" } else { "s" }
+                "{} left as they were",
+                count(failed, "conflict", "conflicts")
             ),
         ));
     }
@@ -120,10 +119,10 @@ fn list_text(conflicts: &[Conflict]) -> String {
         n => {
             let _ = writeln!(
                 s,
-                "{copies} cop{} of {n} entr{}; resolve with --keep newest or --keep PATH \
-                 (a dry run), then add --apply",
-                if copies == 1 { "y" } else { "ies" },
-                if n == 1 { "y" } else { "ies" }
+                "{} of {}; resolve with --keep newest or --keep PATH (a dry run), then add \
+                 --apply",
+                count(copies, "copy", "copies"),
+                count(n, "entry", "entries")
             );
         }
     }

@@ -305,8 +305,8 @@ pub fn run(mountpoint: Option<&Path>, json: bool) -> Result<()> {
         return Err(Error::Reported(
             exit::FAILURE,
             format!(
-                "{failed} mount{} did not report a status",
-                if failed == 1 { "" } else { "s" }
+                "{} did not report a status",
+                crate::text::count(failed, "mount", "mounts")
             ),
         ));
     }

@@ -131,27 +131,31 @@ const ONEDRIVE_HOST_MAX: usize = 15;
 /// Every way `name` can be read as a copy of another name, most specific first. Each marker
 /// occurrence gives one reading; OneDrive's `-<host>` gives one per hyphen near the end.
 pub fn readings(name: &[u8]) -> Vec<Reading> {
-    // The patterns are ASCII; other bytes stand in as one character each so that offsets
-    // in the text are offsets in the name.
-    let text: String = name
-        .iter()
-        .map(|&b| if b.is_ascii() { b as char } else { '\u{1}' })
-        .collect();
-    let mut out = Vec::new();
+    let mut onedrive = onedrive_readings(name);
     // Every pattern holds one of these; most names hold none, and skip the patterns (this
-    // runs for every component of every path the mount resolves).
+    // runs for every component of every path the mount resolves), with no allocation.
     let holds = |needle: &[u8]| name.windows(needle.len()).any(|w| w == needle);
     let any_marker = name.contains(&b'~')
         || holds(b" (")
         || holds(b".sync-conflict-")
         || holds(b"_conflict-")
         || holds(b".Conflict");
-    for pattern in PATTERNS.iter().filter(|_| any_marker) {
+    if !any_marker {
+        return onedrive;
+    }
+    // The patterns are ASCII; other bytes stand in as one character each so that offsets
+    // in the text are offsets in the name.
+    let text: String = name
+        .iter()
+        .map(|&b| if b.is_ascii() { b as char } else { '\u{1}' })
+        .collect();
+    let mut specific = Vec::new();
+    for pattern in PATTERNS.iter() {
         for m in pattern.regex.find_iter(&text) {
             let mut original = name[..m.start()].to_vec();
             original.extend_from_slice(&name[m.end()..]);
             if !original.is_empty() {
-                out.push(Reading {
+                specific.push(Reading {
                     original,
                     marker: name[m.range()].to_vec(),
                     client: pattern.client,
@@ -160,8 +164,8 @@ pub fn readings(name: &[u8]) -> Vec<Reading> {
             }
         }
     }
-    out.extend(onedrive_readings(name));
-    out
+    specific.append(&mut onedrive);
+    specific
 }
 
 /// OneDrive keeps both sides of a clash as `<stem>-<host><ext>` (or `<name>-<host>` when
