@@ -16,6 +16,7 @@
 //! module (scripts/check-layering.sh holds that true); `sys` has the calls on descriptors
 //! already open.
 
+pub mod probe;
 pub mod sys;
 
 use std::collections::HashMap;

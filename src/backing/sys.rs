@@ -120,6 +120,18 @@ pub fn fallocate(file: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::
     })
 }
 
+/// Close a duplicate of `file`'s descriptor and return what close(2) says: the backing
+/// filesystem's flush of the file, without closing `file` itself.
+pub fn close_dup(file: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: dup of a valid descriptor; the duplicate is ours to close.
+    let dup = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a descriptor we own and close exactly once.
+    check(unsafe { libc::close(dup) })
+}
+
 /// Free bytes available to unprivileged writers, and the rest of statvfs.
 pub fn fstatvfs(file: &impl AsRawFd) -> io::Result<libc::statvfs> {
     // SAFETY: zeroed statvfs is a valid out-parameter.

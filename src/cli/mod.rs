@@ -540,6 +540,11 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
         writeln!(out, "generation:     {}", vault.config.generation)?;
         writeln!(out, "fingerprint:    {}", vault.fingerprint())?;
     }
+    let caps = crate::backing::probe::probe(&crate::backing::BackingRoot::open(backing)?, true);
+    writeln!(out, "backing store:  {}", caps.verdict())?;
+    for (name, value) in caps.rows() {
+        writeln!(out, "  {name:<24}{value}")?;
+    }
     let (Some(vault), Some(path)) = (opened, path) else {
         return Ok(());
     };

@@ -58,6 +58,9 @@ pub struct MountConfig {
     pub threads: Option<usize>,
     /// Let the kernel buffer writes in its page cache (`FUSE_WRITEBACK_CACHE`).
     pub writeback_cache: bool,
+    /// `-o shared` / `-o noshared`: other hosts use the backing store too. Unset: shared
+    /// when the probe finds a network filesystem.
+    pub shared: Option<bool>,
     /// The mount's kernel readahead window in KiB (`/sys/class/bdi/<dev>/read_ahead_kb`).
     pub readahead_kb: Option<u32>,
     pub foreground: bool,
@@ -141,6 +144,11 @@ pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
         "negative_timeout=S",
         "negative_timeout=0",
         "how long a missing name is remembered, in seconds",
+    ),
+    (
+        "shared / noshared",
+        "shared",
+        "other hosts write the backing store too (default: on for network filesystems)",
     ),
     (
         "writeback_cache / no_writeback_cache",
@@ -261,6 +269,8 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
                         })?,
                 )
             }
+            ("shared", None) => config.shared = Some(true),
+            ("noshared", None) => config.shared = Some(false),
             ("writeback_cache", None) => config.writeback_cache = true,
             ("no_writeback_cache", None) => config.writeback_cache = false,
             ("foreground", None) => config.foreground = true,
@@ -644,6 +654,8 @@ fn serve(
     backing: &Path,
     config: &MountConfig,
 ) -> Result<()> {
+    let fs = std::sync::Arc::new(Fs::new(vault));
+    let shared = adapt_to_backing_store(&fs, backing, config)?;
     let defaults = AdapterOptions::default();
     let spec = crate::fuse::session::MountSpec {
         fs_name: backing
@@ -657,18 +669,32 @@ fn serve(
         kernel_flags: config.passthrough.clone(),
         threads: config.threads,
         adapter: AdapterOptions {
-            attr_timeout: config.attr_timeout.unwrap_or(defaults.attr_timeout),
+            // Shared: no attribute is remembered, so a file another host (or another name
+            // of a hard link, on a store where each name is its own inode) changed never
+            // shows its old size.
+            attr_timeout: config.attr_timeout.unwrap_or(if shared {
+                Duration::ZERO
+            } else {
+                defaults.attr_timeout
+            }),
             entry_timeout: config.entry_timeout.unwrap_or(defaults.entry_timeout),
-            negative_timeout: config.negative_timeout.unwrap_or(defaults.negative_timeout),
+            // Shared: a name another host creates is found at once, not after a
+            // remembered miss runs out.
+            negative_timeout: config.negative_timeout.unwrap_or(if shared {
+                Duration::ZERO
+            } else {
+                defaults.negative_timeout
+            }),
             writeback_cache: config.writeback_cache,
+            flush_on_close: shared,
         },
     };
     let info = super::status::DaemonInfo {
         mountpoint: mountpoint.to_path_buf(),
         backing: PathBuf::from(&spec.fs_name),
-        vault_id: vault.config.vault_id_hex(),
+        vault_id: fs.vault().config.vault_id_hex(),
+        shared,
     };
-    let fs = std::sync::Arc::new(Fs::new(vault));
     let result = crate::fuse::session::mount(fs.clone(), mountpoint, &spec);
     match result {
         Err(e) => {
@@ -685,6 +711,53 @@ fn serve(
             served
         }
     }
+}
+
+/// Probe the backing store (docs/OPERATIONS.md "Backing stores"), refuse what cannot work
+/// on it, log the one summary line, and say whether the mount runs shared.
+fn adapt_to_backing_store(fs: &Fs, backing: &Path, config: &MountConfig) -> Result<bool> {
+    let caps = fs.probe_backing(!config.read_only)?;
+    let vault = &fs.vault().config;
+    if caps.case_sensitive.is_no()
+        && !vault.plaintext_names
+        && vault.name_encoding == crate::format::config::NameEncoding::Base64Url
+    {
+        return Err(mount_error(format!(
+            "the backing store {} ({}) does not tell upper from lower case, and this vault's \
+             names are base64url, where case matters: two names could collide. Create vaults \
+             for this store with `envfs init --name-encoding base32`",
+            backing.display(),
+            caps.fs_type_shown()
+        )));
+    }
+    let shared = config.shared.unwrap_or(caps.network);
+    if shared && config.writeback_cache {
+        return Err(Error::Invalid(format!(
+            "-o writeback_cache cannot be used with shared mode (the kernel would keep sizes \
+             and times that other hosts change){}",
+            if config.shared.is_none() {
+                format!(
+                    "; shared mode is on because {} is a network filesystem ({}): -o noshared \
+                     if no other host writes it",
+                    backing.display(),
+                    caps.fs_type_shown()
+                )
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let mode = if shared {
+        "; shared mode: other hosts' changes show within the attribute and entry timeouts"
+    } else {
+        ""
+    };
+    if caps.lacks().is_empty() {
+        tracing::info!("{}{mode}", caps.summary(backing));
+    } else {
+        tracing::warn!("{}{mode}", caps.summary(backing));
+    }
+    Ok(shared)
 }
 
 /// Serve until the filesystem is unmounted, with the daemon's pid recorded for

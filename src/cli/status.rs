@@ -25,6 +25,8 @@ pub struct DaemonInfo {
     pub mountpoint: PathBuf,
     pub backing: PathBuf,
     pub vault_id: String,
+    /// Shared mode (`-o shared`, or a network store).
+    pub shared: bool,
 }
 
 /// Serve status requests for the daemon's whole life on `socket` (replacing a stale one).
@@ -99,6 +101,8 @@ struct Status<'a> {
     uptime_s: u64,
     open_files: usize,
     counts: crate::fs::entry_log::EntryCounts,
+    backing_down: bool,
+    capabilities: Option<crate::fs::Capabilities>,
 }
 
 impl<'a> Status<'a> {
@@ -112,6 +116,8 @@ impl<'a> Status<'a> {
             uptime_s: started.0.elapsed().as_secs(),
             open_files: fs.open_file_count(),
             counts: fs.entry_counts(),
+            backing_down: fs.backing_down(),
+            capabilities: fs.capabilities().cloned(),
         }
     }
 
@@ -134,12 +140,38 @@ impl<'a> Status<'a> {
             self.counts.foreign_hidden,
             self.counts.copies_shown,
         );
+        j.pop();
+        let _ = write!(
+            j,
+            ",\"shared\":{},\"backing_down\":{}",
+            self.info.shared, self.backing_down
+        );
+        if let Some(caps) = &self.capabilities {
+            j.push_str(",\"backing_store\":{");
+            for (i, (name, value)) in caps.rows().into_iter().enumerate() {
+                if i > 0 {
+                    j.push(',');
+                }
+                json_str(&mut j, name);
+                j.push(':');
+                json_str(&mut j, &value);
+            }
+            j.push_str("},\"backing_store_lacks\":[");
+            for (i, (what, _)) in caps.lacks().into_iter().enumerate() {
+                if i > 0 {
+                    j.push(',');
+                }
+                json_str(&mut j, what);
+            }
+            j.push(']');
+        }
+        j.push('}');
         j
     }
 
     /// The lines under the mount's own line in `envfs status`.
     fn text(&self) -> String {
-        format!(
+        let mut text = format!(
             "  vault {}, daemon pid {}, up {} s, envfs {}\n  open files {}; hidden foreign \
              entries {}; conflict copies shown {}\n",
             self.info.vault_id,
@@ -149,7 +181,28 @@ impl<'a> Status<'a> {
             self.open_files,
             self.counts.foreign_hidden,
             self.counts.copies_shown,
-        )
+        );
+        if let Some(caps) = &self.capabilities {
+            let lacks: Vec<&str> = caps.lacks().into_iter().map(|(what, _)| what).collect();
+            let _ = writeln!(
+                text,
+                "  backing store {} ({}){}{}; lacks: {}",
+                caps.fs_type_shown(),
+                if caps.network { "network" } else { "local" },
+                if self.info.shared {
+                    ", shared mode"
+                } else {
+                    ""
+                },
+                if self.backing_down { ", DOWN" } else { "" },
+                if lacks.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    lacks.join(", ")
+                }
+            );
+        }
+        text
     }
 }
 

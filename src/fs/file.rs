@@ -721,6 +721,14 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// What a close of the backing file would report: `close` of a duplicate descriptor,
+    /// which makes the backing filesystem flush this file (sshfs and NFS report a write
+    /// the server refused there, after having acknowledged it).
+    pub fn flush(&self, file: &OpenFile) -> Result<()> {
+        let fd = file.io.read().unwrap().fd.clone();
+        Ok(crate::backing::sys::close_dup(&*fd)?)
+    }
+
     /// Reserve backing space for plaintext range `[offset, offset+len)` without changing
     /// the size (FALLOC_FL_KEEP_SIZE), or grow the file to cover it (mode 0).
     pub fn allocate(&self, file: &OpenFile, offset: u64, len: u64, keep_size: bool) -> Result<()> {

@@ -15,6 +15,7 @@ pub mod names;
 mod outage;
 pub mod rewrap;
 
+pub use crate::backing::probe::Capabilities;
 pub use crate::backing::sys::TimeSet;
 use crate::backing::sys::{self, XattrOf};
 use crate::backing::{BackingRoot, Dir, Stat};
@@ -142,6 +143,8 @@ pub struct Fs {
     entries: EntryLog,
     /// Whether the backing store has gone away (a dropped NAS share).
     outage: outage::Outage,
+    /// What the backing store can do, once probed (`probe_backing`).
+    capabilities: std::sync::OnceLock<Capabilities>,
     sizes: SizeMap,
 }
 
@@ -155,6 +158,29 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
         (Some(parent), Some(name)) => Ok((parent, name)),
         _ => Err(Error::from_errno(libc::EINVAL)),
     }
+}
+
+/// Whether entry `name` of `dir` is a symlink (from `st` when already stat'ed) on a store
+/// that `lacks` setting a symlink's own attributes. Stats only when the store lacks it.
+fn is_symlink_on_a_following_store(
+    dir: &Dir,
+    name: &OsStr,
+    st: Option<Stat>,
+    lacks: impl FnOnce() -> bool,
+) -> Result<bool> {
+    if !lacks() {
+        return Ok(false);
+    }
+    let st = match st {
+        Some(st) => st,
+        None => dir.stat(name)?,
+    };
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+}
+
+/// Whether a chown asks for the owner and group `st` already has.
+fn owner_unchanged(st: &Stat, set: &SetAttr) -> bool {
+    set.uid.is_none_or(|u| u == st.st_uid) && set.gid.is_none_or(|g| g == st.st_gid)
 }
 
 fn is_root(path: &Path) -> bool {
@@ -178,7 +204,49 @@ impl Fs {
             log: IntegrityLog::default(),
             entries: EntryLog::default(),
             outage: Default::default(),
+            capabilities: Default::default(),
         }
+    }
+
+    /// Probe the backing store (`backing::probe`) and keep the answer; `write_probes`
+    /// false (a read-only mount) only looks. Later calls return the first answer.
+    pub fn probe_backing(&self, write_probes: bool) -> Result<&Capabilities> {
+        let root = self.backing_root()?;
+        Ok(self
+            .capabilities
+            .get_or_init(|| crate::backing::probe::probe(root, write_probes)))
+    }
+
+    /// The probe's answer, if the store was probed.
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.capabilities.get()
+    }
+
+    /// The probe found that a symlink's own owner cannot be changed on this store (sshfs
+    /// changes its target's instead).
+    fn lacks_symlink_owners(&self) -> bool {
+        self.capabilities().is_some_and(|c| c.symlink_owner.is_no())
+    }
+
+    /// The probe found that a symlink's own times cannot be set on this store.
+    fn lacks_symlink_times(&self) -> bool {
+        self.capabilities().is_some_and(|c| c.symlink_times.is_no())
+    }
+
+    /// Whether the store is down right now (`outage.rs`), for `envfs status`.
+    pub fn backing_down(&self) -> bool {
+        self.outage.is_down()
+    }
+
+    /// Flush a file's writes to the store and report what the store says (a network
+    /// filesystem may send writes in the background and fail them only here).
+    pub fn flush(&self, handle: &Handle) -> Result<()> {
+        self.engine().flush(&handle.file).inspect_err(|e| {
+            tracing::error!(
+                backing_path = %handle.file.backing_path().display(),
+                "the backing store failed this file's writes at close: {e}"
+            )
+        })
     }
 
     pub fn vault(&self) -> &Vault {
@@ -250,6 +318,13 @@ impl Fs {
         let Ok(root) = self.backing.as_ref() else {
             return;
         };
+        if e.raw_os_error() == Some(libc::ESTALE) && root.root_alive().is_ok() {
+            // Another host removed or replaced a directory we hold a descriptor of (an
+            // NFS handle gone stale): resolve every path afresh from now on.
+            tracing::debug!("stale backing handle: cached directories dropped");
+            root.forget(Path::new(""));
+            return;
+        }
         if let Err(gone) = root.root_alive()
             && self.outage.went_down()
         {
@@ -399,16 +474,32 @@ impl Fs {
             }
         }
         let (dir, name) = self.locate(path)?;
+        let chown = set.uid.is_some() || set.gid.is_some();
+        let st = if set.mode.is_some() || chown {
+            Some(dir.stat(&name)?)
+        } else {
+            None
+        };
+        let is_symlink = st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
         if let Some(mode) = set.mode {
             // Linux has no chmod for symlinks; their mode is always 0777.
-            if dir.stat(&name)?.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            if !is_symlink {
                 dir.chmod(&name, mode & 0o7777)?;
             }
         }
-        if set.uid.is_some() || set.gid.is_some() {
+        if chown && !(is_symlink && st.is_some_and(|st| owner_unchanged(&st, set))) {
+            if is_symlink && self.lacks_symlink_owners() {
+                // The store would follow the link to its (encrypted, so missing) target.
+                return Err(Error::from_errno(libc::EPERM));
+            }
             dir.chown(&name, set.uid, set.gid)?;
         }
-        if set.atime.is_some() || set.mtime.is_some() {
+        // A symlink's times on a store that would set its target's instead: accepted and
+        // not kept (its times are the store's), so that cp -a, rsync and tar work; said
+        // in the mount's summary line (backing::probe) and docs/OPERATIONS.md.
+        if (set.atime.is_some() || set.mtime.is_some())
+            && !is_symlink_on_a_following_store(&dir, &name, st, || self.lacks_symlink_times())?
+        {
             dir.set_times(
                 &name,
                 sys::timespec_of(set.atime),
@@ -553,9 +644,12 @@ impl Fs {
         owner: Option<Owner>,
     ) -> Result<()> {
         let mut st = dir.stat(name)?;
-        // Owner first: a chown clears setuid/setgid, which the mode may ask for.
+        let is_symlink = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        // Owner first: a chown clears setuid/setgid, which the mode may ask for. A symlink
+        // on a store that cannot own one keeps the owner the store gave it (lacks()).
         if let Some(o) = owner
             && (st.st_uid != o.uid || st.st_gid != o.gid)
+            && !(is_symlink && self.lacks_symlink_owners())
         {
             dir.chown(name, Some(o.uid), Some(o.gid))?;
             st = dir.stat(name)?;

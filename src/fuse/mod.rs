@@ -54,6 +54,11 @@ pub struct AdapterOptions {
     /// mount's back may not show until the kernel forgets the inode: opt-in, for backing
     /// directories only this mount writes.
     pub writeback_cache: bool,
+    /// Send every close of a file opened for writing to the backing store as a flush, and
+    /// fail the close(2) with what it says (no `FOPEN_NOFLUSH` for such files). For network
+    /// stores (`-o shared`), which may acknowledge a write and fail it later: the caller
+    /// must hear of it, at close if it does not fsync.
+    pub flush_on_close: bool,
 }
 
 impl Default for AdapterOptions {
@@ -63,6 +68,7 @@ impl Default for AdapterOptions {
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::from_secs(1),
             writeback_cache: false,
+            flush_on_close: false,
         }
     }
 }
@@ -105,6 +111,16 @@ fn no_such_entry() -> FileAttr {
 }
 
 impl EnvFs {
+    /// The flags an open or create replies with: `FOPEN_NOFLUSH` unless the file is open
+    /// for writing and closes must reach the store (`flush_on_close`).
+    fn open_reply_flags(&self, open_flags: i32) -> FopenFlags {
+        if self.opts.flush_on_close && open_flags & libc::O_ACCMODE != libc::O_RDONLY {
+            FILE_OPEN_FLAGS - FopenFlags::FOPEN_NOFLUSH
+        } else {
+            FILE_OPEN_FLAGS
+        }
+    }
+
     /// The errno a failed step replies with. The core's errors pass by `Fs::observe`
     /// first, which notices a backing store that went away.
     fn fail(&self, e: impl IntoErrno) -> Errno {
@@ -563,7 +579,8 @@ impl fuser::Filesystem for EnvFs {
         }
         // No FOPEN_KEEP_CACHE: each open drops cached pages, so a file changed on the
         // backing store behind our back is never served stale after a reopen.
-        reply.opened(FileHandle(self.add_handle(handle)), FILE_OPEN_FLAGS);
+        let open_flags = self.open_reply_flags(flags.0);
+        reply.opened(FileHandle(self.add_handle(handle)), open_flags);
     }
 
     fn read(
@@ -607,11 +624,16 @@ impl fuser::Filesystem for EnvFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Every write reached the backing store before it was acknowledged.
+        // Every write reached the backing store before it was acknowledged; only a store
+        // that may still refuse it (flush_on_close) is asked again.
+        if self.opts.flush_on_close {
+            let handle = try_reply!(self, reply, self.handle(fh));
+            try_reply!(self, reply, self.fs.flush(&handle));
+        }
         reply.ok();
     }
 
@@ -843,8 +865,68 @@ impl fuser::Filesystem for EnvFs {
             &fattr,
             Generation(0),
             FileHandle(fh),
-            FILE_OPEN_FLAGS,
+            self.open_reply_flags(flags),
         );
+    }
+
+    /// No ioctl is served: a program asking (isatty's TCGETS on a file, say) hears "not a
+    /// terminal or such device", as from a plain file, and nothing is logged.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    // The kernel takes ENOSYS for these as "not offered" and serves them itself from then
+    // on (generic lseek, copy_file_range falling back to read and write, poll always
+    // ready): replied quietly, where fuser's defaults would log a warning each.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

@@ -44,6 +44,16 @@ impl TestVault {
     pub fn new(init_args: &[&str]) -> TestVault {
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("backing");
+        TestVault::init(dir, backing, init_args)
+    }
+
+    /// A vault whose backing directory is `backing` (made here: a NAS share's subdirectory,
+    /// say), with its key file, config home and mountpoints in a temp dir of their own.
+    pub fn new_at(backing: PathBuf, init_args: &[&str]) -> TestVault {
+        TestVault::init(tempfile::tempdir().unwrap(), backing, init_args)
+    }
+
+    fn init(dir: TempDir, backing: PathBuf, init_args: &[&str]) -> TestVault {
         std::fs::create_dir(&backing).unwrap();
         let key = dir.path().join("vault.key");
         let out = run(Command::new(envfs_bin())
