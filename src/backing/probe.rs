@@ -451,7 +451,7 @@ fn long_paths(scratch: &Dir) -> Probe {
     for _ in 0..levels {
         let parent = deepest.as_ref().unwrap_or(scratch);
         if let Err(e) = parent.mkdir(&component, 0o700) {
-            return if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            return if too_long(&e) {
                 Probe::No
             } else {
                 Probe::Unknown
@@ -459,7 +459,7 @@ fn long_paths(scratch: &Dir) -> Probe {
         }
         let next = match parent.subdir(&component) {
             Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => return Probe::No,
+            Err(e) if too_long(&e) => return Probe::No,
             Err(_) => return Probe::Unknown,
         };
         deepest = Some(next);
@@ -470,9 +470,15 @@ fn long_paths(scratch: &Dir) -> Probe {
         0o600,
     ) {
         Ok(_) => Probe::Yes,
-        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Probe::No,
+        Err(e) if too_long(&e) => Probe::No,
         Err(_) => Probe::Unknown,
     }
+}
+
+/// How a store says a path is too long: ENAMETOOLONG, or (sshfs, whose server cannot take
+/// the path) EBADMSG.
+fn too_long(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::EBADMSG))
 }
 
 /// Remove `name` (a directory of `parent`) and everything under it, depth first. Bounded:
@@ -582,7 +588,7 @@ impl Capabilities {
         if self.long_paths.is_no() {
             out.push((
                 "paths over 4096 bytes",
-                "deeper paths fail with ENAMETOOLONG",
+                "deeper paths fail with the store's error (sshfs: EBADMSG)",
             ));
         }
         if self.case_sensitive.is_no() {

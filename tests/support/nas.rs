@@ -10,6 +10,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub struct Nas {
+    /// A tmpfs mounted on the export (`start_with_export_size`), unmounted on drop.
+    export_tmpfs: bool,
     dir: TempDir,
     sshd: Child,
     port: u16,
@@ -24,11 +26,30 @@ impl Nas {
     /// Start sshd on a free loopback port and mount its export at `share` with sshfs.
     /// Panics (with sshd's log) if either does not come up within 10 s.
     pub fn start() -> Nas {
+        Nas::start_with(None)
+    }
+
+    /// As `start`, with the server's directory on a tmpfs of `bytes`: a server whose disk
+    /// fills up.
+    pub fn start_with_export_size(bytes: u64) -> Nas {
+        Nas::start_with(Some(bytes))
+    }
+
+    fn start_with(export_size: Option<u64>) -> Nas {
         let dir = tempfile::tempdir().unwrap();
         let etc = dir.path().join("etc");
         let (export, share) = (dir.path().join("export"), dir.path().join("share"));
         for d in [&etc, &export, &share] {
             std::fs::create_dir_all(d).unwrap();
+        }
+        if let Some(bytes) = export_size {
+            super::ok(super::run(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o"])
+                    .arg(format!("size={bytes}"))
+                    .arg("envfs-test-export")
+                    .arg(&export),
+            ));
         }
         // sshd's privilege separation wants this directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
@@ -63,6 +84,7 @@ impl Nas {
             .spawn()
             .expect("sshd (Debian: openssh-server, which scripts/setup.sh installs)");
         let mut nas = Nas {
+            export_tmpfs: export_size.is_some(),
             dir,
             sshd,
             port,
@@ -134,5 +156,8 @@ impl Drop for Nas {
         self.detach_share();
         let _ = self.sshd.kill();
         let _ = self.sshd.wait();
+        if self.export_tmpfs {
+            let _ = Command::new("umount").arg(&self.export).status();
+        }
     }
 }
