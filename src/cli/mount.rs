@@ -713,22 +713,33 @@ fn serve(
     }
 }
 
+/// A store that does not tell upper from lower case cannot hold base64url names, where
+/// case matters: two encrypted names could be one entry.
+fn names_collide(
+    caps: &crate::fs::Capabilities,
+    vault: &crate::format::config::VaultConfig,
+    backing: &Path,
+) -> Option<Error> {
+    (caps.case_sensitive.is_no()
+        && !vault.plaintext_names
+        && vault.name_encoding == crate::format::config::NameEncoding::Base64Url)
+        .then(|| {
+            mount_error(format!(
+                "the backing store {} ({}) does not tell upper from lower case, and this \
+                 vault's names are base64url, where case matters: two names could collide. \
+                 Create vaults for this store with `envfs init --name-encoding base32`",
+                backing.display(),
+                caps.fs_type_shown()
+            ))
+        })
+}
+
 /// Probe the backing store (docs/OPERATIONS.md "Backing stores"), refuse what cannot work
 /// on it, log the one summary line, and say whether the mount runs shared.
 fn adapt_to_backing_store(fs: &Fs, backing: &Path, config: &MountConfig) -> Result<bool> {
     let caps = fs.probe_backing(!config.read_only)?;
-    let vault = &fs.vault().config;
-    if caps.case_sensitive.is_no()
-        && !vault.plaintext_names
-        && vault.name_encoding == crate::format::config::NameEncoding::Base64Url
-    {
-        return Err(mount_error(format!(
-            "the backing store {} ({}) does not tell upper from lower case, and this vault's \
-             names are base64url, where case matters: two names could collide. Create vaults \
-             for this store with `envfs init --name-encoding base32`",
-            backing.display(),
-            caps.fs_type_shown()
-        )));
+    if let Some(refusal) = names_collide(caps, &fs.vault().config, backing) {
+        return Err(refusal);
     }
     let shared = config.shared.unwrap_or(caps.network);
     if shared && config.writeback_cache {
@@ -904,6 +915,40 @@ fn drop_appended_dev_suid(args: &mut [OsString]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_case_insensitive_store_refuses_base64_names_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::backing::BackingRoot::open(dir.path()).unwrap();
+        let mut caps = crate::backing::probe::probe(&root, false);
+        let mut vault = crate::format::config::VaultConfig {
+            version: 2,
+            generation: 1,
+            vault_id: [0; 16],
+            plaintext_names: false,
+            name_encoding: crate::format::config::NameEncoding::Base64Url,
+            chunk_size: 4096,
+            header_size: 64,
+            long_name_limit: 176,
+            slots: Vec::new(),
+        };
+        assert!(
+            names_collide(&caps, &vault, dir.path()).is_none(),
+            "case unknown"
+        );
+        caps.case_sensitive = crate::backing::probe::Probe::No;
+        let refusal = names_collide(&caps, &vault, dir.path()).expect("refused");
+        assert_eq!(exit::code_for(&refusal), exit::MOUNT);
+        assert!(
+            refusal.to_string().contains("--name-encoding base32"),
+            "{refusal}"
+        );
+        vault.name_encoding = crate::format::config::NameEncoding::Base32;
+        assert!(names_collide(&caps, &vault, dir.path()).is_none());
+        vault.name_encoding = crate::format::config::NameEncoding::Base64Url;
+        vault.plaintext_names = true;
+        assert!(names_collide(&caps, &vault, dir.path()).is_none());
+    }
 
     #[test]
     fn what_mount_fuse3_appends_is_dropped_and_what_the_user_wrote_stays() {
