@@ -401,6 +401,55 @@ fn the_readahead_window_is_one_full_request_or_what_the_option_says() {
 /// A failed lookup may be remembered for `negative_timeout`: names made through the mount
 /// replace the remembered miss at once; a name made behind the mount's back is found once
 /// the miss expires (at once with `negative_timeout=0`).
+/// The daemon's counts of FUSE lookups and getattrs so far (`envfs status --json`), from
+/// one status call.
+fn lookups_and_getattrs(v: &TestVault, m: &Mount) -> (u64, u64) {
+    let out = run(v.cmd().arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "status: {}", stderr_text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = &doc["mounts"][0];
+    let count = |kind: &str| {
+        doc["requests"][kind]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no requests.{kind} in {doc}"))
+    };
+    (count("lookup"), count("getattr"))
+}
+
+/// `entry_timeout` is how long the kernel keeps a name, `attr_timeout` how long it keeps
+/// the attributes: each reaches the kernel as itself. They were swapped in lookup replies,
+/// so shared mode's attr_timeout 0 made every path walk look every component up again: a
+/// round trip to a network store each. Counted, not timed: the long timeout is an hour.
+#[test]
+fn entry_and_attribute_timeouts_each_reach_the_kernel_as_themselves() {
+    let v = TestVault::new(&[]);
+    for (opts, names_kept, dir) in [
+        ("entry_timeout=3600,attr_timeout=0", true, "d1"),
+        ("entry_timeout=0,attr_timeout=3600", false, "d2"),
+    ] {
+        let mut m = v.mount("mnt", &["-o", opts]);
+        let file = m.p(dir).join("f");
+        fs::create_dir(m.p(dir)).unwrap();
+        fs::write(&file, b"x").unwrap();
+        fs::metadata(&file).unwrap();
+        let before = lookups_and_getattrs(&v, &m);
+        for _ in 0..5 {
+            fs::metadata(&file).unwrap();
+        }
+        let after = lookups_and_getattrs(&v, &m);
+        let (lookups, getattrs) = (after.0 - before.0, after.1 - before.1);
+        let what = format!("-o {opts}: {lookups} lookups and {getattrs} getattrs for 5 stats");
+        if names_kept {
+            // The directory and `f` stay known; `stat` asks for f's attributes each time.
+            assert!(lookups == 0 && getattrs >= 5, "{what}");
+        } else {
+            // Both names are looked up on every walk, and the lookups bring attributes.
+            assert!(lookups >= 5 && getattrs == 0, "{what}");
+        }
+        m.unmount();
+    }
+}
+
 #[test]
 fn a_remembered_missing_name_never_hides_a_file_made_through_the_mount() {
     let v = TestVault::new(&[]);

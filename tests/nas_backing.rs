@@ -86,6 +86,16 @@ fn over_sshfs_the_mount_says_what_the_share_lacks_and_runs_shared() {
         text.contains("backing store fuse.sshfs (network), shared mode; lacks: "),
         "{text}"
     );
+    // Every status answer counts what the kernel asked: the file written above was
+    // looked up and created.
+    assert!(status.contains("\"requests\":{\"lookup\":"), "{status}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  requests served: ") && l.contains("create 1")),
+        "{text}"
+    );
+    // A mount skips the long-path probe (about 200 round trips); `envfs info` runs it.
+    assert!(status.contains("\"long_paths\":\"unknown\""), "{status}");
     // The probe leaves nothing on the share.
     let left: Vec<_> = fs::read_dir(nas.export.join("vault"))
         .unwrap()
@@ -140,6 +150,7 @@ fn over_sshfs_the_mount_says_what_the_share_lacks_and_runs_shared() {
         "  hard_links_share_inode  no",
         "  time_granularity        1s",
         "  case_sensitive          yes",
+        "  long_paths              no",
     ] {
         assert!(info.contains(row), "{row} missing:\n{info}");
     }

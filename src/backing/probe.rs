@@ -34,6 +34,17 @@ impl Probe {
         if b { Probe::Yes } else { Probe::No }
     }
 
+    /// The answer an attempt gives: it worked (yes), the store refused it with one of the
+    /// errnos that mean "not offered here" (no), or it failed some other way (unknown, so
+    /// that a transient error never reads as a missing feature).
+    fn answer<T>(attempt: io::Result<T>, not_offered: &[i32]) -> Probe {
+        match attempt {
+            Ok(_) => Probe::Yes,
+            Err(e) if e.raw_os_error().is_some_and(|n| not_offered.contains(&n)) => Probe::No,
+            Err(_) => Probe::Unknown,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Probe::Yes => "yes",
@@ -176,10 +187,21 @@ const STALE: Duration = Duration::from_secs(3600);
 /// One component name long enough that a few reach past PATH_MAX quickly.
 const LONG_COMPONENT: usize = 200;
 
-/// Probe the store at `root`. Takes a few dozen backing operations (each a round trip on a
-/// network store); leaves nothing behind unless interrupted (then the next probe removes it).
-/// Without `write_probes` (a read-only mount) it only looks: type, options, name length.
-pub fn probe(root: &BackingRoot, write_probes: bool) -> Capabilities {
+/// How much a probe may do to find out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Only look: type, options, name length (a read-only mount).
+    Look,
+    /// Every probe but paths past PATH_MAX: about 50 backing operations, each a round trip
+    /// on a network store. What each mount does.
+    Mount,
+    /// Everything, long paths too (about 200 more operations): `envfs info`.
+    Full,
+}
+
+/// Probe the store at `root`, as deep as `depth` allows; leaves nothing behind unless
+/// interrupted (then the next probe removes it).
+pub fn probe(root: &BackingRoot, depth: Depth) -> Capabilities {
     let top = root.root();
     let dev = top
         .as_ref()
@@ -216,7 +238,7 @@ pub fn probe(root: &BackingRoot, write_probes: bool) -> Capabilities {
         o_direct: Probe::Unknown,
     };
     let Ok(top) = top else { return caps };
-    if !write_probes {
+    if depth == Depth::Look {
         return caps;
     }
     remove_stale(&top);
@@ -227,6 +249,9 @@ pub fn probe(root: &BackingRoot, write_probes: bool) -> Capabilities {
     if let Ok(dir) = top.subdir(&scratch) {
         caps.writable = true;
         probe_in(&dir, &mut caps);
+        if depth == Depth::Full {
+            caps.long_paths = long_paths(&dir);
+        }
     }
     remove_tree(&top, &scratch);
     caps
@@ -259,40 +284,23 @@ fn probe_in(dir: &Dir, caps: &mut Capabilities) {
         return;
     };
     let _ = file.set_len(0);
-    caps.fallocate = match super::sys::fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, 0, 4096) {
-        Ok(()) => Probe::Yes,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => Probe::No,
-        Err(_) => Probe::Unknown,
-    };
-    caps.ofd_locks = match ofd_try_lock(&file) {
-        Ok(()) => Probe::Yes,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOLCK | libc::EINVAL | libc::EOPNOTSUPP)
-            ) =>
-        {
-            Probe::No
-        }
-        Err(_) => Probe::Unknown,
-    };
-    caps.user_xattrs = match super::sys::setxattr(
-        super::sys::XattrOf::Fd(std::os::fd::AsFd::as_fd(&file)),
-        OsStr::new("user.envfs-probe"),
-        b"1",
-        0,
-    ) {
-        Ok(()) => Probe::Yes,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EPERM)
-            ) =>
-        {
-            Probe::No
-        }
-        Err(_) => Probe::Unknown,
-    };
+    caps.fallocate = Probe::answer(
+        super::sys::fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, 0, 4096),
+        &[libc::EOPNOTSUPP, libc::ENOSYS],
+    );
+    caps.ofd_locks = Probe::answer(
+        ofd_try_lock(&file),
+        &[libc::ENOLCK, libc::EINVAL, libc::EOPNOTSUPP],
+    );
+    caps.user_xattrs = Probe::answer(
+        super::sys::setxattr(
+            super::sys::XattrOf::Fd(std::os::fd::AsFd::as_fd(&file)),
+            OsStr::new("user.envfs-probe"),
+            b"1",
+            0,
+        ),
+        &[libc::EOPNOTSUPP, libc::ENOSYS, libc::EPERM],
+    );
     caps.time_granularity = time_granularity(&file);
     drop(file);
 
@@ -301,11 +309,10 @@ fn probe_in(dir: &Dir, caps: &mut Capabilities) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Probe::Yes,
         Err(_) => Probe::Unknown,
     };
-    caps.o_direct = match dir.open_file(&name("f"), libc::O_RDONLY | libc::O_DIRECT, 0) {
-        Ok(_) => Probe::Yes,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Probe::No,
-        Err(_) => Probe::Unknown,
-    };
+    caps.o_direct = Probe::answer(
+        dir.open_file(&name("f"), libc::O_RDONLY | libc::O_DIRECT, 0),
+        &[libc::EINVAL],
+    );
 
     match dir.link(&name("f"), dir, &name("h")) {
         Ok(()) => {
@@ -345,31 +352,12 @@ fn probe_in(dir: &Dir, caps: &mut Capabilities) {
             // The daemon's own ids: a change to what the link already has still asks the
             // store to do it, and a store that follows the link fails on the missing target.
             let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
-            caps.symlink_owner = match dir.chown(&name("s"), Some(uid), Some(gid)) {
-                Ok(()) => Probe::Yes,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EPERM)
-                    ) =>
-                {
-                    Probe::No
-                }
-                Err(_) => Probe::Unknown,
-            };
+            // ENOENT: the store followed the link to its (missing) target.
+            let followed = [libc::ENOENT, libc::EOPNOTSUPP, libc::EPERM];
+            caps.symlink_owner =
+                Probe::answer(dir.chown(&name("s"), Some(uid), Some(gid)), &followed);
             let now = super::sys::timespec_of(Some(super::sys::TimeSet::Now));
-            caps.symlink_times = match dir.set_times(&name("s"), now, now) {
-                Ok(()) => Probe::Yes,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EPERM)
-                    ) =>
-                {
-                    Probe::No
-                }
-                Err(_) => Probe::Unknown,
-            };
+            caps.symlink_times = Probe::answer(dir.set_times(&name("s"), now, now), &followed);
         }
         Err(e)
             if matches!(
@@ -383,8 +371,6 @@ fn probe_in(dir: &Dir, caps: &mut Capabilities) {
         }
         Err(_) => {}
     }
-
-    caps.long_paths = long_paths(dir);
 }
 
 fn ofd_try_lock(file: &std::fs::File) -> io::Result<()> {
@@ -427,18 +413,10 @@ fn time_granularity(file: &std::fs::File) -> Option<Duration> {
 }
 
 fn rename_flag(dir: &Dir, from: &str, to: &str, flag: u32) -> Probe {
-    match dir.rename(OsStr::new(from), dir, OsStr::new(to), flag) {
-        Ok(()) => Probe::Yes,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-            ) =>
-        {
-            Probe::No
-        }
-        Err(_) => Probe::Unknown,
-    }
+    Probe::answer(
+        dir.rename(OsStr::new(from), dir, OsStr::new(to), flag),
+        &[libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP],
+    )
 }
 
 /// Whether directories nested past PATH_MAX (relative to the scratch directory) can hold a
@@ -679,7 +657,7 @@ mod tests {
     fn a_local_directory_has_what_ext4_or_tmpfs_has() {
         let dir = tempfile::tempdir().unwrap();
         let root = BackingRoot::open(dir.path()).unwrap();
-        let caps = probe(&root, true);
+        let caps = probe(&root, Depth::Full);
         assert!(caps.writable);
         assert!(!caps.network, "{caps:?}");
         assert_eq!(caps.symlinks, Probe::Yes);
@@ -709,7 +687,7 @@ mod tests {
         let old = std::fs::File::open(&stale).unwrap();
         old.set_modified(SystemTime::now() - Duration::from_secs(7200))
             .unwrap();
-        probe(&BackingRoot::open(dir.path()).unwrap(), true);
+        probe(&BackingRoot::open(dir.path()).unwrap(), Depth::Full);
         assert!(!stale.exists());
         assert!(fresh.exists(), "another host's probe may be running");
     }

@@ -540,7 +540,10 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
         writeln!(out, "generation:     {}", vault.config.generation)?;
         writeln!(out, "fingerprint:    {}", vault.fingerprint())?;
     }
-    let caps = crate::backing::probe::probe(&crate::backing::BackingRoot::open(backing)?, true);
+    let caps = crate::backing::probe::probe(
+        &crate::backing::BackingRoot::open(backing)?,
+        crate::backing::probe::Depth::Full,
+    );
     writeln!(out, "backing store:  {}", caps.verdict())?;
     for (name, value) in caps.rows() {
         writeln!(out, "  {name:<24}{value}")?;

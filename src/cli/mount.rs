@@ -687,6 +687,7 @@ fn serve(
             }),
             writeback_cache: config.writeback_cache,
             flush_on_close: shared,
+            requests: defaults.requests.clone(),
         },
     };
     let info = super::status::DaemonInfo {
@@ -694,6 +695,7 @@ fn serve(
         backing: PathBuf::from(&spec.fs_name),
         vault_id: fs.vault().config.vault_id_hex(),
         shared,
+        requests: defaults.requests.clone(),
     };
     let result = crate::fuse::session::mount(fs.clone(), mountpoint, &spec);
     match result {
@@ -737,7 +739,12 @@ fn names_collide(
 /// Probe the backing store (docs/OPERATIONS.md "Backing stores"), refuse what cannot work
 /// on it, log the one summary line, and say whether the mount runs shared.
 fn adapt_to_backing_store(fs: &Fs, backing: &Path, config: &MountConfig) -> Result<bool> {
-    let caps = fs.probe_backing(!config.read_only)?;
+    use crate::backing::probe::Depth;
+    let caps = fs.probe_backing(if config.read_only {
+        Depth::Look
+    } else {
+        Depth::Mount
+    })?;
     if let Some(refusal) = names_collide(caps, &fs.vault().config, backing) {
         return Err(refusal);
     }
@@ -920,7 +927,7 @@ mod tests {
     fn a_case_insensitive_store_refuses_base64_names_only() {
         let dir = tempfile::tempdir().unwrap();
         let root = crate::backing::BackingRoot::open(dir.path()).unwrap();
-        let mut caps = crate::backing::probe::probe(&root, false);
+        let mut caps = crate::backing::probe::probe(&root, crate::backing::probe::Depth::Look);
         let mut vault = crate::format::config::VaultConfig {
             version: 2,
             generation: 1,

@@ -27,6 +27,8 @@ pub struct DaemonInfo {
     pub vault_id: String,
     /// Shared mode (`-o shared`, or a network store).
     pub shared: bool,
+    /// The FUSE requests served so far, by kind.
+    pub requests: Arc<crate::fuse::RequestCounts>,
 }
 
 /// Serve status requests for the daemon's whole life on `socket` (replacing a stale one).
@@ -165,7 +167,15 @@ impl<'a> Status<'a> {
             }
             j.push(']');
         }
-        j.push('}');
+        j.push_str(",\"requests\":{");
+        for (i, (kind, n)) in self.info.requests.all().into_iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            json_str(&mut j, kind);
+            let _ = write!(j, ":{n}");
+        }
+        j.push_str("}}");
         j
     }
 
@@ -202,6 +212,19 @@ impl<'a> Status<'a> {
                 }
             );
         }
+        let served: Vec<String> = (self.info.requests.all().into_iter())
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        let _ = writeln!(
+            text,
+            "  requests served: {}",
+            if served.is_empty() {
+                "none".to_string()
+            } else {
+                served.join(", ")
+            }
+        );
         text
     }
 }

@@ -160,24 +160,6 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
     }
 }
 
-/// Whether entry `name` of `dir` is a symlink (from `st` when already stat'ed) on a store
-/// that `lacks` setting a symlink's own attributes. Stats only when the store lacks it.
-fn is_symlink_on_a_following_store(
-    dir: &Dir,
-    name: &OsStr,
-    st: Option<Stat>,
-    lacks: impl FnOnce() -> bool,
-) -> Result<bool> {
-    if !lacks() {
-        return Ok(false);
-    }
-    let st = match st {
-        Some(st) => st,
-        None => dir.stat(name)?,
-    };
-    Ok(st.st_mode & libc::S_IFMT == libc::S_IFLNK)
-}
-
 /// Whether a chown asks for the owner and group `st` already has.
 fn owner_unchanged(st: &Stat, set: &SetAttr) -> bool {
     set.uid.is_none_or(|u| u == st.st_uid) && set.gid.is_none_or(|g| g == st.st_gid)
@@ -210,11 +192,11 @@ impl Fs {
 
     /// Probe the backing store (`backing::probe`) and keep the answer; `write_probes`
     /// false (a read-only mount) only looks. Later calls return the first answer.
-    pub fn probe_backing(&self, write_probes: bool) -> Result<&Capabilities> {
+    pub fn probe_backing(&self, depth: crate::backing::probe::Depth) -> Result<&Capabilities> {
         let root = self.backing_root()?;
         Ok(self
             .capabilities
-            .get_or_init(|| crate::backing::probe::probe(root, write_probes)))
+            .get_or_init(|| crate::backing::probe::probe(root, depth)))
     }
 
     /// The probe's answer, if the store was probed.
@@ -461,8 +443,27 @@ impl Fs {
     }
 
     pub fn setattr(&self, path: &Path, handle: Option<&Handle>, set: &SetAttr) -> Result<Attr> {
+        self.setattr_verified(path, handle, set, |_| true)
+    }
+
+    /// `setattr`, after checking with `same_node` that the entry at `path` is still the node
+    /// the caller means (the mount's inode table): ESTALE, and nothing changed, if a file
+    /// replaced it. The check and the symlink decisions share one stat: on a network store
+    /// every stat of an entry whose attributes the store's client dropped is a round trip.
+    pub fn setattr_verified(
+        &self,
+        path: &Path,
+        handle: Option<&Handle>,
+        set: &SetAttr,
+        same_node: impl FnOnce(&Attr) -> bool,
+    ) -> Result<Attr> {
         if is_root(path) {
             return self.setattr_root(set);
+        }
+        let (dir, name) = self.locate(path)?;
+        let st = dir.stat(&name)?;
+        if !same_node(&self.sizes.attr(&st)) {
+            return Err(Error::from_errno(libc::ESTALE));
         }
         if let Some(size) = set.size {
             match handle {
@@ -473,21 +474,15 @@ impl Fs {
                 }
             }
         }
-        let (dir, name) = self.locate(path)?;
         let chown = set.uid.is_some() || set.gid.is_some();
-        let st = if set.mode.is_some() || chown {
-            Some(dir.stat(&name)?)
-        } else {
-            None
-        };
-        let is_symlink = st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+        let is_symlink = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if let Some(mode) = set.mode {
             // Linux has no chmod for symlinks; their mode is always 0777.
             if !is_symlink {
                 dir.chmod(&name, mode & 0o7777)?;
             }
         }
-        if chown && !(is_symlink && st.is_some_and(|st| owner_unchanged(&st, set))) {
+        if chown && !(is_symlink && owner_unchanged(&st, set)) {
             if is_symlink && self.lacks_symlink_owners() {
                 // The store would follow the link to its (encrypted, so missing) target.
                 return Err(Error::from_errno(libc::EPERM));
@@ -498,7 +493,7 @@ impl Fs {
         // not kept (its times are the store's), so that cp -a, rsync and tar work; said
         // in the mount's summary line (backing::probe) and docs/OPERATIONS.md.
         if (set.atime.is_some() || set.mtime.is_some())
-            && !is_symlink_on_a_following_store(&dir, &name, st, || self.lacks_symlink_times())?
+            && !(is_symlink && self.lacks_symlink_times())
         {
             dir.set_times(
                 &name,

@@ -5,6 +5,7 @@
 //! names or keys is the filesystem core's.
 
 pub mod inodes;
+mod requests;
 pub mod session;
 
 use crate::error::Error;
@@ -16,6 +17,8 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 use inodes::Inodes;
+use requests::Kind;
+pub use requests::RequestCounts;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -59,6 +62,8 @@ pub struct AdapterOptions {
     /// stores (`-o shared`), which may acknowledge a write and fail it later: the caller
     /// must hear of it, at close if it does not fsync.
     pub flush_on_close: bool,
+    /// Where each request the kernel sends is counted (read by `envfs status`).
+    pub requests: Arc<RequestCounts>,
 }
 
 impl Default for AdapterOptions {
@@ -69,6 +74,7 @@ impl Default for AdapterOptions {
             negative_timeout: Duration::from_secs(1),
             writeback_cache: false,
             flush_on_close: false,
+            requests: Arc::default(),
         }
     }
 }
@@ -256,9 +262,10 @@ impl EnvFs {
     fn reply_entry(&self, parent: INodeNo, name: &OsStr, attr: &Attr, reply: ReplyEntry) {
         let fattr = self.fuse_attr(attr);
         self.inodes.remember(fattr.ino.0, parent.0, name);
+        // fuser's order: the attributes' timeout first, then the entry's.
         reply.entry_with_ttls(
-            &self.opts.entry_timeout,
             &self.opts.attr_timeout,
+            &self.opts.entry_timeout,
             &fattr,
             Generation(0),
         );
@@ -339,10 +346,12 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.opts.requests.add(Kind::Lookup);
         let path = try_reply!(self, reply, self.child(parent, name));
         match self.fs.getattr(&path) {
             Ok(attr) => self.reply_entry(parent, name, &attr, reply),
             // Node id 0 with a timeout: "no such name" that the kernel may cache.
+            // (attribute timeout, entry timeout): only the entry's is kept for a miss.
             Err(e) if e.errno() == libc::ENOENT && !self.opts.negative_timeout.is_zero() => reply
                 .entry_with_ttls(
                     &Duration::ZERO,
@@ -359,6 +368,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.opts.requests.add(Kind::Getattr);
         if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
             let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
             return reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
@@ -404,6 +414,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.opts.requests.add(Kind::Setattr);
         // Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer sends the mode without
         // setuid/setgid on a truncate by an unprivileged caller; it sets FATTR_KILL_SUIDGID,
         // which fuser does not pass on. Root stands in for CAP_FSETID. An empty setattr is
@@ -417,13 +428,15 @@ impl fuser::Filesystem for EnvFs {
             && atime.is_none()
             && mtime.is_none();
         let kill_suidgid = unprivileged && (size.is_some() || nothing_set);
-        // With a handle (ftruncate, fchmod, futimens), act on the open file itself: the file may
-        // have no name any more.
-        // fchmod/fchown/futimens arrive without a handle; a file whose every name is gone
-        // is still reachable through one of its open handles.
+        // With a handle (ftruncate), act on the open file itself: the file may have no name
+        // any more. fchmod/fchown/futimens arrive without one; while the node is open
+        // anywhere, act through that descriptor too. It is the node by construction, so no
+        // stat is needed to check that the name still leads to it (on a network store
+        // that stat is a round trip for every `cp -a`'d file), and a file whose every name
+        // is gone is still reachable. A truncate by name keeps the path route, which opens
+        // the file for writing.
         let handle = fh.and_then(|fh| self.handle(fh).ok()).or_else(|| {
-            self.path(ino)
-                .is_err()
+            (size.is_none() || self.path(ino).is_err())
                 .then(|| self.open_handle_of(ino))
                 .flatten()
         });
@@ -441,7 +454,7 @@ impl fuser::Filesystem for EnvFs {
             reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
             return;
         }
-        let path = try_reply!(self, reply, self.verified_path(ino));
+        let path = try_reply!(self, reply, self.path(ino));
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let set = SetAttr {
             mode,
@@ -452,11 +465,20 @@ impl fuser::Filesystem for EnvFs {
             mtime: time_set(mtime),
             kill_suidgid,
         };
-        let attr = try_reply!(self, reply, self.fs.setattr(&path, handle.as_deref(), &set));
+        // Never change a file that replaced the node: the check shares the setattr's stat.
+        let same_node =
+            |attr: &Attr| ino.0 == inodes::ROOT || self.inodes.id_for(attr.dev, attr.ino) == ino.0;
+        let attr = try_reply!(
+            self,
+            reply,
+            self.fs
+                .setattr_verified(&path, handle.as_deref(), &set, same_node)
+        );
         reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.opts.requests.add(Kind::Readlink);
         let path = try_reply!(self, reply, self.path(ino));
         let target = try_reply!(self, reply, self.fs.readlink(&path));
         reply.data(target.as_bytes());
@@ -472,6 +494,7 @@ impl fuser::Filesystem for EnvFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.opts.requests.add(Kind::Mknod);
         let path = try_reply!(self, reply, self.child(parent, name));
         let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         let attr = try_reply!(
@@ -491,6 +514,7 @@ impl fuser::Filesystem for EnvFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.opts.requests.add(Kind::Mkdir);
         let path = try_reply!(self, reply, self.child(parent, name));
         let attr = try_reply!(
             self,
@@ -502,6 +526,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.opts.requests.add(Kind::Unlink);
         let path = try_reply!(self, reply, self.child(parent, name));
         try_reply!(self, reply, self.fs.unlink(&path));
         self.inodes.unlinked(parent.0, name);
@@ -509,6 +534,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.opts.requests.add(Kind::Rmdir);
         let path = try_reply!(self, reply, self.child(parent, name));
         try_reply!(self, reply, self.fs.rmdir(&path));
         self.inodes.unlinked(parent.0, name);
@@ -523,6 +549,7 @@ impl fuser::Filesystem for EnvFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.opts.requests.add(Kind::Symlink);
         let path = try_reply!(self, reply, self.child(parent, link_name));
         let attr = try_reply!(
             self,
@@ -542,6 +569,7 @@ impl fuser::Filesystem for EnvFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Rename);
         let from = try_reply!(self, reply, self.child(parent, name));
         let to = try_reply!(self, reply, self.child(newparent, newname));
         try_reply!(self, reply, self.fs.rename(&from, &to, flags.bits()));
@@ -562,6 +590,7 @@ impl fuser::Filesystem for EnvFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.opts.requests.add(Kind::Link);
         let existing = try_reply!(self, reply, self.path(ino));
         let new = try_reply!(self, reply, self.child(newparent, newname));
         let attr = try_reply!(self, reply, self.fs.link(&existing, &new));
@@ -569,6 +598,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.opts.requests.add(Kind::Open);
         let path = try_reply!(self, reply, self.verified_path(ino));
         let handle = try_reply!(self, reply, self.fs.open(&path, self.open_flags(flags.0)));
         // open(O_TRUNC) truncates here (FUSE_ATOMIC_O_TRUNC), so dropping setuid/setgid for
@@ -594,6 +624,7 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.opts.requests.add(Kind::Read);
         let handle = try_reply!(self, reply, self.handle(fh));
         let data = try_reply!(self, reply, self.fs.read(&handle, offset, size as usize));
         reply.data(&data);
@@ -611,6 +642,7 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.opts.requests.add(Kind::Write);
         let handle = try_reply!(self, reply, self.handle(fh));
         // Set by the kernel when the writer lacks CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2).
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
@@ -628,6 +660,7 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Flush);
         // Every write reached the backing store before it was acknowledged; only a store
         // that may still refuse it (flush_on_close) is asked again.
         if self.opts.flush_on_close {
@@ -647,6 +680,7 @@ impl fuser::Filesystem for EnvFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Release);
         self.handles.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
@@ -659,12 +693,14 @@ impl fuser::Filesystem for EnvFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Fsync);
         let handle = try_reply!(self, reply, self.handle(fh));
         try_reply!(self, reply, self.fs.fsync(&handle, datasync));
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.opts.requests.add(Kind::Opendir);
         let path = try_reply!(self, reply, self.path(ino));
         let entries = try_reply!(self, reply, self.fs.readdir_plus(&path));
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -680,6 +716,7 @@ impl fuser::Filesystem for EnvFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.opts.requests.add(Kind::Readdir);
         let snapshot = try_reply!(
             self,
             reply,
@@ -716,6 +753,7 @@ impl fuser::Filesystem for EnvFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.opts.requests.add(Kind::Readdirplus);
         let snapshot = try_reply!(
             self,
             reply,
@@ -766,6 +804,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Releasedir);
         self.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
@@ -778,12 +817,14 @@ impl fuser::Filesystem for EnvFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Fsyncdir);
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.fsyncdir(&path));
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.opts.requests.add(Kind::Statfs);
         let st = try_reply!(self, reply, self.fs.statfs());
         reply.statfs(
             st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namelen, st.frsize,
@@ -800,18 +841,21 @@ impl fuser::Filesystem for EnvFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Setxattr);
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.setxattr(&path, name, value, flags));
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.opts.requests.add(Kind::Getxattr);
         let path = try_reply!(self, reply, self.path(ino));
         let value = try_reply!(self, reply, self.fs.getxattr(&path, name));
         xattr_reply(reply, &value, size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.opts.requests.add(Kind::Listxattr);
         let path = try_reply!(self, reply, self.path(ino));
         let names = try_reply!(self, reply, self.fs.listxattr(&path));
         let mut buf = Vec::new();
@@ -823,12 +867,14 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.opts.requests.add(Kind::Removexattr);
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.removexattr(&path, name));
         reply.ok();
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.opts.requests.add(Kind::Access);
         // Only called without default_permissions, i.e. when only the mounting user can
         // reach the mount: the backing store's own check, as that user, is the right one.
         let path = try_reply!(self, reply, self.path(ino));
@@ -846,6 +892,7 @@ impl fuser::Filesystem for EnvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.opts.requests.add(Kind::Create);
         let path = try_reply!(self, reply, self.child(parent, name));
         let (handle, attr) = try_reply!(
             self,
@@ -860,6 +907,9 @@ impl fuser::Filesystem for EnvFs {
         let fattr = self.fuse_attr(&attr);
         self.inodes.remember(fattr.ino.0, parent.0, name);
         let fh = self.add_handle(handle);
+        // fuser's create reply takes one timeout for the entry and its attributes: the
+        // entry's, so that the new name is not looked up again at once. A file just created
+        // through this mount keeps its attributes that long even in shared mode.
         reply.created(
             &self.opts.entry_timeout,
             &fattr,
@@ -882,6 +932,7 @@ impl fuser::Filesystem for EnvFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.opts.requests.add(Kind::Other);
         reply.error(Errno::ENOTTY);
     }
 
@@ -897,6 +948,7 @@ impl fuser::Filesystem for EnvFs {
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
+        self.opts.requests.add(Kind::Other);
         reply.error(Errno::ENOSYS);
     }
 
@@ -913,6 +965,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.opts.requests.add(Kind::Other);
         reply.error(Errno::ENOSYS);
     }
 
@@ -926,6 +979,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
+        self.opts.requests.add(Kind::Other);
         reply.error(Errno::ENOSYS);
     }
 
@@ -939,6 +993,7 @@ impl fuser::Filesystem for EnvFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.opts.requests.add(Kind::Fallocate);
         let handle = try_reply!(self, reply, self.handle(fh));
         try_reply!(
             self,
