@@ -4,7 +4,7 @@
 # and the ratio to plain sshfs. Every request a NAS answers is a round trip on a real
 # network, so this is the number to cut; it does not depend on the machine's speed.
 #
-#   bash scripts/nas_roundtrips.sh [--envfs BIN] [--envfs-opts OPTS] [--files N]
+#   bash scripts/nas_roundtrips.sh [--envfs BIN] [--envfs-opts OPTS] [--files N] [--seq-mib N]
 #        [--only WORKLOADS] [--contenders LIST] [--sshfs-opts OPTS] [--json FILE] [--keep]
 #
 # How: an OpenSSH server on 127.0.0.1 (throwaway ed25519 keys, as tests/support/nas.rs)
@@ -35,6 +35,8 @@
 #   git-status-again  git status once more, cold, after the first one refreshed the index
 #               (nearer what a user sees day to day)
 #   rm          rm -rf of the cp tree
+#   seq-write   dd of a 64 MiB file in 1 MiB writes, then fsync (--seq-mib changes the size)
+#   seq-read    dd of that file back, cold
 #
 # Contenders: plain (sshfs itself), envfs (envfs mount SHARE/vault MNT --key-file K) and
 # gocryptfs (if installed; gocryptfs -init'ed SHARE/gc). The same sshfs options for all
@@ -54,6 +56,7 @@ ARGS="$*"
 ENVFS=""
 ENVFS_OPTS=""
 FILES=1000
+SEQ_MIB=64
 ONLY=""
 CONTENDERS_OPT=""
 SSHFS_OPTS="reconnect,ServerAliveInterval=15"
@@ -65,6 +68,7 @@ while [ $# -gt 0 ]; do
     --envfs) ENVFS=$(abspath "$2"); shift 2 ;;
     --envfs-opts) ENVFS_OPTS=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
+    --seq-mib) SEQ_MIB=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --contenders) CONTENDERS_OPT=$2; shift 2 ;;
     --sshfs-opts) SSHFS_OPTS=$2; shift 2 ;;
@@ -80,7 +84,7 @@ for tool in /usr/sbin/sshd /usr/lib/openssh/sftp-server sshfs fusermount3 git ss
   command -v "$tool" >/dev/null || { echo "nas_roundtrips: $tool is missing (apt-get install openssh-server sshfs fuse3 git; scripts/setup.sh installs them)" >&2; exit 1; }
 done
 
-ALL_WORKLOADS=(mount cp ls cat git-commit git-status git-status-again rm)
+ALL_WORKLOADS=(mount cp ls cat git-commit git-status git-status-again rm seq-write seq-read)
 WORKLOADS=("${ALL_WORKLOADS[@]}")
 if [ -n "$ONLY" ]; then
   IFS=, read -r -a WORKLOADS <<< "$ONLY"
@@ -159,7 +163,7 @@ cleanup() {
     for p in $(pgrep -P "$SSHD_PID" 2>/dev/null); do stop_pid "$p"; done
     stop_pid "$SSHD_PID"
   fi
-  [ "$KEEP" = 1 ] || [ $rc -ne 0 ] || rm -rf "$W/export" "$W/small-src"
+  [ "$KEEP" = 1 ] || [ $rc -ne 0 ] || rm -rf "$W/export" "$W/small-src" "$W/seq.src"
   [ $rc -eq 0 ] || echo "nas_roundtrips: stopped (exit $rc); logs in $W" >&2
   exit $rc
 }
@@ -216,6 +220,7 @@ find "$SRC" -exec touch -h -d 2024-01-01T00:00:00Z {} +
 LIST=$W/files.list
 (cd "$SRC" && find . -type f | sort) > "$LIST"
 printf 'benchpass\n' > "$W/gc.pass"
+[[ $SEQ_MIB =~ ^[0-9]+$ ]] && [ "$SEQ_MIB" -gt 0 ] || { echo "nas_roundtrips: --seq-mib wants a positive number" >&2; exit 2; }
 
 # --- the stack ----------------------------------------------------------------------------------
 # stack_up NAME: mount the contender's export with sshfs at $SHARE, then the contender at
@@ -292,15 +297,21 @@ w_cat() { (cd small && "${TO[@]}" xargs -d '\n' cat < "$LIST" > /dev/null); }
 w_git_commit() { "${TO[@]}" "${GIT[@]}" init -q repo && cd repo && "${TO[@]}" "${GIT[@]}" add -A && "${TO[@]}" "${GIT[@]}" commit -q -m files; }
 w_git_status() { cd repo && "${TO[@]}" "${GIT[@]}" status --porcelain > "$W/git-status.out"; }
 w_rm() { "${TO[@]}" rm -rf small; }
+w_seq_write() { "${TO[@]}" dd if="$W/seq.src" of=seq bs=1M conv=fsync status=none; }
+w_seq_read() { "${TO[@]}" dd if=seq of=/dev/null bs=1M status=none; }
 
 need() {  # the workloads a reported one depends on
   case $1 in
     cp) wants cp || wants ls || wants cat || wants rm ;;
     git-commit) wants git-commit || wants git-status || wants git-status-again ;;
+    seq-write) wants seq-write || wants seq-read ;;
     *) wants "$1" ;;
   esac
 }
 
+if need seq-write; then
+  head -c "$((SEQ_MIB * 1048576))" /dev/urandom > "$W/seq.src"
+fi
 T_START=$(date +%s)
 for name in "${CONTENDERS[@]}"; do
   echo "nas_roundtrips: $name" >&2
@@ -329,15 +340,17 @@ for name in "${CONTENDERS[@]}"; do
     [ ! -s "$W/git-status.out" ] || { echo "nas_roundtrips: git status on $name is not clean:" >&2; head -5 "$W/git-status.out" >&2; }
   done
   wants rm && measure "$name" rm w_rm
+  need seq-write && measure "$name" seq-write w_seq_write
+  wants seq-read && measure "$name" seq-read w_seq_read
 done
 ELAPSED=$(( $(date +%s) - T_START ))
 VERSIONS="$(sshfs --version 2>&1 | grep -m1 '^SSHFS'); $(ssh -V 2>&1 | cut -d, -f1)"
 [ -z "$ENVFS" ] || VERSIONS="$VERSIONS; $("$ENVFS" --version 2>/dev/null | head -1), binary of $(date -u -r "$ENVFS" +%Y-%m-%dT%H:%MZ) (tree at $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ', src/ modified'))"
 [[ " ${CONTENDERS[*]} " != *" gocryptfs "* ]] || VERSIONS="$VERSIONS; $(gocryptfs -version 2>/dev/null | cut -d';' -f1)"
 
-python3 - "$RESULTS" "$LOG" "${JSON:-}" "$SSHFS_OPTS" "$FILES" "$ELAPSED" "${WORKLOADS[*]}" "${ENVFS:-}" "$ENVFS_OPTS" "bash scripts/nas_roundtrips.sh${ARGS:+ $ARGS}" "$VERSIONS" <<'PY'
+python3 - "$RESULTS" "$LOG" "${JSON:-}" "$SSHFS_OPTS" "$FILES" "$ELAPSED" "${WORKLOADS[*]}" "${ENVFS:-}" "$ENVFS_OPTS" "bash scripts/nas_roundtrips.sh${ARGS:+ $ARGS}" "$VERSIONS" "$SEQ_MIB" <<'PY'
 import collections, json, re, sys
-results, log, json_out, sshfs_opts, files, elapsed, wanted, envfs, envfs_opts, command, versions = sys.argv[1:]
+results, log, json_out, sshfs_opts, files, elapsed, wanted, envfs, envfs_opts, command, versions, seq_mib = sys.argv[1:]
 wanted = wanted.split()
 data = open(log, "rb").read()
 REQ = re.compile(rb"^debug\d: request \d+: ([A-Za-z0-9@._-]+)(.*?)\r?$", re.M)
@@ -382,7 +395,8 @@ LABEL = {"mount": "mount (sshfs, then the contender)", "cp": f"cp -a of {files} 
          "ls": "ls -lR, cold", "cat": f"cat of {files} files, cold",
          "git-commit": f"git init + add + commit of {files} files", "git-status": "git status, cold, the first after the commit",
          "git-status-again": "git status, cold, again (the index refreshed by the first)",
-         "rm": "rm -rf of the tree"}
+         "rm": "rm -rf of the tree", "seq-write": f"dd of {seq_mib} MiB in 1 MiB writes + fsync",
+         "seq-read": f"dd of the {seq_mib} MiB file back, cold"}
 out = []
 out.append(f"SFTP requests per workload ({command})")
 out.append(f"versions: {versions}")
@@ -392,7 +406,7 @@ if envfs:
 out.append("Every workload runs on a freshly mounted stack after drop_caches; counts include what the")
 out.append("unmount flushes. 'x plain' = total / plain sshfs's total (lower is better; 1.00 = no extra round trips).")
 out.append("Seconds are wall time at 0 ms added latency with the server logging every request (indicative only).")
-for w in [w for w in ["mount", "cp", "ls", "cat", "git-commit", "git-status", "git-status-again", "rm"] if w in wanted]:
+for w in [w for w in ["mount", "cp", "ls", "cat", "git-commit", "git-status", "git-status-again", "rm", "seq-write", "seq-read"] if w in wanted]:
     rows = [(c, windows[(w, c)]) for c in contenders if (w, c) in windows]
     if not rows:
         continue

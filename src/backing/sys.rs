@@ -86,6 +86,51 @@ pub fn fstat(file: &impl AsRawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// What this host's kernel already knows of an open backing file: its length and its
+/// modification and change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub size: u64,
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+/// `Known` for `file`, from `statx(AT_STATX_DONT_SYNC)`: on a network filesystem, no round
+/// trip to the server. The kernel keeps the length current with every write made through
+/// it, this process's included, and takes the server's word on everything whenever it next
+/// asks for attributes; on a local filesystem these are simply the file's. For the write
+/// path, which on a network store would otherwise stop after every write to ask for the
+/// length that write just set: with sshfs that request waits behind every write still in
+/// flight, so each one drains the pipeline.
+pub fn known(file: &impl AsRawFd) -> io::Result<Known> {
+    statx_known(file, libc::AT_STATX_DONT_SYNC)
+}
+
+/// `Known` for `file` as the store has it now (a round trip on a network store).
+pub fn known_fresh(file: &impl AsRawFd) -> io::Result<Known> {
+    statx_known(file, libc::AT_STATX_SYNC_AS_STAT)
+}
+
+fn statx_known(file: &impl AsRawFd, sync: libc::c_int) -> io::Result<Known> {
+    // SAFETY: statx is plain data filled by the kernel.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, a NUL-terminated empty path and an out pointer of the right type.
+    check(unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | sync,
+            libc::STATX_SIZE | libc::STATX_MTIME | libc::STATX_CTIME,
+            &mut stx,
+        )
+    })?;
+    Ok(Known {
+        size: stx.stx_size,
+        mtime: (stx.stx_mtime.tv_sec, stx.stx_mtime.tv_nsec),
+        ctime: (stx.stx_ctime.tv_sec, stx.stx_ctime.tv_nsec),
+    })
+}
+
 /// fchown of an open backing file; `None` leaves an id unchanged.
 pub fn fchown(file: &std::fs::File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     std::os::unix::fs::fchown(file, uid, gid)

@@ -10,6 +10,7 @@
 //! host may have changed the file) and every chunk is authenticated before a byte of it is
 //! returned.
 
+use crate::backing::sys::Known;
 use crate::crypto::FileKeys;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::Geometry;
@@ -30,6 +31,25 @@ pub(crate) struct FileIo {
     fd: Arc<File>,
     writable: bool,
     keys: Option<Arc<FileKeys>>,
+    /// The backing length and times this mount's last write through this entry left, as
+    /// this host's kernel knows them (`sys::known`). While the file still shows exactly
+    /// these, nobody has written it since (on this host; SEMANTICS.md §14 for others): its
+    /// file id is the one the cached keys were checked against, so no read of the header
+    /// before each write, which on a network store is a round trip behind every write in
+    /// flight.
+    left: Option<crate::backing::sys::Known>,
+    /// The file's last chunk as this mount last wrote it, while the file still shows `left`:
+    /// an append reseals that chunk (it loses the last flag, or grows), and with it here the
+    /// chunk is not read back from the store. On a network store that read is a round trip
+    /// that waits behind every write in flight, once per append.
+    tail: Option<Tail>,
+}
+
+/// One chunk as written: its index, plaintext and sealed bytes.
+struct Tail {
+    index: u64,
+    plain: zeroize::Zeroizing<Vec<u8>>,
+    sealed: Vec<u8>,
 }
 
 pub struct OpenFile {
@@ -95,6 +115,8 @@ impl OpenFiles {
                 fd: Arc::new(fd),
                 writable,
                 keys: None,
+                left: None,
+                tail: None,
             }),
             table: Arc::downgrade(&self.table),
         });
@@ -373,26 +395,34 @@ impl<'a> Engine<'a> {
     /// header — the header lock, with the size read again under it: another mount (or
     /// `envfs rewrap`) on the same backing store may have created the header meanwhile,
     /// and two headers for one file would make one writer's chunks unreadable.
+    ///
+    /// The size is the one this host's kernel knows (`sys::size_as_known`): a file another
+    /// host writes while this one does is outside what SEMANTICS.md §14 supports, and
+    /// asking the server after every write would cost a round trip each on a network store.
+    /// The empty case, where two hosts creating one file must not both write a header, asks
+    /// the store itself, under the lock.
     fn size_for_header_creation(
         fd: &File,
-    ) -> Result<(u64, Option<crate::backing::sys::HeaderLock<'_>>)> {
-        let size = fd.metadata()?.len();
-        if size != 0 {
-            return Ok((size, None));
+    ) -> Result<(Known, Option<crate::backing::sys::HeaderLock<'_>>)> {
+        let known = crate::backing::sys::known(fd)?;
+        if known.size != 0 {
+            return Ok((known, None));
         }
         let lock = crate::backing::sys::HeaderLock::acquire(fd)?;
-        Ok((fd.metadata()?.len(), Some(lock)))
+        Ok((crate::backing::sys::known_fresh(fd)?, Some(lock)))
     }
 
     /// Keys for writing to a file whose backing size is `backing_size`, under the write lock.
     /// An empty file gets a new header (returned, to be written together with the first
     /// chunk); otherwise the cached keys are checked against the file id on disk, so that we
-    /// never write chunks under a DEK that another mount has replaced.
+    /// never write chunks under a DEK that another mount has replaced. `unchanged`: the file
+    /// still shows what this mount's last write left (`FileIo::left`), so the check is moot.
     fn keys_for_write(
         &self,
         file: &OpenFile,
         io: &mut FileIo,
         backing_size: u64,
+        unchanged: bool,
     ) -> Result<(Arc<FileKeys>, Option<Vec<u8>>)> {
         if backing_size == 0 {
             let (header, keys) = self.vault.new_file()?;
@@ -404,7 +434,7 @@ impl<'a> Engine<'a> {
             return Err(self.integrity(file, None, IntegrityKind::Header));
         }
         if let Some(keys) = &io.keys
-            && Self::file_id_on_disk(&io.fd).as_ref() == Some(keys.file_id())
+            && (unchanged || Self::file_id_on_disk(&io.fd).as_ref() == Some(keys.file_id()))
         {
             return Ok((keys.clone(), None));
         }
@@ -427,7 +457,11 @@ impl<'a> Engine<'a> {
             return Err(Error::from_errno(libc::EBADF));
         }
         let fd = io.fd.clone();
-        let (backing_size, _header_lock) = Self::size_for_header_creation(&fd)?;
+        let (known, _header_lock) = Self::size_for_header_creation(&fd)?;
+        let backing_size = known.size;
+        // Nobody has written the file since our last write: its tail and keys are current.
+        let unchanged = io.left == Some(known);
+        io.left = None;
         let old_plain = if backing_size == 0 {
             0
         } else {
@@ -446,13 +480,16 @@ impl<'a> Engine<'a> {
         if offset > old_plain {
             self.check_space(&io.fd, backing_size, end)?;
         }
-        let (keys, mut header) = self.keys_for_write(file, &mut io, backing_size)?;
+        let (keys, mut header) = self.keys_for_write(file, &mut io, backing_size, unchanged)?;
         let mut old_plain = old_plain;
+        let mut tail = io.tail.take().filter(|_| unchanged);
         if offset > old_plain {
-            self.zero_fill(file, &io.fd, &keys, &mut header, old_plain, offset)?;
+            self.zero_fill(file, &fd, &keys, &mut header, &mut tail, old_plain, offset)?;
             old_plain = offset;
         }
-        self.write_chunks(file, &io.fd, &keys, header, old_plain, offset, data)?;
+        self.write_chunks(file, &fd, &keys, header, &mut tail, old_plain, offset, data)?;
+        io.tail = tail;
+        io.left = crate::backing::sys::known(&*fd).ok();
         Ok(offset)
     }
 
@@ -481,12 +518,14 @@ impl<'a> Engine<'a> {
 
     /// Grow the file from `from` to `to` with authenticated zero chunks (there are no holes:
     /// an all-zero chunk on disk is corruption), in bounded steps.
+    #[allow(clippy::too_many_arguments)]
     fn zero_fill(
         &self,
         file: &OpenFile,
         fd: &File,
         keys: &FileKeys,
         header: &mut Option<Vec<u8>>,
+        tail: &mut Option<Tail>,
         from: u64,
         to: u64,
     ) -> Result<()> {
@@ -496,7 +535,7 @@ impl<'a> Engine<'a> {
             // Steps end on chunk boundaries so each step rewrites at most one old chunk.
             let step_end = ((pos / ZERO_FILL_STEP + 1) * ZERO_FILL_STEP).min(to);
             let len = (step_end - pos) as usize;
-            self.write_chunks(file, fd, keys, header.take(), pos, pos, &zeros[..len])?;
+            self.write_chunks(file, fd, keys, header.take(), tail, pos, pos, &zeros[..len])?;
             pos = step_end;
         }
         Ok(())
@@ -529,12 +568,17 @@ impl<'a> Engine<'a> {
     /// resealed; the old last chunk is resealed without its last flag when the file grows
     /// past it. All sealed chunks (and a new file's header) go out in one pwrite.
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// `tail` is the file's last chunk as this mount last wrote it (or nothing known): used
+    /// instead of reading that chunk back, and on success replaced by the new last chunk
+    /// when this write wrote it. On failure the caller drops it.
     fn write_chunks(
         &self,
         file: &OpenFile,
         fd: &File,
         keys: &FileKeys,
         header: Option<Vec<u8>>,
+        tail: &mut Option<Tail>,
         old_plain: u64,
         offset: u64,
         data: &[u8],
@@ -560,6 +604,8 @@ impl<'a> Engine<'a> {
             None => (Vec::new(), g.chunk_backing_offset(start)),
         };
         out.reserve(((last - start + 1) * g.backing_chunk_size()) as usize);
+        // The plaintext of the chunk this write leaves last in the file, if it writes it.
+        let mut new_tail_plain: Option<zeroize::Zeroizing<Vec<u8>>> = None;
         // Fresh random nonces for every chunk of this write, drawn in one syscall.
         let mut nonces = vec![0u8; 12 * (last - start + 1) as usize];
         crate::crypto::random::fill(&mut nonces);
@@ -587,8 +633,19 @@ impl<'a> Engine<'a> {
                 let nonce = nonces.next().expect("one nonce per chunk");
                 keys.chunks
                     .seal_with_nonce(index, is_last, data_part, nonce, &mut out);
+                if is_last {
+                    new_tail_plain = Some(zeroize::Zeroizing::new(data_part.to_vec()));
+                }
             } else {
-                let mut plain = self.read_chunk(file, fd, keys, index, old_plain)?;
+                let cached = tail
+                    .as_ref()
+                    .filter(|t| t.index == index && t.plain.len() == old_len);
+                let mut plain = match cached {
+                    Some(t) => zeroize::Zeroizing::new(t.plain.to_vec()),
+                    None => {
+                        zeroize::Zeroizing::new(self.read_chunk(file, fd, keys, index, old_plain)?)
+                    }
+                };
                 plain.resize(new_len, 0);
                 if touched {
                     plain[w_from as usize..w_to as usize].copy_from_slice(data_part);
@@ -596,6 +653,9 @@ impl<'a> Engine<'a> {
                 let nonce = nonces.next().expect("one nonce per chunk");
                 keys.chunks
                     .seal_with_nonce(index, is_last, &plain, nonce, &mut out);
+                if is_last {
+                    new_tail_plain = Some(plain);
+                }
             }
         }
         let old_backing = match (creating, old_plain) {
@@ -629,9 +689,18 @@ impl<'a> Engine<'a> {
         // An extending write may also rewrite sealed bytes inside the old file (the old last
         // chunk, resealed): keep them, to put back if the write fails partway.
         let overwritten = if new_backing > old_backing && backing_offset < old_backing {
-            let mut old = vec![0u8; (old_backing - backing_offset) as usize];
-            fd.read_exact_at(&mut old, backing_offset)?;
-            Some(old)
+            let len = (old_backing - backing_offset) as usize;
+            // Only the old last chunk lies there: the cached tail has its sealed bytes.
+            match tail.as_ref().filter(|t| {
+                g.chunk_backing_offset(t.index) == backing_offset && t.sealed.len() == len
+            }) {
+                Some(t) => Some(t.sealed.clone()),
+                None => {
+                    let mut old = vec![0u8; len];
+                    fd.read_exact_at(&mut old, backing_offset)?;
+                    Some(old)
+                }
+            }
         } else {
             None
         };
@@ -644,6 +713,15 @@ impl<'a> Engine<'a> {
                 }
             }
             return Err(e.into());
+        }
+        // A write that does not reach the last chunk leaves it (and the tail) as it was.
+        if let Some(plain) = new_tail_plain {
+            let sealed_len = plain.len() + CHUNK_OVERHEAD as usize;
+            *tail = Some(Tail {
+                index: new_count - 1,
+                sealed: out[out.len() - sealed_len..].to_vec(),
+                plain,
+            });
         }
         Ok(())
     }
@@ -665,8 +743,11 @@ impl<'a> Engine<'a> {
         if new_plain > g.max_plain_size() {
             return Err(Error::FileTooBig);
         }
+        io.left = None;
+        io.tail = None;
         let fd = io.fd.clone();
-        let (backing_size, _header_lock) = Self::size_for_header_creation(&fd)?;
+        let (known, _header_lock) = Self::size_for_header_creation(&fd)?;
+        let backing_size = known.size;
         if grow_only && new_plain <= g.plain_size_lossy(backing_size) {
             return Ok(());
         }
@@ -690,9 +771,17 @@ impl<'a> Engine<'a> {
         if new_plain > old_plain {
             self.check_space(&io.fd, backing_size, new_plain)?;
         }
-        let (keys, mut header) = self.keys_for_write(file, &mut io, backing_size)?;
+        let (keys, mut header) = self.keys_for_write(file, &mut io, backing_size, false)?;
         if new_plain > old_plain {
-            return self.zero_fill(file, &io.fd, &keys, &mut header, old_plain, new_plain);
+            return self.zero_fill(
+                file,
+                &fd,
+                &keys,
+                &mut header,
+                &mut None,
+                old_plain,
+                new_plain,
+            );
         }
         // Shrink: reseal the new last chunk (trimmed, with the last flag), then cut.
         let index = g.chunk_index(new_plain - 1);
