@@ -6,6 +6,12 @@
 #
 #   bash scripts/bench.sh [--runs N] [--size-mb MB] [--files N] [--out FILE] [--only a,b]
 #                         [--section NAME] [--kms-latency-ms MS]
+#   bash scripts/bench.sh --network [OPTIONS]
+#
+# --network runs the network-backing section instead (envfs, gocryptfs and plain sshfs over
+# one sshfs share at 0 and 5 ms added each way): scripts/bench_nas.sh, which takes every
+# option after --network (`bash scripts/bench_nas.sh --help`) and writes the
+# "network-backing" section of docs/BENCHMARKS.md.
 #
 # Contenders: plain, bindfs, gocryptfs, securefs, and envfs variants:
 #   envfs          local key file, defaults (4 KiB chunks)
@@ -41,6 +47,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --section) SECTION=$2; shift 2 ;;
     --kms-latency-ms) KMS_LATENCY=$2; shift 2 ;;
+    --network) shift; exec bash scripts/bench_nas.sh "$@" ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
