@@ -396,7 +396,7 @@ impl<'a> Engine<'a> {
     /// `envfs rewrap`) on the same backing store may have created the header meanwhile,
     /// and two headers for one file would make one writer's chunks unreadable.
     ///
-    /// The size is the one this host's kernel knows (`sys::size_as_known`): a file another
+    /// The size is the one this host's kernel knows (`sys::known`): a file another
     /// host writes while this one does is outside what SEMANTICS.md §14 supports, and
     /// asking the server after every write would cost a round trip each on a network store.
     /// The empty case, where two hosts creating one file must not both write a header, asks
