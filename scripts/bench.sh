@@ -88,7 +88,7 @@ if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^envfs-kms'; then
     --latency-ms "$KMS_LATENCY" 2>"$W/proxy.log" & PROXY_PID=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$KMS_PORT/" && break; sleep 0.1; done
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-  export XDG_CONFIG_HOME=$W/config
+  export XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config
   "$VPY" -c "
 import boto3
 k=boto3.client('kms',endpoint_url='http://127.0.0.1:$KMS_PORT',region_name='us-east-1')

@@ -31,7 +31,7 @@ python3 scripts/kms_proxy.py --listen 127.0.0.1:"$PROXY" --upstream http://127.0
 trap 'kill $MOTO $PX 2>/dev/null; for m in "$W"/*-mnt; do fusermount3 -u "$m" 2>/dev/null || true; done' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-export AWS_ENDPOINT_URL_KMS=http://127.0.0.1:$PROXY XDG_CONFIG_HOME=$W/config
+export AWS_ENDPOINT_URL_KMS=http://127.0.0.1:$PROXY XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config
 "$VPY" -c "
 import boto3
 k=boto3.client('kms',endpoint_url='http://127.0.0.1:$UP',region_name='us-east-1')

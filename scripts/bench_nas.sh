@@ -141,7 +141,7 @@ rm -rf "$W"; mkdir -p "$W"/{etc,export,share,mnt,config}
 ETC=$W/etc SHARE=$W/share MNT=$W/mnt
 RESULTS=$W/results.tsv
 : > "$RESULTS"
-export XDG_CONFIG_HOME=$W/config   # envfs's known-vaults file stays in the work directory
+export XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config   # envfs's known-vaults file stays in the work directory
 
 SSHD_PID="" SSHFS_PID="" TOP_PID="" PROXY_PID=""
 wait_gone() { local i; for ((i = 0; i < $2; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; return 1; }

@@ -125,7 +125,7 @@ rm -rf "$W"; mkdir -p "$W"/{etc,export,share,mnt,config}
 ETC=$W/etc SHARE=$W/share MNT=$W/mnt LOG=$W/sftp.log
 RESULTS=$W/windows.tsv
 : > "$RESULTS"; : > "$LOG"
-export XDG_CONFIG_HOME=$W/config   # envfs's known-vaults file stays in the work directory
+export XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config   # envfs's known-vaults file stays in the work directory
 
 SSHD_PID="" SSHFS_PID="" TOP_PID=""
 # Wait (at most $2 tenths of a second) for process $1 to be gone.

@@ -97,6 +97,7 @@ impl Env {
         let out = run(Command::new(envfs_bin())
             .args(args)
             .env("XDG_CONFIG_HOME", self.xdg())
+            .env("XDG_STATE_HOME", self.xdg())
             .env("HOME", self.path("home"))
             .env_remove("ENVFS_KEY_FILE")
             .env_remove("ENVFS_LOG"));
@@ -612,6 +613,7 @@ fn cat_finds_the_default_key_file_by_vault_id() {
             OsStr::new("one-byte.bin"),
         ])
         .env("XDG_CONFIG_HOME", env.path("nowhere"))
+        .env("XDG_STATE_HOME", env.path("nowhere"))
         .env("HOME", env.path("nowhere"))
         .env("ENVFS_KEY_FILE", golden_key()));
     assert_eq!(out.status.code(), Some(OK));
@@ -641,6 +643,7 @@ fn default_key_path_falls_back_to_home_config() {
         run(Command::new(envfs_bin())
             .args(args)
             .env("XDG_CONFIG_HOME", "")
+            .env("XDG_STATE_HOME", env.path("state"))
             .env("HOME", &home)
             .env_remove("ENVFS_KEY_FILE"))
     };

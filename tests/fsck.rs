@@ -1199,7 +1199,8 @@ fn key_service_errors_are_reported_apart_from_corruption() {
     fs::create_dir(&backing).unwrap();
     let cmd = || {
         let mut c = std::process::Command::new(support::envfs_bin());
-        c.env("XDG_CONFIG_HOME", dir.path().join("config"));
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_STATE_HOME", dir.path().join("config"));
         kms.env(&mut c);
         c
     };

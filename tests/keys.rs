@@ -294,7 +294,8 @@ fn a_recovery_key_opens_a_kms_vault_with_kms_down_and_kms_keys_rewrap_with_reenc
     fs::create_dir(&backing).unwrap();
     let cmd = || {
         let mut c = Command::new(envfs_bin());
-        c.env("XDG_CONFIG_HOME", dir.path().join("config"));
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_STATE_HOME", dir.path().join("config"));
         kms.env(&mut c);
         c
     };
@@ -419,7 +420,8 @@ fn a_kms_key_in_a_second_region_is_reached_in_its_own_region() {
     fs::create_dir(&backing).unwrap();
     let cmd = || {
         let mut c = Command::new(envfs_bin());
-        c.env("XDG_CONFIG_HOME", dir.path().join("config"));
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_STATE_HOME", dir.path().join("config"));
         kms.env(&mut c); // AWS_REGION=us-east-1
         c
     };
@@ -502,7 +504,8 @@ fn a_key_from_stdin_or_a_pipe_unlocks_a_daemonized_mount() {
             mnt.display(),
             v.key.display()
         ))
-        .env("XDG_CONFIG_HOME", v.dir.path().join("config")));
+        .env("XDG_CONFIG_HOME", v.dir.path().join("config"))
+        .env("XDG_STATE_HOME", v.dir.path().join("config")));
     assert!(out.status.success(), "<(…): {}", stderr_text(&out));
     let m = Mount::adopt(mnt);
     assert_eq!(

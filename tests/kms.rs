@@ -35,7 +35,8 @@ impl KmsVault {
 
     fn cmd(&self, kms: &Kms) -> Command {
         let mut c = Command::new(envfs_bin());
-        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_STATE_HOME", self.dir.path().join("config"));
         kms.env(&mut c);
         c
     }
@@ -224,6 +225,7 @@ fn a_config_naming_another_kms_key_is_refused() {
     kms.env(&mut c);
     let out = run(c
         .env("XDG_CONFIG_HOME", attacker_dir.path().join("cfg"))
+        .env("XDG_STATE_HOME", attacker_dir.path().join("cfg"))
         .arg("init")
         .arg(&attacker)
         .arg("--kms-key")

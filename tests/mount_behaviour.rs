@@ -929,7 +929,8 @@ fn a_full_backing_store_gives_enospc_and_leaves_files_consistent() {
     let envfs = |args: &[&str]| {
         run(std::process::Command::new(envfs_bin())
             .args(args)
-            .env("XDG_CONFIG_HOME", dir.path().join("cfg")))
+            .env("XDG_CONFIG_HOME", dir.path().join("cfg"))
+            .env("XDG_STATE_HOME", dir.path().join("cfg")))
     };
     assert!(
         envfs(&[

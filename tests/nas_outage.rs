@@ -24,7 +24,8 @@ fn a_vanished_share_is_eio_logged_once_and_the_mount_recovers_when_it_returns() 
     let config = top.path().join("config");
     let envfs = || {
         let mut c = Command::new(envfs_bin());
-        c.env("XDG_CONFIG_HOME", &config);
+        c.env("XDG_CONFIG_HOME", &config)
+            .env("XDG_STATE_HOME", &config);
         c
     };
     ok(run(envfs()

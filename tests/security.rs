@@ -54,7 +54,8 @@ fn vault_with_recovery() -> (TestVault, std::path::PathBuf) {
 /// A command run as a host that has never seen the vault (its own, empty config home).
 fn fresh_host(v: &TestVault, name: &str) -> Command {
     let mut c = Command::new(envfs_bin());
-    c.env("XDG_CONFIG_HOME", v.dir.path().join(name));
+    c.env("XDG_CONFIG_HOME", v.dir.path().join(name))
+        .env("XDG_STATE_HOME", v.dir.path().join(name));
     c
 }
 
@@ -313,31 +314,6 @@ fn a_rolled_back_config_is_refused_and_can_be_accepted_on_purpose() {
     refused("the abandoned line after the next change");
     put(&next);
     ok(run(v.cmd().arg("info").arg(&v.backing).args(key)));
-}
-
-#[test]
-fn a_host_without_a_home_still_opens_a_vault_and_says_what_it_cannot_check() {
-    let v = TestVault::new(&[]);
-    let homeless = |extra: &[&str]| {
-        run(Command::new(envfs_bin())
-            .env_remove("HOME")
-            .env_remove("XDG_CONFIG_HOME")
-            .arg("info")
-            .arg(&v.backing)
-            .arg("--key-file")
-            .arg(&v.key)
-            .args(extra))
-    };
-    let out = homeless(&[]);
-    let err = stderr_text(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("keeps no record") && err.contains("--vault-fingerprint"),
-        "{err}"
-    );
-    // ... and still refuses what needs no record: a wrong --vault-fingerprint.
-    let out = homeless(&["--vault-fingerprint", "00112233445566778899aabbccddeeff"]);
-    expect_exit(&out, VAULT_MISMATCH);
 }
 
 #[test]
@@ -699,6 +675,7 @@ fn a_long_name_with_a_tampered_sidecar_is_refused_by_name_as_it_is_hidden_from_l
             .arg("20")
             .arg(envfs_bin())
             .env("XDG_CONFIG_HOME", v.dir.path().join("config"))
+            .env("XDG_STATE_HOME", v.dir.path().join("config"))
             .arg("info")
             .arg(&v.backing)
             .arg(format!("{long}/inside"))

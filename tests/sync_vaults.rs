@@ -39,6 +39,7 @@ impl Host {
         let config = v.dir.path().join(format!("config-{name}"));
         let daemon = Command::new(support::envfs_bin())
             .env("XDG_CONFIG_HOME", &config)
+            .env("XDG_STATE_HOME", &config)
             .arg("mount")
             .arg("-f")
             .arg(backing)
@@ -70,6 +71,7 @@ impl Host {
     fn envfs(&self, v: &TestVault, args: &[&str]) -> std::process::Output {
         run(Command::new(support::envfs_bin())
             .env("XDG_CONFIG_HOME", &self.config)
+            .env("XDG_STATE_HOME", &self.config)
             .arg(args[0])
             .arg(&self.backing)
             .args(&args[1..])

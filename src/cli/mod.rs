@@ -388,15 +388,26 @@ fn init(
     if let Some(key) = kms_key {
         let kms = Arc::new(KmsKeyProvider::connect(&key)?);
         let vault = Vault::init(backing, kms.clone(), &opts)?;
-        let pin = pin_kms_key(&id, kms.arn())?;
-        remember_new_vault(backing, &vault)?;
+        let pin = match pin_kms_key(&id, kms.arn()).and_then(|pin| {
+            remember_new_vault(backing, &vault)?;
+            Ok(pin)
+        }) {
+            Ok(pin) => pin,
+            Err(e) => return Err(abandon_init(vault, None, e)),
+        };
         println!("Created envfs vault {id} in {}", backing.display());
         print_fingerprint(&vault);
-        println!(
-            "DEKs come from AWS KMS key {}; pinned for this host in {}.",
-            kms.arn(),
-            pin.display()
-        );
+        match pin {
+            Some(pin) => println!(
+                "DEKs come from AWS KMS key {}; pinned for this host in {}.",
+                kms.arn(),
+                pin.display()
+            ),
+            None => println!(
+                "DEKs come from AWS KMS key {}; not pinned on this host (see the warning).",
+                kms.arn()
+            ),
+        }
         return Ok(());
     }
     let (provider, key_path, created) = match key_file {
@@ -409,16 +420,19 @@ fn init(
             (LocalKeyProvider::create(&path, &id)?, path, true)
         }
     };
+    let created_key = created.then_some(key_path.as_path());
     let vault = match Vault::init(backing, Arc::new(provider), &opts) {
         Ok(v) => v,
         Err(e) => {
-            if created {
-                let _ = std::fs::remove_file(&key_path);
+            if let Some(key) = created_key {
+                let _ = std::fs::remove_file(key);
             }
             return Err(e);
         }
     };
-    remember_new_vault(backing, &vault)?;
+    if let Err(e) = remember_new_vault(backing, &vault) {
+        return Err(abandon_init(vault, created_key, e));
+    }
     println!("Created envfs vault {id} in {}", backing.display());
     print_fingerprint(&vault);
     println!(
@@ -427,6 +441,22 @@ fn init(
         if created { "new" } else { "existing" }
     );
     Ok(())
+}
+
+/// A step after the vault was written failed: take back the config and the key file this
+/// `init` created, so the directory is as `init` found it and running it again works.
+fn abandon_init(vault: Vault, created_key: Option<&Path>, error: Error) -> Error {
+    let config = crate::vault::config_path(vault.root());
+    if let Err(e) = vault.abandon_new() {
+        tracing::warn!(
+            "cannot remove the config of the vault just created: {e}; remove {} by hand",
+            config.display()
+        );
+    }
+    if let Some(key) = created_key {
+        let _ = std::fs::remove_file(key);
+    }
+    error
 }
 
 /// This host made the vault: it knows its fingerprint and generation from the start.
@@ -443,7 +473,8 @@ fn remember_new_vault(backing: &Path, vault: &Vault) -> Result<()> {
         },
         &Default::default(),
     )?;
-    crate::vault::pin::record_vault_at_path(backing, &id)
+    crate::vault::pin::record_vault_at_path(backing, &id);
+    Ok(())
 }
 
 fn print_fingerprint(vault: &Vault) {

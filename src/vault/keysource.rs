@@ -139,20 +139,20 @@ pub fn remember(backing: &Path, vault: &mut crate::vault::Vault, opts: &KeyOptio
         &opts.vouch,
     )?;
     vault.raise_generation_floor(record.highest_seen());
-    pin::record_vault_at_path(backing, &id)?;
+    pin::record_vault_at_path(backing, &id);
     if let Some(kms) = vault
         .held_providers()
         .iter()
         .find(|p| p.kind() == ProviderKind::AwsKms)
         && pin::pinned_kms_key(&id)?.is_none()
     {
-        let path = pin::pin_kms_key(&id, kms.key_id())?;
+        let pinned = match pin::pin_kms_key(&id, kms.key_id())? {
+            Some(path) => format!("pinned KMS key {} in {}", kms.key_id(), path.display()),
+            None => format!("KMS key {} could not be pinned (see above)", kms.key_id()),
+        };
         tracing::warn!(
-            "first use of vault {id} on this host: pinned KMS key {} in {}; the vault secret's \
-             fingerprint is {} (compare it with the one `envfs init` printed, or pass \
-             --vault-fingerprint)",
-            kms.key_id(),
-            path.display(),
+            "first use of vault {id} on this host: {pinned}; the vault secret's fingerprint is \
+             {} (compare it with the one `envfs init` printed, or pass --vault-fingerprint)",
             vault.fingerprint()
         );
     }

@@ -10,10 +10,11 @@
 //! - a config of a lower generation is an older copy put back (a rollback, which could
 //!   bring back a removed key) and is refused unless the operator accepts it on purpose.
 //!
-//! The record is `$XDG_CONFIG_HOME/envfs/trust/<vault-id>`, a text file of `key value`
-//! lines (mode 0600). Files written by envfs 0.1 hold only the `aws-kms` line and read as a
-//! record with nothing else known yet.
+//! The record is `trust/<vault-id>` in the host's state directory (vault/host_state.rs says
+//! which), a text file of `key value` lines (mode 0600). Files written by envfs 0.1 hold only
+//! the `aws-kms` line and read as a record with nothing else known yet.
 
+use super::host_state;
 use crate::crypto::Fingerprint;
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -146,25 +147,28 @@ impl HostRecord {
     }
 }
 
-/// Where the record of a vault lives; `None` when neither XDG_CONFIG_HOME nor HOME is set.
+/// Where the record of a vault lives; `None` when the host has no state directory.
 pub fn record_path(vault_id_hex: &str) -> Option<PathBuf> {
-    Some(
-        crate::keys::keyfile::config_dir()?
-            .join("trust")
-            .join(vault_id_hex),
-    )
+    Some(host_state::trust_dir()?.join(vault_id_hex))
 }
 
-/// This host's record of a vault (empty if it has none) and where it lives.
+/// This host's record of a vault (empty if it has none) and the file it is in (or would be).
 pub fn load(vault_id_hex: &str) -> Result<(HostRecord, Option<PathBuf>)> {
     let Some(path) = record_path(vault_id_hex) else {
         return Ok((HostRecord::default(), None));
     };
-    let file = match std::fs::File::open(&path) {
+    let path = host_state::readable(&path, legacy_path(vault_id_hex));
+    Ok((read_record(&path)?, Some(path)))
+}
+
+fn legacy_path(vault_id_hex: &str) -> Option<PathBuf> {
+    host_state::legacy_trust_dir().map(|d| d.join(vault_id_hex))
+}
+
+fn read_record(path: &std::path::Path) -> Result<HostRecord> {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((HostRecord::default(), Some(path)));
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostRecord::default()),
         Err(e) => {
             return Err(Error::KeyFile(format!(
                 "cannot read trust file {}: {e}",
@@ -182,28 +186,27 @@ pub fn load(vault_id_hex: &str) -> Result<(HostRecord, Option<PathBuf>)> {
             path.display()
         )));
     }
-    let record = HostRecord::parse(&text).map_err(|why| {
+    HostRecord::parse(&text).map_err(|why| {
         Error::KeyFile(format!(
             "trust file {} is not in the expected format ({why})",
             path.display()
         ))
-    })?;
-    Ok((record, Some(path)))
+    })
 }
 
 /// Write the record (replacing the old one atomically).
 pub fn store(vault_id_hex: &str, record: &HostRecord) -> Result<PathBuf> {
     let path = record_path(vault_id_hex).ok_or_else(|| {
-        Error::KeyFile(
-            "neither XDG_CONFIG_HOME nor HOME is set: cannot record what this host knows of the \
-             vault"
-                .into(),
-        )
+        Error::KeyFile(format!(
+            "this host has no state directory for what it knows of the vault ({})",
+            host_state::WHERE
+        ))
     })?;
     crate::keys::keyfile::replace_private_file(
         &path,
         &zeroize::Zeroizing::new(record.encode(vault_id_hex)),
     )?;
+    host_state::retire_legacy(&path, legacy_path(vault_id_hex));
     Ok(path)
 }
 
@@ -211,10 +214,11 @@ pub fn store(vault_id_hex: &str, record: &HostRecord) -> Result<PathBuf> {
 /// that two envfs processes on one host cannot interleave and lower what it remembers.
 struct RecordLock(#[allow(dead_code)] std::fs::File);
 
-fn lock_record(vault_id_hex: &str) -> Result<Option<RecordLock>> {
+/// The lock, or why none could be taken (the record cannot be written either then).
+fn lock_record(vault_id_hex: &str) -> std::result::Result<RecordLock, String> {
     use std::os::fd::AsRawFd;
     let Some(path) = record_path(vault_id_hex) else {
-        return Ok(None);
+        return Err(format!("no state directory: {}", host_state::WHERE));
     };
     let lock_path = path.with_file_name(format!(".{vault_id_hex}.lock"));
     if let Some(dir) = lock_path.parent() {
@@ -223,7 +227,7 @@ fn lock_record(vault_id_hex: &str) -> Result<Option<RecordLock>> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -233,17 +237,14 @@ fn lock_record(vault_id_hex: &str) -> Result<Option<RecordLock>> {
             .write(true)
             .mode(0o600)
             .open(&lock_path)
-            .map_err(|e| Error::KeyFile(format!("cannot open {}: {e}", lock_path.display())))?
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?
     };
     // SAFETY: flock on a descriptor we own; it is released when the file is closed.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Error::KeyFile(format!(
-            "cannot lock {}: {e}",
-            lock_path.display()
-        )));
+        return Err(format!("cannot lock {}: {e}", lock_path.display()));
     }
-    Ok(Some(RecordLock(file)))
+    Ok(RecordLock(file))
 }
 
 /// What the operator says about this open (command-line flags).
@@ -272,13 +273,14 @@ pub struct OpenedConfig<'a> {
 
 /// Hold an opened (authenticated) config to what this host knows of the vault, then
 /// remember what it now knows. Returns the record in force; nothing is written when the
-/// config is refused. Without a place for records (no XDG_CONFIG_HOME or HOME) the checks
-/// that need none still run, and a warning says the others cannot.
+/// config is refused. Where records cannot be written (no state directory, or not a
+/// writable one) the checks still run against what is recorded, and a warning says what
+/// is lost (vault/host_state.rs).
 pub fn check_and_update(opened: &OpenedConfig<'_>, vouch: &Vouch) -> Result<HostRecord> {
     let id = opened.vault_id_hex;
     let fingerprint = opened.fingerprint;
     let generation = opened.generation;
-    let _lock = lock_record(id)?;
+    let lock = lock_record(id);
     let (mut record, path) = load(id)?;
     let before = record.clone();
     let where_known = path
@@ -351,16 +353,18 @@ pub fn check_and_update(opened: &OpenedConfig<'_>, vouch: &Vouch) -> Result<Host
     record.generation = Some(generation);
     record.config = Some(opened.digest);
     record.highest = Some(highest);
-    if path.is_none() {
-        tracing::warn!(
-            "vault {id}: neither XDG_CONFIG_HOME nor HOME is set, so this host keeps no record \
-             of the vault: a forged or rolled-back config cannot be detected (set HOME, or pass \
-             --vault-fingerprint {fingerprint})"
-        );
+    // A record read from where envfs 0.2 kept it is written in its new place even when
+    // nothing in it changed.
+    let moved = path != record_path(id);
+    if record == before && !moved {
         return Ok(record);
     }
-    if record != before {
-        store(id, &record)?;
+    let stored = match &lock {
+        Err(why) => Err(why.clone()),
+        Ok(_) => store(id, &record).map(drop).map_err(|e| e.to_string()),
+    };
+    if let Err(why) = stored {
+        host_state::warn_unrecorded(id, &why, Some(&fingerprint));
     }
     Ok(record)
 }

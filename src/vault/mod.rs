@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
+pub mod host_state;
 pub mod keysource;
 pub mod known;
 pub mod pin;
@@ -197,6 +198,15 @@ impl Vault {
         vault.new_file()?;
         vault.config_digest = vault.write_config(&vault.config, false)?;
         Ok(vault)
+    }
+
+    /// Remove the config of a vault `init` has just created (and nothing else: no file can
+    /// have been written through it yet), when a later step of `init` failed.
+    pub fn abandon_new(self) -> Result<()> {
+        let dir = BackingRoot::open(&self.root)?.root()?;
+        dir.unlink(std::ffi::OsStr::new(CONFIG_FILE_NAME))?;
+        dir.sync()?;
+        Ok(())
     }
 
     /// Open an existing vault with the key providers this host holds.

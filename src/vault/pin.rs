@@ -6,6 +6,7 @@
 //! different key is refused with a message saying what changed. (A local key file needs no
 //! pin: the file on this host *is* the key.)
 
+use super::host_state;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -16,37 +17,46 @@ pub fn pinned_kms_key(vault_id_hex: &str) -> Result<Option<(String, PathBuf)>> {
 }
 
 /// Record `arn` as the pinned KMS key of the vault (first use). Never replaces a pin.
-pub fn pin_kms_key(vault_id_hex: &str, arn: &str) -> Result<PathBuf> {
+/// Returns the file that pins it; `None` when the host cannot write its records (then a
+/// warning has said so, and the next open pins again).
+pub fn pin_kms_key(vault_id_hex: &str, arn: &str) -> Result<Option<PathBuf>> {
     let (mut record, path) = super::known::load(vault_id_hex)?;
     if let (Some(_), Some(path)) = (&record.kms_key, path) {
-        return Ok(path);
+        return Ok(Some(path));
     }
     record.kms_key = Some(arn.to_string());
-    super::known::store(vault_id_hex, &record)
+    match super::known::store(vault_id_hex, &record) {
+        Ok(path) => Ok(Some(path)),
+        Err(e) => {
+            host_state::warn_unrecorded(vault_id_hex, &e.to_string(), None);
+            Ok(None)
+        }
+    }
 }
 
 /// Where this host remembers which vault lives at a backing path:
-/// `$XDG_CONFIG_HOME/envfs/trust/paths/<sha256 of the canonical path>`.
-fn path_record(backing: &Path) -> Option<PathBuf> {
+/// `trust/paths/<sha256 of the canonical path>` in the host's state directory, and where
+/// envfs 0.2 did.
+fn path_record(backing: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
     use sha2::{Digest, Sha256};
     use std::os::unix::ffi::OsStrExt;
     let canonical = backing.canonicalize().ok()?;
     let digest = Sha256::digest(canonical.as_os_str().as_bytes());
-    Some(
-        crate::keys::keyfile::config_dir()?
-            .join("trust")
-            .join("paths")
-            .join(hex::encode(&digest[..16])),
-    )
+    let name = Path::new("paths").join(hex::encode(&digest[..16]));
+    Some((
+        host_state::trust_dir()?.join(&name),
+        host_state::legacy_trust_dir().map(|d| d.join(&name)),
+    ))
 }
 
 /// Refuse a backing directory whose config now names another vault than the one this host
 /// opened there before: an attacker who replaces the whole config (new vault id, own key,
 /// valid MAC) would otherwise get a first-use pin for a key they control.
 pub fn check_vault_at_path(backing: &Path, vault_id_hex: &str) -> Result<()> {
-    let Some(record) = path_record(backing) else {
+    let Some((current, legacy)) = path_record(backing) else {
         return Ok(());
     };
+    let record = host_state::readable(&current, legacy);
     let Ok(text) = std::fs::read_to_string(&record) else {
         return Ok(());
     };
@@ -70,13 +80,14 @@ pub fn parse_path_record(text: &str) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
-/// Remember that `vault_id_hex` lives at `backing` (first open only).
-pub fn record_vault_at_path(backing: &Path, vault_id_hex: &str) -> Result<()> {
-    let Some(record) = path_record(backing) else {
-        return Ok(());
+/// Remember that `vault_id_hex` lives at `backing` (first open only). A host that cannot
+/// write it is warned (vault/host_state.rs) and goes on.
+pub fn record_vault_at_path(backing: &Path, vault_id_hex: &str) {
+    let Some((record, legacy)) = path_record(backing) else {
+        return;
     };
     if record.exists() {
-        return Ok(());
+        return;
     }
     let text = zeroize::Zeroizing::new(format!(
         "# envfs: the vault this host opened at {}\nvault {vault_id_hex}\n",
@@ -85,5 +96,8 @@ pub fn record_vault_at_path(backing: &Path, vault_id_hex: &str) -> Result<()> {
             .unwrap_or_else(|_| backing.to_path_buf())
             .display()
     ));
-    crate::keys::keyfile::create_private_file(&record, &text)
+    match crate::keys::keyfile::create_private_file(&record, &text) {
+        Ok(()) => host_state::retire_legacy(&record, legacy),
+        Err(e) => host_state::warn_unrecorded(vault_id_hex, &e.to_string(), None),
+    }
 }

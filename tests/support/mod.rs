@@ -62,14 +62,16 @@ impl TestVault {
             .arg("--key-file")
             .arg(&key)
             .args(init_args)
-            .env("XDG_CONFIG_HOME", dir.path().join("config")));
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_STATE_HOME", dir.path().join("config")));
         assert!(out.status.success(), "init failed: {}", stderr_text(&out));
         TestVault { dir, backing, key }
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(envfs_bin());
-        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_STATE_HOME", self.dir.path().join("config"));
         c
     }
 
