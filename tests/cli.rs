@@ -635,6 +635,37 @@ fn cat_streams_a_file_larger_than_one_read() {
 }
 
 #[test]
+fn version_names_the_commit_the_formats_and_the_crates_doing_the_work() {
+    let env = Env::new();
+    let long = env.run(["--version"]).expect(OK).out();
+    let lines: Vec<&str> = long.lines().collect();
+    assert_eq!(lines[0], format!("envfs {}", env!("CARGO_PKG_VERSION")));
+    assert!(
+        lines[1].starts_with("commit ") && lines[1].len() > "commit ".len(),
+        "{long}"
+    );
+    assert!(
+        long.contains("vault config version 2 (opens 1-2), file header version 1"),
+        "{long}"
+    );
+    for krate in [
+        "fuser 0.",
+        "aws-sdk-kms 1.",
+        "aws-lc-rs 1.",
+        "aes-gcm 0.",
+        "aes-siv 0.",
+    ] {
+        assert!(long.contains(krate), "{krate}: {long}");
+    }
+    // -V stays one line, for scripts.
+    let short = env.run(["-V"]).expect(OK).out();
+    assert_eq!(
+        short.trim_end(),
+        format!("envfs {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
 fn default_key_path_falls_back_to_home_config() {
     let env = Env::new();
     let dir = env.dir("vault");

@@ -536,6 +536,147 @@ fn a_key_from_stdin_or_a_pipe_unlocks_a_daemonized_mount() {
     assert!(!is_mounted(&mnt));
 }
 
+/// Every way of giving a key without a key file on disk, through the real binary, in a
+/// command that opens the vault (`info`) and in a daemonized mount, which must be handed
+/// what its parent read: `--key-file -`, `--key-fd N` (and `-o key_fd=`), `--key-command`
+/// (and `-o key_command=`), run once however the mount starts, and `--key-credential` from
+/// `$CREDENTIALS_DIRECTORY`, as systemd's `LoadCredential=` gives it.
+#[test]
+fn a_key_from_stdin_a_descriptor_a_command_or_a_credential_unlocks_the_vault() {
+    let v = TestVault::new(&[]);
+    let dir = v.dir.path();
+    let key = v.key.display().to_string();
+    let creds = dir.join("credentials");
+    fs::create_dir(&creds).unwrap();
+    fs::copy(&v.key, creds.join("vault.key")).unwrap();
+    let count = dir.join("command-runs");
+    let command = format!("echo run >> {}; cat {key}", count.display());
+    let sh = |script: &str| {
+        run(Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("XDG_STATE_HOME", dir.join("config"))
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .env_remove("ENVFS_KEY_FILE"))
+    };
+    let bin = envfs_bin();
+    let backing = v.backing.display().to_string();
+    let ways = [
+        ("stdin", format!("--key-file - < {key}")),
+        ("fd", format!("--key-fd 7 7< {key}")),
+        ("fd-pipe", format!("--key-fd 5 5< <(cat {key})")),
+        ("command", format!("--key-command '{command}'")),
+        ("credential", "--key-credential vault.key".to_string()),
+        ("o-fd", format!("-o key_fd=8 8< {key}")),
+        ("o-command", format!("-o 'key_command=cat {key}'")),
+        ("o-credential", "-o key_credential=vault.key".to_string()),
+    ];
+    for (name, how) in &ways {
+        if !name.starts_with("o-") {
+            let out = sh(&format!("{bin} info {backing} {how}"));
+            let text = stdout_text(&out);
+            assert!(
+                out.status.success() && text.contains("authenticated:  yes"),
+                "info {name}: {}{text}",
+                stderr_text(&out)
+            );
+        }
+        let mnt = v.mountpoint(&format!("mnt-{name}"));
+        let out = sh(&format!("{bin} mount {backing} {} {how}", mnt.display()));
+        assert!(out.status.success(), "mount {name}: {}", stderr_text(&out));
+        let m = Mount::adopt(mnt);
+        fs::write(m.p(name), name).unwrap();
+        assert_eq!(fs::read_to_string(m.p(name)).unwrap(), *name);
+    }
+    // The key command ran once for info and once for the mount: the daemon was handed its
+    // output rather than running it again.
+    assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 2);
+}
+
+/// Key sources that fail say which source and why, never what it produced, with exit 6
+/// (usage errors exit 2), and mount nothing.
+#[test]
+fn a_failing_key_source_is_a_clear_error_and_mounts_nothing() {
+    let v = TestVault::new(&[]);
+    let dir = v.dir.path();
+    let mnt = v.mountpoint("mnt");
+    let sh = |script: &str, creds: bool| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(script)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("XDG_STATE_HOME", dir.join("config"))
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("ENVFS_KEY_FILE");
+        if creds {
+            c.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        run(&mut c)
+    };
+    let mount = format!(
+        "{} mount {} {}",
+        envfs_bin(),
+        v.backing.display(),
+        mnt.display()
+    );
+    for (how, creds, code, says) in [
+        (
+            "--key-command 'echo top-secret-output; exit 3'".to_string(),
+            false,
+            6,
+            "the key command failed (exit status: 3)",
+        ),
+        ("--key-fd 9".into(), false, 6, "descriptor 9 is not open"),
+        (
+            "--key-credential vault.key".into(),
+            false,
+            6,
+            "$CREDENTIALS_DIRECTORY is not set",
+        ),
+        (
+            "--key-credential absent.key".into(),
+            true,
+            6,
+            "cannot read credential absent.key",
+        ),
+        (
+            "--key-credential ../vault.key".into(),
+            true,
+            2,
+            "a credential name is a file name",
+        ),
+        (
+            format!("--key-fd 3 --key-file {} 3</dev/null", v.key.display()),
+            false,
+            2,
+            "cannot be used with",
+        ),
+        (
+            "-o key_fd=x".into(),
+            false,
+            2,
+            "-o key_fd=x: expected a descriptor number",
+        ),
+        (
+            "--key-command 'echo not-a-key'".into(),
+            false,
+            6,
+            "the key command's output is not an envfs key file",
+        ),
+    ] {
+        let out = sh(&format!("{mount} {how}"), creds);
+        let err = stderr_text(&out);
+        assert_eq!(out.status.code(), Some(code), "{how}: {err}");
+        assert!(err.contains(says), "{how}: {err}");
+        assert!(
+            !err.contains("top-secret-output") && !err.contains("not-a-key"),
+            "{err}"
+        );
+        assert!(!is_mounted(&mnt), "{how}");
+    }
+}
+
 /// Once the local key is removed, the default key file still on disk is the wrong key, not
 /// a missing one: commands say so (exit 7, naming its key and the vault's), and without it
 /// they say the vault has no local key to look for. Before, both said the default key file

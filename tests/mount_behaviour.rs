@@ -587,10 +587,20 @@ fn mount_t_fuse_envfs_and_an_fstab_line_work() {
 fn systemd_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd");
+    let docs = fs::read_to_string(units.join("../../docs/OPERATIONS.md")).unwrap();
     for unit in ["mnt-secure.mount", "envfs-secure.service"] {
-        let text = fs::read_to_string(units.join(unit))
-            .unwrap()
-            .replace("/usr/local/bin/envfs", &envfs_bin());
+        let shipped = fs::read_to_string(units.join(unit)).unwrap();
+        // OPERATIONS.md shows each unit: every setting of the shipped file is in it.
+        for line in shipped
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            assert!(
+                docs.lines().any(|d| d == line),
+                "{unit}: OPERATIONS.md does not show {line:?}"
+            );
+        }
+        let text = shipped.replace("/usr/local/bin/envfs", &envfs_bin());
         fs::write(dir.path().join(unit), text).unwrap();
         sh(dir.path(), &format!("systemd-analyze verify ./{unit}"));
     }

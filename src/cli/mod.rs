@@ -14,6 +14,7 @@ use crate::format::config::*;
 use crate::fs::Fs;
 use crate::keys::kms::KmsKeyProvider;
 use crate::keys::local::{LocalKeyProvider, default_key_path};
+use crate::keys::source::KeySource;
 use crate::vault::keysource::{KeyOptions, providers_for};
 use crate::vault::pin::pin_kms_key;
 use crate::vault::{InitOptions, Vault, read_config_unverified};
@@ -22,10 +23,32 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `envfs --version`: what was built, from which commit, which formats it writes and reads,
+/// and the crates doing the filesystem, key-service and cipher work (build.rs reads their
+/// locked versions), like gocryptfs's `-version`.
+pub fn long_version() -> &'static str {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{version}\ncommit {commit}\nformat: vault config version {config} (opens {oldest}-{config}), \
+             file header version {header}\nciphers: AES-256-GCM for content (aws-lc-rs) and for local key slots (aes-gcm), \
+             AES-SIV for names (aes-siv)\n\
+             built with: {deps}",
+            version = env!("CARGO_PKG_VERSION"),
+            commit = env!("ENVFS_GIT_COMMIT"),
+            config = crate::format::config::CONFIG_VERSION,
+            oldest = crate::format::config::CONFIG_VERSION_1,
+            header = crate::format::header::HEADER_VERSION,
+            deps = env!("ENVFS_DEPENDENCIES"),
+        )
+    });
+    TEXT.as_str()
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "envfs",
     version,
+    long_version = long_version(),
     about = "Envelope-encrypted FUSE filesystem over a backing directory"
 )]
 pub struct Cli {
@@ -46,9 +69,19 @@ pub enum EncodingArg {
 /// Options every command that opens a vault takes.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct KeyArgs {
-    /// Local key file (default: $XDG_CONFIG_HOME/envfs/keys/<vault-id>.key)
-    #[arg(long, value_name = "PATH", env = "ENVFS_KEY_FILE")]
+    /// Key file; `-` reads the key from stdin [env: ENVFS_KEY_FILE] (default:
+    /// $XDG_CONFIG_HOME/envfs/keys/<vault-id>.key)
+    #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// Read the key from this inherited file descriptor (closed once read)
+    #[arg(long, value_name = "FD", conflicts_with_all = ["key_file", "key_command", "key_credential"])]
+    pub key_fd: Option<i32>,
+    /// Read the key from the standard output of `sh -c CMD` (it may prompt on the terminal)
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["key_file", "key_credential"])]
+    pub key_command: Option<String>,
+    /// Read the key from systemd credential NAME ($CREDENTIALS_DIRECTORY/NAME)
+    #[arg(long, value_name = "NAME", conflicts_with = "key_file")]
+    pub key_credential: Option<String>,
     /// AWS KMS key (id, ARN or alias/NAME) to open the vault with; pins it on this host
     #[arg(long, value_name = "KEY", env = "ENVFS_KMS_KEY")]
     pub kms_key: Option<String>,
@@ -62,9 +95,45 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
+    /// The key source the operator gave: a flag, else `ENVFS_KEY_FILE`. (Read here rather
+    /// than by clap, which would count the variable as a `--key-file` conflicting with
+    /// `--key-fd` and the others.)
+    pub fn source(&self) -> Option<KeySource> {
+        if let Some(fd) = self.key_fd {
+            return Some(KeySource::Fd(fd));
+        }
+        if let Some(cmd) = &self.key_command {
+            return Some(KeySource::Command(cmd.clone()));
+        }
+        if let Some(name) = &self.key_credential {
+            return Some(KeySource::Credential(name.clone()));
+        }
+        self.key_file
+            .clone()
+            .or_else(|| {
+                std::env::var_os("ENVFS_KEY_FILE")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .map(KeySource::from_key_file)
+    }
+
+    /// The key flags that say `source` (for `-o key_…=`, which wins over the flags).
+    pub fn given(source: &KeySource) -> KeyArgs {
+        let mut args = KeyArgs::default();
+        match source {
+            KeySource::File(path) => args.key_file = Some(path.clone()),
+            KeySource::Stdin => args.key_file = Some(PathBuf::from("-")),
+            KeySource::Fd(fd) => args.key_fd = Some(*fd),
+            KeySource::Command(cmd) => args.key_command = Some(cmd.clone()),
+            KeySource::Credential(name) => args.key_credential = Some(name.clone()),
+        }
+        args
+    }
+
     fn options(&self) -> KeyOptions {
         KeyOptions {
-            key_file: self.key_file.clone(),
+            key: self.source(),
             kms_key: self.kms_key.clone(),
             vouch: crate::vault::known::Vouch {
                 fingerprint: self.vault_fingerprint,
@@ -514,7 +583,7 @@ fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
             Some(vault)
         }
         // Without a key the vault can still be described, but not verified.
-        Err(Error::KeyFile(msg)) if path.is_none() && keys.key_file.is_none() => {
+        Err(Error::KeyFile(msg)) if path.is_none() && keys.source().is_none() => {
             eprintln!("envfs: {msg}");
             None
         }
@@ -795,7 +864,11 @@ fn key_command(action: KeyCommand) -> Result<()> {
                             path.display()
                         )));
                     }
-                    Arc::new(X25519KeyProvider::from_text(&text, &path)?)
+                    crate::keys::local::warn_if_readable_by_others(&path);
+                    Arc::new(X25519KeyProvider::from_text(
+                        &text,
+                        &path.display().to_string(),
+                    )?)
                 }
                 (Some(path), _) => {
                     let key = crate::keys::x25519::X25519KeyProvider::create(&path)?;

@@ -12,6 +12,7 @@ use crate::fs::Fs;
 use crate::fuse::AdapterOptions;
 use crate::fuse::session::{is_mount_point, mount_device, mount_fstype};
 use crate::keys::cache::CacheLimits;
+use crate::keys::source::KeySource;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,7 +44,9 @@ pub struct MountConfig {
     pub attr_timeout: Option<Duration>,
     pub entry_timeout: Option<Duration>,
     pub negative_timeout: Option<Duration>,
-    pub key_file: Option<PathBuf>,
+    /// `key_file=`, `key_fd=`, `key_command=`, `key_credential=`: as the flags of the same
+    /// names (keys/source.rs), and winning over them.
+    pub key: Option<KeySource>,
     pub kms_key: Option<String>,
     /// `vault_fingerprint=` and `accept_rollback=`: as `--vault-fingerprint` and
     /// `--accept-rollback` (vault/known.rs), for fstab and units.
@@ -113,7 +116,22 @@ pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
     (
         "key_file=PATH",
         "key_file=/k",
-        "the key file (wins over --key-file and ENVFS_KEY_FILE)",
+        "the key file, - for stdin (wins over --key-file and ENVFS_KEY_FILE)",
+    ),
+    (
+        "key_fd=FD",
+        "key_fd=3",
+        "read the key from this inherited descriptor (as --key-fd)",
+    ),
+    (
+        "key_command=CMD",
+        "key_command=cat /k",
+        "read the key from the output of sh -c CMD (as --key-command; no commas)",
+    ),
+    (
+        "key_credential=NAME",
+        "key_credential=vault.key",
+        "read the key from systemd credential NAME (as --key-credential)",
     ),
     (
         "kms_key=KEY",
@@ -222,7 +240,15 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             ("allow_other", None) => config.allow_other = true,
             ("default_permissions", None) => config.default_permissions = true,
             ("nonempty", None) => config.nonempty = true,
-            ("key_file", Some(v)) => config.key_file = Some(PathBuf::from(v)),
+            ("key_file", Some(v)) => config.key = Some(KeySource::from_key_file(v.into())),
+            ("key_fd", Some(v)) => {
+                let fd = v.parse().map_err(|_| {
+                    Error::Invalid(format!("-o key_fd={v}: expected a descriptor number"))
+                })?;
+                config.key = Some(KeySource::Fd(fd));
+            }
+            ("key_command", Some(v)) => config.key = Some(KeySource::Command(v.to_string())),
+            ("key_credential", Some(v)) => config.key = Some(KeySource::Credential(v.into())),
             ("kms_key", Some(v)) => config.kms_key = Some(v.to_string()),
             ("vault_fingerprint", Some(v)) => {
                 config.vault_fingerprint = Some(
@@ -428,10 +454,13 @@ fn mount_or_serve(
         crate::fuse::session::block_shutdown_signals();
     }
     let keys = KeyArgs {
-        key_file: config.key_file.clone().or_else(|| keys.key_file.clone()),
         kms_key: config.kms_key.clone().or_else(|| keys.kms_key.clone()),
         vault_fingerprint: config.vault_fingerprint.or(keys.vault_fingerprint),
         accept_rollback: config.accept_rollback.or(keys.accept_rollback),
+        ..match &config.key {
+            Some(source) => KeyArgs::given(source),
+            None => keys.clone(),
+        }
     };
     // Open the vault before daemonizing, so a wrong key or a corrupt config is reported by
     // the command the user ran, with its exit code.
@@ -523,14 +552,13 @@ fn daemonize() -> Result<()> {
 /// The key files were read when the vault was opened here; the daemon starts envfs again,
 /// and must not read them a second time (a pipe such as `--key-file /dev/stdin` or `<(…)`
 /// is drained, and `/dev/stdin` would be its own). Each text goes into a fresh pipe whose
-/// read end the daemon inherits, named in `keyfile::HANDED_KEYS_ENV` by the path the user
-/// gave. Returns the read ends (to close
-/// once the daemon has them) and the variable's value.
+/// read end the daemon inherits, named in `keyfile::HANDED_KEYS_ENV` by its source's tag
+/// (keys/source.rs). Returns the read ends (to close once the daemon has them) and the
+/// variable's value.
 fn hand_on_read_keys() -> Result<(Vec<OwnedFd>, String)> {
-    use std::os::unix::ffi::OsStrExt;
     let mut read_ends = Vec::new();
     let mut handed = Vec::new();
-    for (path, text) in crate::keys::keyfile::take_read_keys() {
+    for (tag, text) in crate::keys::keyfile::take_read_keys() {
         let mut fds = [0i32; 2];
         // SAFETY: fds is a two-int array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -541,11 +569,7 @@ fn hand_on_read_keys() -> Result<(Vec<OwnedFd>, String)> {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // A key file is at most 64 KiB, which a pipe holds without a reader.
         std::fs::File::from(write_end).write_all(text.as_bytes())?;
-        handed.push(format!(
-            "{}:{}",
-            read_end.as_raw_fd(),
-            hex::encode(path.as_os_str().as_bytes())
-        ));
+        handed.push(format!("{}:{}", read_end.as_raw_fd(), hex::encode(tag)));
         read_ends.push(read_end);
     }
     Ok((read_ends, handed.join(",")))
@@ -1008,7 +1032,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.read_only && c.allow_other);
-        assert_eq!(c.key_file.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.key, Some(KeySource::File("/k".into())));
         assert_eq!(c.attr_timeout, Some(Duration::from_millis(500)));
         assert!(!c.writeback_cache);
         parse_options(&["writeback_cache".into()], &mut c).unwrap();

@@ -10,19 +10,21 @@ use zeroize::Zeroizing;
 /// Key files are a few lines; anything larger is not one (and is not read into memory).
 pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
-/// Key texts as read (after `keep_read_keys`), by the path the user gave, so that a daemonized mount, which starts
-/// envfs again, can be handed them (`take_read_keys`) rather than read its sources a second
-/// time: a pipe (`--key-file /dev/stdin`, `<(…)`) would be drained by then, `/dev/stdin`
-/// would be the daemon's own (empty) stdin, and a file could have changed.
-static READ_KEYS: std::sync::Mutex<Vec<(PathBuf, Zeroizing<String>)>> =
+/// Key texts as read (after `keep_read_keys`), by the tag of their source (keys/source.rs;
+/// for a key file, its path as given), so that a daemonized mount, which starts envfs
+/// again, can be handed them (`take_read_keys`) rather than read its sources a second time:
+/// a pipe (`--key-file /dev/stdin`, `<(…)`, `--key-fd`) would be drained by then, stdin
+/// would be the daemon's own (empty) one, a key command would prompt again, and a file
+/// could have changed.
+static READ_KEYS: std::sync::Mutex<Vec<(Vec<u8>, Zeroizing<String>)>> =
     std::sync::Mutex::new(Vec::new());
 
 /// The environment variable through which a daemon child learns which key texts its parent
-/// hands it: `FD:PATH-IN-HEX` pairs, comma-separated. The descriptors are pipes the parent
+/// hands it: `FD:TAG-IN-HEX` pairs, comma-separated. The descriptors are pipes the parent
 /// wrote the texts into.
 pub const HANDED_KEYS_ENV: &str = "ENVFS_KEY_FDS";
 
-/// Whether `read_key_text` keeps a copy of what it reads: only in a `mount` about to
+/// Whether `read_key_from` keeps a copy of what it reads: only in a `mount` about to
 /// daemonize, the one process that hands key texts on. Everything else keeps none.
 static KEEP_READ_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -31,15 +33,15 @@ pub fn keep_read_keys() {
     KEEP_READ_KEYS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The key texts read since `keep_read_keys` (taken: each is handed on once).
-pub fn take_read_keys() -> Vec<(PathBuf, Zeroizing<String>)> {
+/// The key texts read since `keep_read_keys`, by source tag (taken: each is handed on
+/// once).
+pub fn take_read_keys() -> Vec<(Vec<u8>, Zeroizing<String>)> {
     std::mem::take(&mut *READ_KEYS.lock().unwrap())
 }
 
-/// The descriptor a parent handed this process for key file `path`, if any.
-fn handed_fd(path: &Path) -> Option<i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let wanted = hex::encode(path.as_os_str().as_bytes());
+/// The descriptor a parent handed this process for the source tagged `tag`, if any.
+fn handed_fd(tag: &[u8]) -> Option<i32> {
+    let wanted = hex::encode(tag);
     std::env::var(HANDED_KEYS_ENV)
         .ok()?
         .split(',')
@@ -49,29 +51,45 @@ fn handed_fd(path: &Path) -> Option<i32> {
 }
 
 /// Read a key file's text exactly once (it may be a pipe: `--key-file /dev/stdin` or
-/// `<(…)`), bounded in size. Errors name the path, never the contents. In a daemonized
-/// mount, a pipe the user gave was read by the parent, which hands the text over.
+/// `<(…)`), bounded in size. Errors name the path, never the contents.
 pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.display().to_string();
+    read_key_from(
+        path.as_os_str().as_bytes(),
+        (&format!("key file {name}"), &name),
+        || std::fs::File::open(path).map(|f| Box::new(f) as Box<dyn std::io::Read>),
+    )
+}
+
+/// Read the key text of the source tagged `tag` exactly once, bounded in size: from the
+/// descriptor a parent handed this process for it if there is one (a daemonized mount),
+/// else from what `open` gives. Errors say "cannot read NOUN" and "NAME is not an envfs
+/// key file" (`(noun, name)`, e.g. "key file /k" and "/k").
+pub fn read_key_from(
+    tag: &[u8],
+    (noun, what): (&str, &str),
+    open: impl FnOnce() -> std::io::Result<Box<dyn std::io::Read>>,
+) -> Result<Zeroizing<String>> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
-    let cannot =
-        |e: std::io::Error| Error::KeyFile(format!("cannot read key file {}: {e}", path.display()));
-    let file = match handed_fd(path) {
-        // SAFETY: the parent passed this descriptor for exactly this key file; it is ours
+    let cannot = |e: std::io::Error| Error::KeyFile(format!("cannot read {noun}: {e}"));
+    let source: Box<dyn Read> = match handed_fd(tag) {
+        // SAFETY: the parent passed this descriptor for exactly this source; it is ours
         // and read once.
-        Some(fd) => unsafe { std::fs::File::from_raw_fd(fd) },
-        None => std::fs::File::open(path).map_err(cannot)?,
+        Some(fd) => Box::new(unsafe { std::fs::File::from_raw_fd(fd) }),
+        None => open().map_err(cannot)?,
     };
     // Room for the whole bounded read up front: a growing buffer would leave copies of the
     // key text in freed memory.
     let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 1));
-    file.take(MAX_KEY_FILE_LEN + 1)
+    source
+        .take(MAX_KEY_FILE_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(cannot)?;
     if bytes.len() as u64 > MAX_KEY_FILE_LEN {
         return Err(Error::KeyFile(format!(
-            "{} is not an envfs key file (larger than {MAX_KEY_FILE_LEN} bytes)",
-            path.display()
+            "{what} is not an envfs key file (larger than {MAX_KEY_FILE_LEN} bytes)"
         )));
     }
     match std::str::from_utf8(&bytes) {
@@ -79,14 +97,11 @@ pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
             let text = Zeroizing::new(text.to_string());
             if KEEP_READ_KEYS.load(std::sync::atomic::Ordering::Relaxed) {
                 let kept = Zeroizing::new(text.to_string());
-                READ_KEYS.lock().unwrap().push((path.to_path_buf(), kept));
+                READ_KEYS.lock().unwrap().push((tag.to_vec(), kept));
             }
             Ok(text)
         }
-        Err(_) => Err(Error::KeyFile(format!(
-            "{} is not an envfs key file",
-            path.display()
-        ))),
+        Err(_) => Err(Error::KeyFile(format!("{what} is not an envfs key file"))),
     }
 }
 

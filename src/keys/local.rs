@@ -45,15 +45,15 @@ impl LocalKeyProvider {
     /// Load a key file. Errors name the path, never the contents.
     pub fn load(path: &Path) -> Result<LocalKeyProvider> {
         let text = super::keyfile::read_key_text(path)?;
-        LocalKeyProvider::from_text(&text, path)
+        warn_if_readable_by_others(path);
+        LocalKeyProvider::from_text(&text, &path.display().to_string())
     }
 
-    /// A key file's text already read from `path` (named in errors only).
-    pub fn from_text(text: &str, path: &Path) -> Result<LocalKeyProvider> {
-        warn_if_readable_by_others(path);
-        let kek = parse_key_file(text).ok_or_else(|| {
-            Error::KeyFile(format!("{} is not an envfs key file", path.display()))
-        })?;
+    /// A key's text already read from `what` (a path or another source, named in errors
+    /// only).
+    pub fn from_text(text: &str, what: &str) -> Result<LocalKeyProvider> {
+        let kek = parse_key_file(text)
+            .ok_or_else(|| Error::KeyFile(format!("{what} is not an envfs key file")))?;
         Ok(LocalKeyProvider::from_kek(&kek))
     }
 
@@ -74,7 +74,7 @@ impl LocalKeyProvider {
 }
 
 /// Key files must be private; say so when one is not (like ssh does), but still use it.
-pub(crate) fn warn_if_readable_by_others(path: &Path) {
+pub fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {

@@ -10,6 +10,7 @@ pub mod keyfile;
 pub mod kms;
 pub mod local;
 pub mod prefetch;
+pub mod source;
 pub mod x25519;
 
 use crate::crypto::Secret32;

@@ -122,18 +122,14 @@ impl X25519KeyProvider {
 
     pub fn load(path: &Path) -> Result<X25519KeyProvider> {
         let text = super::keyfile::read_key_text(path)?;
-        X25519KeyProvider::from_text(&text, path)
+        super::local::warn_if_readable_by_others(path);
+        X25519KeyProvider::from_text(&text, &path.display().to_string())
     }
 
     /// A key file's text already read from `path` (named in errors only).
-    pub fn from_text(text: &str, path: &Path) -> Result<X25519KeyProvider> {
-        super::local::warn_if_readable_by_others(path);
-        let secret = parse_key_text(text).ok_or_else(|| {
-            Error::KeyFile(format!(
-                "{} is not an envfs recovery key file",
-                path.display()
-            ))
-        })?;
+    pub fn from_text(text: &str, what: &str) -> Result<X25519KeyProvider> {
+        let secret = parse_key_text(text)
+            .ok_or_else(|| Error::KeyFile(format!("{what} is not an envfs recovery key file")))?;
         Ok(X25519KeyProvider::from_secret(secret))
     }
 

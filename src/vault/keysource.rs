@@ -1,5 +1,6 @@
-//! Which key providers open a vault on this host: from the command line (`--key-file`,
-//! `--kms-key`), the default key file, or the pinned KMS key.
+//! Which key providers open a vault on this host: from the command line (a key source:
+//! `--key-file`, `--key-fd`, `--key-command`, `--key-credential`; `--kms-key`), the default
+//! key file, or the pinned KMS key.
 
 use super::pin;
 use super::read_config_unverified;
@@ -8,14 +9,16 @@ use crate::format::{ProviderKind, VaultConfig};
 use crate::keys::KeyProvider;
 use crate::keys::kms::KmsKeyProvider;
 use crate::keys::local::{LocalKeyProvider, default_key_path};
+use crate::keys::source::KeySource;
 use crate::keys::x25519::X25519KeyProvider;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// How the user asked to open a vault.
 #[derive(Debug, Clone, Default)]
 pub struct KeyOptions {
-    pub key_file: Option<PathBuf>,
+    /// Where the operator's key text comes from, if they gave one.
+    pub key: Option<KeySource>,
     pub kms_key: Option<String>,
     /// What the operator vouches for (`--vault-fingerprint`, `--accept-rollback`).
     pub vouch: super::known::Vouch,
@@ -49,14 +52,18 @@ fn check_pin(config: &VaultConfig, arn: &str, source: &str) -> Result<()> {
     )))
 }
 
-/// A key file of either kind: a symmetric vault key or an X25519 recovery key. Read once,
-/// so a pipe works as well as a file.
-pub fn load_key_file(path: &Path) -> Result<Arc<dyn KeyProvider>> {
-    let text = crate::keys::keyfile::read_key_text(path)?;
+/// A key of either kind, from any source: a symmetric vault key or an X25519 recovery key.
+/// Read once, so a pipe or a command works as well as a file.
+pub fn load_key(source: &KeySource) -> Result<Arc<dyn KeyProvider>> {
+    let text = source.read()?;
+    if let Some(path) = source.file() {
+        crate::keys::local::warn_if_readable_by_others(&path);
+    }
+    let what = source.describe();
     if X25519KeyProvider::is_key_text(&text) {
-        Ok(Arc::new(X25519KeyProvider::from_text(&text, path)?))
+        Ok(Arc::new(X25519KeyProvider::from_text(&text, &what)?))
     } else {
-        Ok(Arc::new(LocalKeyProvider::from_text(&text, path)?))
+        Ok(Arc::new(LocalKeyProvider::from_text(&text, &what)?))
     }
 }
 
@@ -67,8 +74,8 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
     // replaced vault: the pin below is per vault id and would not apply to it.
     pin::check_vault_at_path(backing, &id)?;
     let mut providers: Vec<Arc<dyn KeyProvider>> = Vec::new();
-    if let Some(path) = &opts.key_file {
-        providers.push(load_key_file(path)?);
+    if let Some(source) = &opts.key {
+        providers.push(load_key(source)?);
     }
     if let Some(key) = &opts.kms_key {
         let kms = KmsKeyProvider::connect(key)?;
