@@ -9,6 +9,7 @@ const REPORTED: &[&str] = &["fuser", "aws-sdk-kms", "aws-lc-rs", "aes-gcm", "aes
 
 fn main() {
     println!("cargo:rerun-if-changed=Cargo.lock");
+    println!("cargo:rerun-if-changed=src/build.rs");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
     let commit = git(&["rev-parse", "--short=12", "HEAD"])
