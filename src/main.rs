@@ -18,7 +18,14 @@ fn main() -> ExitCode {
             });
         }
     };
-    cli::logging::init(cli.verbose, cli::mount::is_daemon_child());
+    if let Err(e) = cli::logging::init(
+        cli.verbose,
+        cli::mount::is_daemon_child(),
+        cli.log_file().as_deref(),
+    ) {
+        eprintln!("envfs: {e}");
+        return ExitCode::from(exit::code_for(&e));
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {

@@ -666,6 +666,40 @@ fn version_names_the_commit_the_formats_and_the_crates_doing_the_work() {
 }
 
 #[test]
+fn a_log_file_goes_where_it_is_told_and_one_that_cannot_be_opened_stops_the_command() {
+    let env = Env::new();
+    let dir = env.dir("vault");
+    let log = env.path("envfs.log");
+    // A global option: before the subcommand as well as after. The file is made private
+    // whether or not anything is logged.
+    env.run([
+        OsStr::new("-v"),
+        OsStr::new("--log-file"),
+        log.as_os_str(),
+        OsStr::new("init"),
+        dir.as_os_str(),
+    ])
+    .expect(OK);
+    assert_eq!(mode(&log), 0o600);
+    let missing = env.path("no-such-dir/envfs.log");
+    let run = env
+        .run([
+            OsStr::new("info"),
+            dir.as_os_str(),
+            OsStr::new("--log-file"),
+            missing.as_os_str(),
+        ])
+        .expect(NOT_FOUND);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot open log file {}", missing.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "the command ran");
+}
+
+#[test]
 fn default_key_path_falls_back_to_home_config() {
     let env = Env::new();
     let dir = env.dir("vault");

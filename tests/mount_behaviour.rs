@@ -1063,3 +1063,57 @@ fn a_dev_fuse_that_cannot_be_opened_is_exit_14_with_that_message() {
     );
     assert!(!is_mounted(&mnt));
 }
+
+/// A host without a syslog socket (here: a mount namespace whose /dev is a fresh tmpfs with
+/// only the device nodes a mount needs) loses a daemon's log, so `mount` warns; with
+/// `-o log_file=` the daemon appends its log there instead (0600, no plaintext names) and
+/// nothing is lost to warn about.
+#[test]
+fn a_daemon_with_no_syslog_is_warned_about_and_log_file_keeps_its_log() {
+    let v = TestVault::new(&[]);
+    let dir = v.dir.path();
+    let (m1, m2) = (v.mountpoint("m1"), v.mountpoint("m2"));
+    let log = dir.join("daemon.log");
+    let script = format!(
+        "mount -t tmpfs envfs-test-dev /dev\n\
+         mknod -m 666 /dev/fuse c 10 229; mknod -m 666 /dev/null c 1 3\n\
+         mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/urandom c 1 9\n\
+         {bin} mount {b} {m1} --key-file {k} 2>{d}/warn1\n\
+         echo hello > {m1}/plaintext-name-zebra.txt\n\
+         {bin} umount {m1}\n\
+         {bin} -v mount {b} {m2} --key-file {k} -o log_file={log} 2>{d}/warn2\n\
+         cat {m2}/plaintext-name-zebra.txt\n\
+         {bin} umount {m2}\n",
+        bin = envfs_bin(),
+        b = v.backing.display(),
+        k = v.key.display(),
+        d = dir.display(),
+        m1 = m1.display(),
+        m2 = m2.display(),
+        log = log.display(),
+    );
+    let out = run(std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-euc"])
+        .arg(&script)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_STATE_HOME", dir.join("config")));
+    assert!(!is_mounted(&m1) && !is_mounted(&m2));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    assert_eq!(stdout_text(&out), "hello\n");
+    let warn1 = fs::read_to_string(dir.join("warn1")).unwrap();
+    assert!(
+        warn1.contains("/dev/log cannot be reached") && warn1.contains("-o log_file=PATH"),
+        "{warn1}"
+    );
+    let warn2 = fs::read_to_string(dir.join("warn2")).unwrap();
+    assert!(!warn2.contains("/dev/log"), "{warn2}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(fs::metadata(&log).unwrap().mode() & 0o777, 0o600);
+    // The daemon's own lines: only it serves and sees the unmount.
+    assert!(
+        text.contains(&format!("serving {}", m2.display()))
+            && text.contains(&format!("unmounted {}", m2.display())),
+        "{text}"
+    );
+    assert!(!text.contains("zebra"), "{text}");
+}

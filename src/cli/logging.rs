@@ -10,6 +10,7 @@
 //! if both allow it. (Events bridged from the `log` crate, as fuser's are, are filtered by
 //! their real target: tracing-log asks the filter with it before dispatching.)
 
+use std::path::Path;
 use tracing::{Level, Metadata};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
@@ -40,9 +41,19 @@ fn operator_filter(verbose: u8) -> EnvFilter {
     EnvFilter::try_from_env("ENVFS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level))
 }
 
-/// Install the global subscriber: syslog for a mount daemon, stderr otherwise.
-pub fn init(verbose: u8, daemon: bool) {
+/// Install the global subscriber: the log file if one is given (`--log-file`,
+/// `-o log_file=`), else syslog for a mount daemon and stderr otherwise.
+pub fn init(verbose: u8, daemon: bool, log_file: Option<&Path>) -> crate::error::Result<()> {
     let filter = operator_filter(verbose).and(filter_fn(guard_allows));
+    if let Some(path) = log_file {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(open_log_file(path)?))
+            .with_ansi(false)
+            .with_target(false)
+            .with_filter(filter);
+        tracing_subscriber::registry().with(layer).init();
+        return Ok(());
+    }
     if daemon {
         let layer = tracing_subscriber::fmt::layer()
             .with_writer(super::syslog::Syslog::open())
@@ -60,6 +71,28 @@ pub fn init(verbose: u8, daemon: bool) {
             .with_filter(filter);
         tracing_subscriber::registry().with(layer).init();
     }
+    Ok(())
+}
+
+/// A log file, appended to (so a daemon's lines and its parent's interleave whole), created
+/// private: log lines name backing paths and key ids.
+fn open_log_file(path: &Path) -> crate::error::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            let why = format!("cannot open log file {}: {e}", path.display());
+            crate::error::Error::Io(std::io::Error::new(e.kind(), why))
+        })
+}
+
+/// Whether a mount daemon's syslog lines would reach anyone: `/dev/log` accepts datagrams.
+/// (Many containers have none, and then the daemon's log is lost.)
+pub fn syslog_reachable() -> std::result::Result<(), std::io::Error> {
+    std::os::unix::net::UnixDatagram::unbound()?.connect("/dev/log")
 }
 
 #[cfg(test)]

@@ -23,6 +23,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+impl Cli {
+    /// Where this process logs to, if not the default: `--log-file`, or for `mount`
+    /// `-o log_file=` (which wins). Read before the command runs, since logging is set up
+    /// first; a bad `-o` list is reported by `mount` itself.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        if let Command::Mount { options, .. } = &self.command {
+            let mut config = mount::MountConfig::default();
+            if mount::parse_options(options, &mut config).is_ok()
+                && let Some(path) = config.log_file
+            {
+                return Some(path);
+            }
+        }
+        self.log_file.clone()
+    }
+}
+
 /// `envfs --version`: what was built, from which commit, which formats it writes and reads,
 /// and the crates doing the filesystem, key-service and cipher work (build.rs reads their
 /// locked versions), like gocryptfs's `-version`.
@@ -55,6 +72,11 @@ pub struct Cli {
     /// More log output on stderr (repeat for more). ENVFS_LOG=debug works too.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Append the log to PATH (created 0600) instead of stderr, or syslog for a mount
+    /// daemon; `mount -o log_file=PATH` says the same
+    #[arg(long, value_name = "PATH", global = true)]
+    pub log_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -374,6 +396,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             mount::parse_options(&options, &mut config)?;
+            config.log_file = config.log_file.or(cli.log_file);
             mount::mount(&backing, &mountpoint, &config, &keys)
         }
         Command::Umount { mountpoint } => mount::umount(&mountpoint),

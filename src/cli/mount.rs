@@ -57,6 +57,8 @@ pub struct MountConfig {
     pub dek_cache_ttl: Option<Duration>,
     pub prefetch: Option<usize>,
     pub prefetch_workers: Option<usize>,
+    /// `log_file=` (or `--log-file`): the daemon appends its log here instead of syslog.
+    pub log_file: Option<PathBuf>,
     /// FUSE worker threads reading requests from the kernel.
     pub threads: Option<usize>,
     /// Let the kernel buffer writes in its page cache (`FUSE_WRITEBACK_CACHE`).
@@ -132,6 +134,11 @@ pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
         "key_credential=NAME",
         "key_credential=vault.key",
         "read the key from systemd credential NAME (as --key-credential)",
+    ),
+    (
+        "log_file=PATH",
+        "log_file=/var/log/envfs.log",
+        "append the daemon's log to PATH instead of syslog (as --log-file)",
     ),
     (
         "kms_key=KEY",
@@ -250,6 +257,7 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             ("key_command", Some(v)) => config.key = Some(KeySource::Command(v.to_string())),
             ("key_credential", Some(v)) => config.key = Some(KeySource::Credential(v.into())),
             ("kms_key", Some(v)) => config.kms_key = Some(v.to_string()),
+            ("log_file", Some(v)) => config.log_file = Some(PathBuf::from(v)),
             ("vault_fingerprint", Some(v)) => {
                 config.vault_fingerprint = Some(
                     v.parse()
@@ -467,6 +475,15 @@ fn mount_or_serve(
     if !serving {
         // About to daemonize: the daemon is handed the key texts read here.
         crate::keys::keyfile::keep_read_keys();
+        if config.log_file.is_none()
+            && let Err(e) = super::logging::syslog_reachable()
+        {
+            tracing::warn!(
+                "the mount daemon logs to syslog, but /dev/log cannot be reached ({e}): its \
+                 log (integrity failures included) will be lost. Use -o log_file=PATH, or \
+                 mount with -f"
+            );
+        }
     }
     let mut vault = open_vault(backing, &keys)?;
     check_not_nested(backing, mountpoint)?;
@@ -808,8 +825,14 @@ fn run_until_unmounted(session: crate::fuse::session::Session, mountpoint: &Path
     let pid_path = pid_file(mountpoint);
     let _ = std::fs::create_dir_all(pid_path.parent().expect("has parent"));
     let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
+    tracing::info!(
+        "serving {} (pid {})",
+        mountpoint.display(),
+        std::process::id()
+    );
     let result = session.serve_until_unmounted(mountpoint);
     let _ = std::fs::remove_file(&pid_path);
+    tracing::info!("unmounted {}", mountpoint.display());
     result
 }
 
