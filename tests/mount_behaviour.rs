@@ -318,7 +318,7 @@ fn growing_past_free_space_fails_at_once_and_changes_nothing() {
 fn changes_behind_the_mounts_back_show_up_within_the_attribute_timeout() {
     let v = TestVault::new(&[]);
     let a = v.mount("a", &[]);
-    let b = v.mount("b", &[]);
+    let b = v.mount("b", &["-o", "shared"]);
     fs::write(a.p("doc"), b"version one").unwrap();
     assert_eq!(fs::read(a.p("doc")).unwrap(), b"version one");
     // Created through another mount.
@@ -386,7 +386,8 @@ fn the_readahead_window_is_one_full_request_or_what_the_option_says() {
     let v = TestVault::new(&[]);
     let default = v.mount("default", &[]);
     assert_eq!(readahead_kb(&default.path), 1024);
-    let small = v.mount("small", &["-o", "readahead_kb=256"]);
+    // A second mount of one backing directory says so (-o shared).
+    let small = v.mount("small", &["-o", "readahead_kb=256,shared"]);
     assert_eq!(readahead_kb(&small.path), 256);
     fs::write(small.p("f"), vec![7u8; 300_000]).unwrap();
     assert_eq!(fs::read(default.p("f")).unwrap(), vec![7u8; 300_000]);
@@ -454,8 +455,8 @@ fn entry_and_attribute_timeouts_each_reach_the_kernel_as_themselves() {
 fn a_remembered_missing_name_never_hides_a_file_made_through_the_mount() {
     let v = TestVault::new(&[]);
     let a = v.mount("a", &["-o", "negative_timeout=600"]);
-    let b = v.mount("b", &[]);
-    let fresh = v.mount("fresh", &["-o", "negative_timeout=0"]);
+    let b = v.mount("b", &["-o", "shared"]);
+    let fresh = v.mount("fresh", &["-o", "negative_timeout=0,shared"]);
     for name in ["file", "dir", "link", "renamed", "hard"] {
         assert!(!a.p(name).exists());
         assert!(!fresh.p(name).exists());
@@ -1116,4 +1117,47 @@ fn a_daemon_with_no_syslog_is_warned_about_and_log_file_keeps_its_log() {
         "{text}"
     );
     assert!(!text.contains("zebra"), "{text}");
+}
+
+/// A backing directory an envfs mount on this host already serves is not mounted again
+/// unless the operator says so with -o shared (docs/OPERATIONS.md, "Mounting one vault
+/// twice"): by any path to it, and nothing is mounted on refusal.
+#[test]
+fn a_second_mount_of_one_backing_directory_needs_o_shared() {
+    let v = TestVault::new(&[]);
+    let first = v.mount("first", &[]);
+    let second = v.mountpoint("second");
+    // Another path to the same directory: a symlink to it.
+    let alias = v.dir.path().join("alias");
+    std::os::unix::fs::symlink(&v.backing, &alias).unwrap();
+    for backing in [&v.backing, &alias] {
+        let out = run(v
+            .cmd()
+            .arg("mount")
+            .arg(backing)
+            .arg(&second)
+            .arg("--key-file")
+            .arg(&v.key));
+        let err = stderr_text(&out);
+        assert_eq!(out.status.code(), Some(13), "{err}");
+        assert!(
+            err.contains(&format!("is already mounted on {}", first.path.display()))
+                && err.contains("-o shared"),
+            "{err}"
+        );
+        assert!(!is_mounted(&second));
+    }
+    // Said so: mounted, with a warning that the first mount is not in shared mode.
+    let out = v.try_mount(&second, &["-o", "shared"]);
+    let err = stderr_text(&out);
+    assert!(out.status.success(), "{err}");
+    let second = Mount::adopt(second);
+    assert!(err.contains("outside shared mode"), "{err}");
+    fs::write(second.p("f"), b"through the second").unwrap();
+    assert_eq!(fs::read(first.p("f")).unwrap(), b"through the second");
+    drop(second);
+    drop(first);
+    // Once the first is gone, a plain mount works again.
+    let again = v.mount("again", &[]);
+    assert_eq!(fs::read(again.p("f")).unwrap(), b"through the second");
 }

@@ -424,6 +424,45 @@ fn check_not_nested(backing: &Path, mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuse to mount a backing directory that an envfs mount on this host already serves,
+/// unless this mount is in shared mode by the operator's word (`-o shared`). Two mounts of
+/// one directory each keep kernel caches of attributes, names and data, and outside shared
+/// mode each believes it is the only writer: what is written through one shows in the other
+/// only after its timeouts, and a refusal is heard where a warning in a daemon's log is not.
+fn check_not_mounted_twice(backing: &Path, config: &MountConfig) -> Result<()> {
+    let others = super::status::mounts_of(backing);
+    let Some((first, _)) = others.first() else {
+        return Ok(());
+    };
+    if config.shared != Some(true) {
+        return Err(mount_error(format!(
+            "{} is already mounted on {} by envfs; mounting it a second time on this host \
+             needs -o shared (and the other mount in shared mode too), or unmount it first",
+            backing.display(),
+            first.display()
+        )));
+    }
+    for (other, shared) in &others {
+        match shared {
+            Some(true) => {}
+            Some(false) => tracing::warn!(
+                "{} is also mounted on {} outside shared mode: that mount may show what this \
+                 one writes only after its attribute and entry timeouts (remount it with -o \
+                 shared)",
+                backing.display(),
+                other.display()
+            ),
+            None => tracing::warn!(
+                "{} is also mounted on {}, whose daemon does not say whether it runs in shared \
+                 mode; if not, it may show what this one writes only after its timeouts",
+                backing.display(),
+                other.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
 pub fn mount(
     backing: &Path,
     mountpoint: &Path,
@@ -487,6 +526,9 @@ fn mount_or_serve(
     }
     let mut vault = open_vault(backing, &keys)?;
     check_not_nested(backing, mountpoint)?;
+    if !is_daemon_child() {
+        check_not_mounted_twice(backing, config)?;
+    }
     if is_daemon_child() {
         // Key files are read by now (relative paths resolved against the caller's cwd).
         std::env::set_current_dir("/")?;

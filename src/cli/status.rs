@@ -314,6 +314,33 @@ fn ask(mountpoint: &Path, json: bool) -> std::result::Result<String, String> {
     Err(last)
 }
 
+/// The envfs mounts on this host already serving the backing directory `backing` (the same
+/// directory, by device and inode, whatever path they were given), each with whether it
+/// runs in shared mode (`None` when its daemon does not say: another user's mount).
+pub fn mounts_of(backing: &Path) -> Vec<(PathBuf, Option<bool>)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ours) = std::fs::metadata(backing) else {
+        return Vec::new();
+    };
+    let same = |path: &str| {
+        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
+    };
+    envfs_mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| same(&l.backing))
+        .map(|l| {
+            let shared = ask(&l.mountpoint, true).ok().and_then(|doc| {
+                // Our own document: `"shared":true` or `"shared":false`.
+                doc.contains("\"shared\":true")
+                    .then_some(true)
+                    .or(doc.contains("\"shared\":false").then_some(false))
+            });
+            (l.mountpoint, shared)
+        })
+        .collect()
+}
+
 /// `envfs status [MOUNTPOINT] [--json]`.
 pub fn run(mountpoint: Option<&Path>, json: bool) -> Result<()> {
     let mut mounts = envfs_mounts()?;
