@@ -168,6 +168,29 @@ fn reads_while_cached_cost_one_decrypt_and_stat_ls_touch_cost_nothing() {
         1,
         "reading back a file this mount created called Decrypt"
     );
+    // envfs status counts the same calls, plus the daemon's own Decrypt of the vault secret
+    // when it opened the vault (before the counts above were reset), and the DEKs cached.
+    let out = run(v.cmd(&kms).arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = &doc["mounts"][0]["keys"][0];
+    assert_eq!(key["kind"], "aws-kms", "{doc}");
+    assert!(
+        key["id"].as_str().unwrap().starts_with("arn:aws:kms:"),
+        "{doc}"
+    );
+    assert_eq!(key["calls"]["Decrypt"], 2, "{doc}");
+    assert_eq!(key["calls"]["GenerateDataKey"], 1, "{doc}");
+    assert_eq!(key["calls"]["Encrypt"], 0, "{doc}");
+    assert_eq!(key["call_errors"], 0, "{doc}");
+    assert_eq!(doc["mounts"][0]["dek_cache"]["entries"], 2, "{doc}");
+    let text = stdout_text(&run(v.cmd(&kms).arg("status").arg(&m.path)));
+    assert!(
+        text.contains(
+            "(aws-kms); calls: GenerateDataKey 1, Encrypt 0, Decrypt 2, ReEncrypt 0, errors 0"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

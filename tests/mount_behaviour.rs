@@ -1161,3 +1161,75 @@ fn a_second_mount_of_one_backing_directory_needs_o_shared() {
     let again = v.mount("again", &[]);
     assert_eq!(fs::read(again.p("f")).unwrap(), b"through the second");
 }
+
+/// `envfs status` names the keys in use (ids only), the options the mount runs with
+/// (defaults included; a key command by name, never its text) and the DEK cache's fill.
+#[test]
+fn status_shows_keys_options_and_the_dek_cache_and_no_secret() {
+    let v = TestVault::new(&[]);
+    let mnt = v.mountpoint("mnt");
+    let command = format!("cat {}", v.key.display());
+    let out = run(v
+        .cmd()
+        .arg("mount")
+        .arg(&v.backing)
+        .arg(&mnt)
+        .arg("--key-command")
+        .arg(&command)
+        .args(["-o", "attr_timeout=5,allow_other"]));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let m = Mount::adopt(mnt);
+    fs::write(m.p("a"), b"one").unwrap();
+    fs::write(m.p("b"), b"two").unwrap();
+    let out = run(v.cmd().arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !raw.contains(&command),
+        "the key command's text is shown: {raw}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let mount = &doc["mounts"][0];
+    let options: Vec<&str> = mount["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    for want in [
+        "rw",
+        "noshared",
+        "attr_timeout=5",
+        "entry_timeout=1",
+        "allow_other",
+        "key_command=…",
+    ] {
+        assert!(options.contains(&want), "{want} not in {options:?}");
+    }
+    let listed = ok(run(v
+        .cmd()
+        .args(["key", "list"])
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)));
+    let key = &mount["keys"][0];
+    assert_eq!(key["kind"], "local", "{doc}");
+    let id = key["id"].as_str().unwrap();
+    assert!(
+        id.starts_with("local:") && listed.contains(id),
+        "{id} / {listed}"
+    );
+    assert!(
+        key.get("calls").is_none(),
+        "a local key calls no service: {doc}"
+    );
+    // Only DEKs a key service unwrapped are cached (tests/kms.rs counts them there).
+    assert_eq!(mount["dek_cache"]["entries"], 0, "{doc}");
+    let text = ok(run(v.cmd().arg("status").arg(&m.path)));
+    assert!(text.contains(&format!("  key {id} (local)\n")), "{text}");
+    assert!(
+        text.contains("  DEK cache: 0 of 50000 entries (kept 300 s)"),
+        "{text}"
+    );
+    assert!(text.contains("attr_timeout=5"), "{text}");
+}

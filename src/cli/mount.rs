@@ -525,6 +525,13 @@ fn mount_or_serve(
         }
     }
     let mut vault = open_vault(backing, &keys)?;
+    // From here the config says which key source and KMS key the mount runs with, whether
+    // `-o` or a flag gave them (for `envfs status`).
+    let config = &MountConfig {
+        key: keys.source(),
+        kms_key: keys.kms_key.clone(),
+        ..config.clone()
+    };
     check_not_nested(backing, mountpoint)?;
     if !is_daemon_child() {
         check_not_mounted_twice(backing, config)?;
@@ -731,6 +738,56 @@ fn sd_notify(socket: &std::ffi::OsStr, msg: &str) {
     }
 }
 
+/// The options the mount runs with, as `-o` would say them, defaults included (for
+/// `envfs status`). Key sources are named, never their values: a key command's text can
+/// hold a secret.
+fn effective_options(
+    spec: &crate::fuse::session::MountSpec,
+    config: &MountConfig,
+    shared: bool,
+) -> Vec<String> {
+    let secs = |d: Duration| format!("{}", d.as_secs_f64());
+    let mut out = vec![
+        if spec.read_only { "ro" } else { "rw" }.to_string(),
+        if shared { "shared" } else { "noshared" }.to_string(),
+        format!("attr_timeout={}", secs(spec.adapter.attr_timeout)),
+        format!("entry_timeout={}", secs(spec.adapter.entry_timeout)),
+        format!("negative_timeout={}", secs(spec.adapter.negative_timeout)),
+    ];
+    for (on, name) in [
+        (spec.allow_other, "allow_other"),
+        // allow_other turns the kernel's permission checks on (fuse/session.rs).
+        (
+            spec.default_permissions || spec.allow_other,
+            "default_permissions",
+        ),
+        (spec.adapter.writeback_cache, "writeback_cache"),
+    ] {
+        if on {
+            out.push(name.to_string());
+        }
+    }
+    if let Some(n) = spec.threads {
+        out.push(format!("threads={n}"));
+    }
+    if let Some(kb) = config.readahead_kb {
+        out.push(format!("readahead_kb={kb}"));
+    }
+    match &config.key {
+        Some(KeySource::File(p)) => out.push(format!("key_file={}", p.display())),
+        Some(KeySource::Stdin) => out.push("key_file=-".into()),
+        Some(KeySource::Fd(n)) => out.push(format!("key_fd={n}")),
+        Some(KeySource::Command(_)) => out.push("key_command=…".into()),
+        Some(KeySource::Credential(name)) => out.push(format!("key_credential={name}")),
+        None => {}
+    }
+    if let Some(k) = &config.kms_key {
+        out.push(format!("kms_key={k}"));
+    }
+    out.extend(spec.kernel_flags.iter().cloned());
+    out
+}
+
 fn serve(
     vault: std::sync::Arc<crate::vault::Vault>,
     mountpoint: &Path,
@@ -779,6 +836,7 @@ fn serve(
         vault_id: fs.vault().config.vault_id_hex(),
         shared,
         requests: defaults.requests.clone(),
+        options: effective_options(&spec, config, shared),
     };
     let result = crate::fuse::session::mount(fs.clone(), mountpoint, &spec);
     match result {

@@ -29,6 +29,16 @@ pub struct DaemonInfo {
     pub shared: bool,
     /// The FUSE requests served so far, by kind.
     pub requests: Arc<crate::fuse::RequestCounts>,
+    /// The options the mount runs with, defaults included, key sources by name only.
+    pub options: Vec<String>,
+}
+
+/// A key the daemon holds: its kind, its id (never material) and, for a key service, the
+/// calls it made and how many failed.
+struct KeyInUse {
+    kind: String,
+    id: String,
+    calls: Option<(Vec<(&'static str, u64)>, u64)>,
 }
 
 /// Serve status requests for the daemon's whole life on `socket` (replacing a stale one).
@@ -105,6 +115,9 @@ struct Status<'a> {
     counts: crate::fs::entry_log::EntryCounts,
     backing_down: bool,
     capabilities: Option<crate::fs::Capabilities>,
+    keys: Vec<KeyInUse>,
+    /// DEKs cached, the cache's bound, and new-file DEKs ready (with prefetching).
+    dek_cache: (usize, crate::keys::cache::CacheLimits, Option<usize>),
 }
 
 impl<'a> Status<'a> {
@@ -120,6 +133,17 @@ impl<'a> Status<'a> {
             counts: fs.entry_counts(),
             backing_down: fs.backing_down(),
             capabilities: fs.capabilities().cloned(),
+            keys: fs
+                .vault()
+                .held_providers()
+                .iter()
+                .map(|p| KeyInUse {
+                    kind: p.kind().name(),
+                    id: p.key_id().to_string(),
+                    calls: p.calls().map(|c| c.snapshot()),
+                })
+                .collect(),
+            dek_cache: fs.vault().dek_cache_fill(),
         }
     }
 
@@ -167,6 +191,43 @@ impl<'a> Status<'a> {
             }
             j.push(']');
         }
+        j.push_str(",\"options\":[");
+        for (i, option) in self.info.options.iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            json_str(&mut j, option);
+        }
+        j.push_str("],\"keys\":[");
+        for (i, key) in self.keys.iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            j.push_str("{\"kind\":");
+            json_str(&mut j, &key.kind);
+            j.push_str(",\"id\":");
+            json_str(&mut j, &key.id);
+            if let Some((calls, errors)) = &key.calls {
+                j.push_str(",\"calls\":{");
+                for (n, (op, count)) in calls.iter().enumerate() {
+                    if n > 0 {
+                        j.push(',');
+                    }
+                    json_str(&mut j, op);
+                    let _ = write!(j, ":{count}");
+                }
+                let _ = write!(j, "}},\"call_errors\":{errors}");
+            }
+            j.push('}');
+        }
+        let (cached, limits, ready) = &self.dek_cache;
+        let _ = write!(
+            j,
+            "],\"dek_cache\":{{\"entries\":{cached},\"max_entries\":{},\"ttl_s\":{},\"prefetched\":{}}}",
+            limits.max_entries,
+            limits.ttl.as_secs(),
+            ready.map_or("null".to_string(), |n| n.to_string()),
+        );
         j.push_str(",\"requests\":{");
         for (i, (kind, n)) in self.info.requests.all().into_iter().enumerate() {
             if i > 0 {
@@ -212,6 +273,22 @@ impl<'a> Status<'a> {
                 }
             );
         }
+        let _ = writeln!(text, "  options: {}", self.info.options.join(","));
+        for key in &self.keys {
+            let calls = key.calls.as_ref().map_or(String::new(), |(calls, errors)| {
+                let each: Vec<String> = calls.iter().map(|(op, n)| format!("{op} {n}")).collect();
+                format!("; calls: {}, errors {errors}", each.join(", "))
+            });
+            let _ = writeln!(text, "  key {} ({}){calls}", key.id, key.kind);
+        }
+        let (cached, limits, ready) = &self.dek_cache;
+        let _ = writeln!(
+            text,
+            "  DEK cache: {cached} of {} entries (kept {} s){}",
+            limits.max_entries,
+            limits.ttl.as_secs(),
+            ready.map_or(String::new(), |n| format!("; {n} new-file DEKs ready"))
+        );
         let served: Vec<String> = (self.info.requests.all().into_iter())
             .filter(|(_, n)| *n > 0)
             .map(|(kind, n)| format!("{kind} {n}"))

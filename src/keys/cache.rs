@@ -90,6 +90,10 @@ impl DekCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub struct KmsKeyProvider {
     arn: String,
     /// Where requests go, for messages.
     endpoint: String,
+    /// Calls made and failed since the provider connected (`envfs status`).
+    calls: super::CallCounts,
 }
 
 /// The region of a KMS key or alias ARN (`arn:aws:kms:REGION:ACCOUNT:…`).
@@ -149,6 +151,7 @@ impl KmsKeyProvider {
             runtime,
             arn,
             endpoint,
+            calls: Default::default(),
         })
     }
 
@@ -162,6 +165,12 @@ impl KmsKeyProvider {
 
     fn run<F: Future>(&self, fut: F) -> F::Output {
         self.runtime.block_on(fut)
+    }
+
+    /// Count a finished call of `op` (and whether it failed) and pass its result on.
+    fn counted<T>(&self, op: &str, result: Result<T>) -> Result<T> {
+        self.calls.record(op, &result);
+        result
     }
 
     fn context(ctx: &KeyContext) -> std::collections::HashMap<String, String> {
@@ -195,9 +204,14 @@ impl KeyProvider for KmsKeyProvider {
         &self.arn
     }
 
+    fn calls(&self) -> Option<&super::CallCounts> {
+        Some(&self.calls)
+    }
+
     fn generate(&self, ctx: &KeyContext) -> Result<(Secret32, KeySlot)> {
-        let out = self
-            .run(
+        let out = self.counted(
+            "GenerateDataKey",
+            self.run(
                 self.client
                     .generate_data_key()
                     .key_id(&self.arn)
@@ -205,7 +219,8 @@ impl KeyProvider for KmsKeyProvider {
                     .set_encryption_context(Some(Self::context(ctx)))
                     .send(),
             )
-            .map_err(|e| service_error("GenerateDataKey", &self.arn, &self.endpoint, e))?;
+            .map_err(|e| service_error("GenerateDataKey", &self.arn, &self.endpoint, e)),
+        )?;
         let secret = self.secret("GenerateDataKey", out.plaintext())?;
         let blob = out.ciphertext_blob().ok_or_else(|| {
             Error::KeyService("KMS GenerateDataKey returned no ciphertext".into())
@@ -215,8 +230,9 @@ impl KeyProvider for KmsKeyProvider {
 
     fn wrap(&self, secret: &Secret32, ctx: &KeyContext) -> Result<KeySlot> {
         let plain = Zeroizing::new(secret.expose().to_vec());
-        let out = self
-            .run(
+        let out = self.counted(
+            "Encrypt",
+            self.run(
                 self.client
                     .encrypt()
                     .key_id(&self.arn)
@@ -224,7 +240,8 @@ impl KeyProvider for KmsKeyProvider {
                     .set_encryption_context(Some(Self::context(ctx)))
                     .send(),
             )
-            .map_err(|e| service_error("Encrypt", &self.arn, &self.endpoint, e))?;
+            .map_err(|e| service_error("Encrypt", &self.arn, &self.endpoint, e)),
+        )?;
         let blob = out
             .ciphertext_blob()
             .ok_or_else(|| Error::KeyService("KMS Encrypt returned no ciphertext".into()))?;
@@ -232,8 +249,9 @@ impl KeyProvider for KmsKeyProvider {
     }
 
     fn unwrap(&self, slot: &KeySlot, ctx: &KeyContext) -> Result<Secret32> {
-        let out = self
-            .run(
+        let out = self.counted(
+            "Decrypt",
+            self.run(
                 self.client
                     .decrypt()
                     .key_id(&self.arn)
@@ -241,7 +259,8 @@ impl KeyProvider for KmsKeyProvider {
                     .set_encryption_context(Some(Self::context(ctx)))
                     .send(),
             )
-            .map_err(|e| service_error("Decrypt", &self.arn, &self.endpoint, e))?;
+            .map_err(|e| service_error("Decrypt", &self.arn, &self.endpoint, e)),
+        )?;
         self.secret("Decrypt", out.plaintext())
     }
 
@@ -265,12 +284,12 @@ impl KeyProvider for KmsKeyProvider {
                     .set_destination_encryption_context(Some(Self::context(ctx)))
                     .send(),
             )
-            .map_err(|e| service_error("ReEncrypt", &self.arn, &self.endpoint, e))
-            .and_then(|out| {
-                out.ciphertext_blob()
-                    .map(|b| self.slot(b))
-                    .ok_or_else(|| Error::KeyService("KMS ReEncrypt returned no ciphertext".into()))
-            });
+            .map_err(|e| service_error("ReEncrypt", &self.arn, &self.endpoint, e));
+        let result = self.counted("ReEncrypt", result).and_then(|out| {
+            out.ciphertext_blob()
+                .map(|b| self.slot(b))
+                .ok_or_else(|| Error::KeyService("KMS ReEncrypt returned no ciphertext".into()))
+        });
         Some(result)
     }
 }

@@ -76,8 +76,48 @@ impl KeyContext {
 /// Errors: a slot that is this provider's but does not unwrap (tampered, or bound to another
 /// context) is `Error::WrongKey`; a service that refuses or cannot be reached is
 /// `Error::KeyService`. Callers turn the first into "corrupt" where that is what it means.
+/// Calls a key service answered, by operation, and how many failed: what `envfs status`
+/// shows of a KMS key (each call is billed and, in CloudTrail, recorded).
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    counts: [std::sync::atomic::AtomicU64; CallCounts::OPS.len()],
+    errors: std::sync::atomic::AtomicU64,
+}
+
+impl CallCounts {
+    /// The operations counted, as the service names them.
+    pub const OPS: [&'static str; 4] = ["GenerateDataKey", "Encrypt", "Decrypt", "ReEncrypt"];
+
+    /// Count one call of `op` (one of `OPS`) and whether it failed.
+    pub fn record<T>(&self, op: &str, result: &Result<T>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(i) = Self::OPS.iter().position(|o| *o == op) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        if result.is_err() {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `(operation, calls)` for every operation, then the failures.
+    pub fn snapshot(&self) -> (Vec<(&'static str, u64)>, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let calls = Self::OPS
+            .iter()
+            .zip(&self.counts)
+            .map(|(op, n)| (*op, n.load(Relaxed)))
+            .collect();
+        (calls, self.errors.load(Relaxed))
+    }
+}
+
 pub trait KeyProvider: Send + Sync {
     fn kind(&self) -> ProviderKind;
+
+    /// The calls this provider made to a key service (`None`: it calls none).
+    fn calls(&self) -> Option<&CallCounts> {
+        None
+    }
 
     /// The identifier stored in slots this provider writes.
     fn key_id(&self) -> &str;

@@ -549,6 +549,16 @@ impl Vault {
         Ok(removed)
     }
 
+    /// The DEKs the cache holds now and its bounds, and how many new-file DEKs are ready
+    /// (`None` without prefetching), for `envfs status`.
+    pub fn dek_cache_fill(&self) -> (usize, CacheLimits, Option<usize>) {
+        (
+            self.dek_cache.len(),
+            self.dek_cache.limits(),
+            self.prefetch.get().map(Prefetcher::ready),
+        )
+    }
+
     /// The providers this host holds (that can unwrap).
     pub fn held_providers(&self) -> &[Arc<dyn KeyProvider>] {
         &self.providers
