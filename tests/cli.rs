@@ -700,6 +700,81 @@ fn a_log_file_goes_where_it_is_told_and_one_that_cannot_be_opened_stops_the_comm
 }
 
 #[test]
+fn info_and_key_list_print_json_that_says_what_the_text_says() {
+    let env = Env::new();
+    let dir = env.dir("vault");
+    let id = env.init(&dir, &[]);
+    let fs = env.fs(&dir);
+    fs.mkdir(Path::new("docs"), 0o755, None).unwrap();
+    write_file(&fs, "docs/a.txt", b"some content");
+    drop(fs);
+    let json = |args: &[&OsStr]| -> serde_json::Value {
+        let run = env.run(args).expect(OK);
+        serde_json::from_slice(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.out()))
+    };
+    let text = env
+        .run([OsStr::new("info"), dir.as_os_str()])
+        .expect(OK)
+        .out();
+    let doc = json(&[OsStr::new("info"), dir.as_os_str(), OsStr::new("--json")]);
+    assert_eq!(doc["vault_id"], id.as_str());
+    assert_eq!(doc["format_version"], 2);
+    assert_eq!(doc["authenticated"], true);
+    assert_eq!(doc["names"]["encrypted"], true);
+    assert_eq!(doc["names"]["encoding"], "base64url");
+    assert!(doc["entry"].is_null());
+    let fingerprint = doc["fingerprint"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("fingerprint:    {fingerprint}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("generation:     {}\n", doc["generation"])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("chunk size:     {} bytes", doc["chunk_size"])),
+        "{text}"
+    );
+    let key = &doc["keys"][0];
+    assert_eq!(key["kind"], "local");
+    assert!(text.contains(key["id"].as_str().unwrap()), "{text}");
+    assert_eq!(doc["backing_store"]["type"], "ext4");
+    // One entry, with its header.
+    let doc = json(&[
+        OsStr::new("info"),
+        dir.as_os_str(),
+        OsStr::new("docs/a.txt"),
+        OsStr::new("--json"),
+    ]);
+    let entry = &doc["entry"];
+    assert_eq!(entry["path"], "docs/a.txt");
+    assert_eq!(entry["type"], "File");
+    assert_eq!(entry["size"], 12);
+    assert_eq!(entry["header"]["chunks"], 1);
+    assert_eq!(entry["header"]["wrapped_keys"][0]["id"], key["id"]);
+    // key list: the same keys, with the short ids the text shows.
+    let list = json(&[
+        OsStr::new("key"),
+        OsStr::new("list"),
+        dir.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    let listed = env
+        .run([OsStr::new("key"), OsStr::new("list"), dir.as_os_str()])
+        .expect(OK)
+        .out();
+    let short = list["keys"][0]["short_id"].as_str().unwrap();
+    assert!(listed.starts_with(&format!("{short}  local")), "{listed}");
+    assert_eq!(list["keys"][0]["id"], key["id"]);
+    // Without a key, info still describes the vault: not authenticated, no fingerprint.
+    std::fs::remove_file(env.default_key(&id)).unwrap();
+    let doc = json(&[OsStr::new("info"), dir.as_os_str(), OsStr::new("--json")]);
+    assert_eq!(doc["authenticated"], false);
+    assert!(doc["fingerprint"].is_null() && doc["generation"].is_null());
+}
+
+#[test]
 fn default_key_path_falls_back_to_home_config() {
     let env = Env::new();
     let dir = env.dir("vault");

@@ -3,6 +3,7 @@
 
 mod conflicts;
 pub mod exit;
+mod info;
 pub mod logging;
 pub mod mount;
 mod status;
@@ -171,6 +172,9 @@ pub enum KeyCommand {
     List {
         /// The vault's backing directory.
         backing: PathBuf,
+        /// Print `{"keys":[{"short_id":…,"kind":…,"id":…},…]}`.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -237,6 +241,9 @@ pub enum Command {
         backing: PathBuf,
         /// A plaintext path inside the vault.
         path: Option<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -377,8 +384,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info {
             backing,
             path,
+            json,
             keys,
-        } => info(&backing, path.as_deref(), &keys),
+        } => info::info(&backing, path.as_deref(), json, &keys),
         Command::Cat {
             backing,
             path,
@@ -594,123 +602,6 @@ fn vault_path(path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn info(backing: &Path, path: Option<&Path>, keys: &KeyArgs) -> Result<()> {
-    let path = path.map(vault_path).transpose()?;
-    let path = path.as_deref();
-    let (unverified, _) = read_config_unverified(backing)?;
-    let opts = keys.options();
-    let opened = match providers_for(backing, &opts) {
-        Ok(p) => {
-            let mut vault = Vault::open(backing, p)?;
-            crate::vault::keysource::remember(backing, &mut vault, &opts)?;
-            Some(vault)
-        }
-        // Without a key the vault can still be described, but not verified.
-        Err(Error::KeyFile(msg)) if path.is_none() && keys.source().is_none() => {
-            eprintln!("envfs: {msg}");
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    // Describe the config that was authenticated, not an earlier read of it (which the
-    // backing store could have swapped in between).
-    let config = opened.as_ref().map_or(unverified, |v| v.config.clone());
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "vault:          {}", backing.display())?;
-    writeln!(out, "vault id:       {}", config.vault_id_hex())?;
-    writeln!(out, "format version: {}", config.version)?;
-    writeln!(
-        out,
-        "cipher suite:   AES-256-GCM chunks, HKDF-SHA256 subkeys, AES-SIV names"
-    )?;
-    writeln!(out, "chunk size:     {} bytes", config.chunk_size)?;
-    writeln!(out, "header size:    {} bytes", config.header_size)?;
-    let names = if config.plaintext_names {
-        "plaintext (not encrypted)".to_string()
-    } else {
-        format!(
-            "encrypted, {} (names over {} characters stored as hash + sidecar)",
-            match config.name_encoding {
-                NameEncoding::Base64Url => "base64url",
-                NameEncoding::Base32 => "base32",
-            },
-            config.long_name_limit
-        )
-    };
-    writeln!(out, "names:          {names}")?;
-    writeln!(out, "keys:")?;
-    for (i, slot) in config.slots.iter().enumerate() {
-        writeln!(
-            out,
-            "  {}  {:<8} {}",
-            i + 1,
-            slot.provider.name(),
-            slot.key_id
-        )?;
-    }
-    writeln!(
-        out,
-        "authenticated:  {}",
-        if opened.is_some() {
-            "yes"
-        } else {
-            "no (no key available)"
-        }
-    )?;
-    // Only an authenticated config has a meaningful generation and fingerprint: an
-    // unverified one could say anything.
-    if let Some(vault) = &opened {
-        writeln!(out, "generation:     {}", vault.config.generation)?;
-        writeln!(out, "fingerprint:    {}", vault.fingerprint())?;
-    }
-    let caps = crate::backing::probe::probe(
-        &crate::backing::BackingRoot::open(backing)?,
-        crate::backing::probe::Depth::Full,
-    );
-    writeln!(out, "backing store:  {}", caps.verdict())?;
-    for (name, value) in caps.rows() {
-        writeln!(out, "  {name:<24}{value}")?;
-    }
-    let (Some(vault), Some(path)) = (opened, path) else {
-        return Ok(());
-    };
-    let fs = Fs::new(Arc::new(vault));
-    let info = fs.entry_info(path).map_err(|e| with_path(e, path))?;
-    let attr = &info.attr;
-    writeln!(out)?;
-    writeln!(out, "path:           {}", path.display())?;
-    writeln!(out, "backing path:   {}", info.backing_path.display())?;
-    writeln!(out, "type:           {:?}", attr.kind)?;
-    writeln!(
-        out,
-        "size:           {} bytes (backing file {} bytes)",
-        attr.size, info.backing_len
-    )?;
-    if attr.kind != crate::fs::FileKind::File {
-        return Ok(());
-    }
-    let Some(parsed) = info.header else {
-        writeln!(out, "header:         none (empty file)")?;
-        return Ok(());
-    };
-    writeln!(
-        out,
-        "header:         version {}, file id {}",
-        crate::format::header::HEADER_VERSION,
-        hex::encode(parsed.file_id)
-    )?;
-    writeln!(
-        out,
-        "chunks:         {}",
-        fs.vault().geometry.chunk_count(attr.size)
-    )?;
-    writeln!(out, "wrapped keys:")?;
-    for slot in &parsed.slots {
-        writeln!(out, "  {:<8} {}", slot.provider.name(), slot.key_id)?;
-    }
-    Ok(())
-}
-
 fn cat(backing: &Path, path: &Path, keys: &KeyArgs) -> Result<()> {
     let path = &vault_path(path)?;
     let fs = Fs::new(Arc::new(open_vault(backing, keys)?));
@@ -855,18 +746,11 @@ fn with_path(err: Error, path: &Path) -> Error {
 
 fn key_command(action: KeyCommand) -> Result<()> {
     match action {
-        KeyCommand::List { backing, keys } => {
-            let vault = open_vault(&backing, &keys)?;
-            for slot in &vault.config.slots {
-                println!(
-                    "{}  {:<8} {}",
-                    crate::vault::short_key_id(slot),
-                    slot.provider.name(),
-                    slot.key_id
-                );
-            }
-            Ok(())
-        }
+        KeyCommand::List {
+            backing,
+            json,
+            keys,
+        } => info::key_list(&backing, json, &keys),
         KeyCommand::Add {
             backing,
             new_key_file,
