@@ -35,9 +35,16 @@ struct Entry {
     kind: String,
     size: u64,
     backing_len: u64,
-    /// (file id, chunks, wrapped keys) of a regular file with content.
-    header: Option<(String, u64, Vec<(String, String)>)>,
+    /// A regular file's header, when it has content.
+    header: Option<Header>,
     regular: bool,
+}
+
+struct Header {
+    file_id: String,
+    chunks: u64,
+    /// (kind, key id) of each key the DEK is wrapped for.
+    wrapped: Vec<(String, String)>,
 }
 
 pub fn info(backing: &Path, path: Option<&Path>, json: bool, keys: &KeyArgs) -> Result<()> {
@@ -91,12 +98,10 @@ fn entry(vault: Vault, path: &Path) -> Result<Entry> {
     let info = fs.entry_info(path).map_err(|e| with_path(e, path))?;
     let attr = &info.attr;
     let regular = attr.kind == crate::fs::FileKind::File;
-    let header = info.header.filter(|_| regular).map(|h| {
-        (
-            hex::encode(h.file_id),
-            fs.vault().geometry.chunk_count(attr.size),
-            h.slots.iter().map(slot_row).collect(),
-        )
+    let header = info.header.filter(|_| regular).map(|h| Header {
+        file_id: hex::encode(h.file_id),
+        chunks: fs.vault().geometry.chunk_count(attr.size),
+        wrapped: h.slots.iter().map(slot_row).collect(),
     });
     Ok(Entry {
         path: path.display().to_string(),
@@ -176,7 +181,12 @@ impl Report<'_> {
         if !e.regular {
             return out;
         }
-        let Some((file_id, chunks, wrapped)) = &e.header else {
+        let Some(Header {
+            file_id,
+            chunks,
+            wrapped,
+        }) = &e.header
+        else {
             let _ = writeln!(out, "header:         none (empty file)");
             return out;
         };
@@ -245,7 +255,11 @@ impl Report<'_> {
                 );
                 match &e.header {
                     None => j.push_str("null"),
-                    Some((file_id, chunks, wrapped)) => {
+                    Some(Header {
+                        file_id,
+                        chunks,
+                        wrapped,
+                    }) => {
                         let _ = write!(
                             j,
                             "{{\"version\":{},\"file_id\":\"{file_id}\",\"chunks\":{chunks},\
