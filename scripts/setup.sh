@@ -20,7 +20,8 @@ apt_install() {
 }
 
 need_pkgs=()
-for pkg in fuse3 rsync sqlite3 git tar attr acl util-linux libcap2-bin python3 python3-venv syncthing curl openssh-server openssh-client sshfs; do
+# gcc and libc6-dev: the linker and C compiler cargo needs (aws-lc-sys and build scripts).
+for pkg in gcc libc6-dev fuse3 rsync sqlite3 git tar attr acl util-linux libcap2-bin python3 python3-venv syncthing curl openssh-server openssh-client sshfs; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 # systemd-analyze verifies the example mount unit.

@@ -775,6 +775,43 @@ fn info_and_key_list_print_json_that_says_what_the_text_says() {
 }
 
 #[test]
+fn completions_and_man_pages_come_from_the_cli_definition() {
+    let env = Env::new();
+    let bash = env.run(["completions", "bash"]).expect(OK).out();
+    let check = run(Command::new("bash").arg("-n").arg("-c").arg(&bash));
+    assert!(check.status.success(), "{}", stderr_text(&check));
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.run(["completions", shell]).expect(OK).out();
+        for word in ["mount", "umount", "status", "key-command", "log-file"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    env.run(["completions", "tcsh"]).expect(USAGE);
+    let dir = env.dir("man");
+    env.run([OsStr::new("manpages"), dir.as_os_str()])
+        .expect(OK);
+    let page = std::fs::read_to_string(dir.join("envfs-mount.1")).unwrap();
+    assert!(
+        page.contains("key_credential"),
+        "the -o list is in the page"
+    );
+    for name in [
+        "envfs.1",
+        "envfs-key-list.1",
+        "envfs-status.1",
+        "envfs-completions.1",
+    ] {
+        assert!(dir.join(name).exists(), "{name}");
+    }
+    // A packaging step, not a user command: not in --help.
+    let help = env.run(["--help"]).expect(OK).out();
+    assert!(
+        help.contains("completions") && !help.contains("manpages"),
+        "{help}"
+    );
+}
+
+#[test]
 fn default_key_path_falls_back_to_home_config() {
     let env = Env::new();
     let dir = env.dir("vault");

@@ -589,7 +589,13 @@ fn systemd_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd");
     let docs = fs::read_to_string(units.join("../../docs/OPERATIONS.md")).unwrap();
-    for unit in ["mnt-secure.mount", "envfs-secure.service"] {
+    // The template names its man page: generated here, as the package installs it.
+    let man = dir.path().join("man/man1");
+    fs::create_dir_all(&man).unwrap();
+    ok(run(std::process::Command::new(envfs_bin())
+        .arg("manpages")
+        .arg(&man)));
+    for unit in ["mnt-secure.mount", "envfs-secure.service", "envfs@.service"] {
         let shipped = fs::read_to_string(units.join(unit)).unwrap();
         // OPERATIONS.md shows each unit: every setting of the shipped file is in it.
         for line in shipped
@@ -601,9 +607,28 @@ fn systemd_units_verify() {
                 "{unit}: OPERATIONS.md does not show {line:?}"
             );
         }
-        let text = shipped.replace("/usr/local/bin/envfs", &envfs_bin());
+        let text = shipped
+            .replace("/usr/local/bin/envfs", &envfs_bin())
+            .replace("/usr/bin/envfs", &envfs_bin());
         fs::write(dir.path().join(unit), text).unwrap();
-        sh(dir.path(), &format!("systemd-analyze verify ./{unit}"));
+        sh(
+            dir.path(),
+            &format!(
+                "MANPATH={}/man systemd-analyze verify ./{unit}",
+                dir.path().display()
+            ),
+        );
+        if unit.ends_with("@.service") {
+            // And an instance of it, as `systemctl enable envfs@mnt-secure` makes.
+            std::os::unix::fs::symlink(unit, dir.path().join("envfs@mnt-secure.service")).unwrap();
+            sh(
+                dir.path(),
+                &format!(
+                    "MANPATH={}/man systemd-analyze verify ./envfs@mnt-secure.service",
+                    dir.path().display()
+                ),
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod conflicts;
 pub mod exit;
 mod info;
 pub mod logging;
+mod manual;
 pub mod mount;
 mod status;
 pub mod syslog;
@@ -263,6 +264,17 @@ pub enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: manual::Shell,
+    },
+    /// Write the man pages (envfs.1 and one per command) into DIR (for packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// An existing directory.
+        dir: PathBuf,
+    },
     /// List, add or remove the vault's keys (KEKs).
     Key {
         #[command(subcommand)]
@@ -387,6 +399,8 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             keys,
         } => info::info(&backing, path.as_deref(), json, &keys),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Manpages { dir } => manual::manpages(&dir),
         Command::Cat {
             backing,
             path,
