@@ -1258,3 +1258,57 @@ fn status_shows_keys_options_and_the_dek_cache_and_no_secret() {
     );
     assert!(text.contains("attr_timeout=5"), "{text}");
 }
+
+/// At debug level the daemon logs one line per FUSE request: its kind, node, result and
+/// latency, with each plaintext name replaced by a keyed tag, the same for the same name on
+/// every line, so a file can be followed through the log without the log showing its name.
+#[test]
+fn the_debug_log_shows_each_request_with_tagged_names_and_no_plaintext() {
+    let v = TestVault::new(&[]);
+    let mnt = v.mountpoint("mnt");
+    let log_path = v.dir.path().join("debug.log");
+    let mut cmd = v.foreground_command(&mnt);
+    cmd.arg("-vv").stderr(fs::File::create(&log_path).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let mut m = Mount::adopt(mnt.clone());
+    assert!(wait_until(Duration::from_secs(10), || is_mounted(&mnt)));
+    fs::write(m.p("secret-plan.txt"), b"content").unwrap();
+    assert!(fs::metadata(m.p("absent-name")).is_err());
+    fs::rename(m.p("secret-plan.txt"), m.p("renamed-plan.txt")).unwrap();
+    fs::remove_file(m.p("renamed-plan.txt")).unwrap();
+    m.unmount();
+    let _ = child.wait();
+    let log = fs::read_to_string(&log_path).unwrap();
+    for plaintext in ["secret", "plan", "absent", "renamed", "content"] {
+        assert!(!log.contains(plaintext), "{plaintext} in the log:\n{log}");
+    }
+    let line = |prefix: &str| -> &str {
+        log.lines()
+            .find(|l| l.contains(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{log}"))
+    };
+    let tag_after = |l: &str, prefix: &str| -> String {
+        let rest = &l[l.find(prefix).unwrap() + prefix.len()..];
+        rest[..13].to_string()
+    };
+    let create = line("create ino=1 #");
+    assert!(
+        create.contains(": ok in ") && create.ends_with(" µs"),
+        "{create}"
+    );
+    let created = tag_after(create, "create ino=1 ");
+    // The lookup of a name that is not there, with its own tag (the created name was
+    // looked up and missed too, before the create).
+    assert!(
+        log.lines().any(|l| l.contains("lookup ino=1 #")
+            && l.contains(": ENOENT in ")
+            && tag_after(l, "lookup ino=1 ") != created),
+        "{log}"
+    );
+    let rename = line("rename ino=1 ");
+    assert_eq!(tag_after(rename, "rename ino=1 "), created, "{rename}");
+    let renamed = tag_after(rename, &format!("{created} -> "));
+    let unlink = line("unlink ino=1 ");
+    assert_eq!(tag_after(unlink, "unlink ino=1 "), renamed, "{unlink}");
+    assert!(line("write ino=").contains(": ok in "));
+}

@@ -19,6 +19,9 @@ pub mod label {
     pub const X25519_BINDING: &[u8] = b"envfs/v1/x25519-binding";
     pub const VAULT_FINGERPRINT: &[u8] = b"envfs/v1/vault-fingerprint";
     pub const X25519_PROOF: &[u8] = b"envfs/v1/x25519-proof";
+    /// Tags names in the debug log (fuse/oplog.rs); never stored, so not part of the
+    /// format, but kept stable so that logs of different mounts can be compared.
+    pub const LOG_TAGS: &[u8] = b"envfs/v1/log-tags";
 }
 
 /// HKDF-SHA256(ikm, salt, info) → 32 bytes.

@@ -5,6 +5,7 @@
 //! names or keys is the filesystem core's.
 
 pub mod inodes;
+mod oplog;
 mod requests;
 pub mod session;
 
@@ -93,6 +94,8 @@ pub struct EnvFs {
     opts: AdapterOptions,
     /// When the daemon runs as root (allow_other), new nodes belong to the caller.
     chown_new_nodes: bool,
+    /// How the debug log shows names (fuse/oplog.rs).
+    name_tags: oplog::NameTags,
 }
 
 /// The attributes sent with a negative entry: the kernel looks only at the zero node id.
@@ -130,7 +133,16 @@ impl EnvFs {
     /// The errno a failed step replies with. The core's errors pass by `Fs::observe`
     /// first, which notices a backing store that went away.
     fn fail(&self, e: impl IntoErrno) -> Errno {
-        e.into_errno(&self.fs)
+        let errno = e.into_errno(&self.fs);
+        oplog::note_failure(errno.code());
+        errno
+    }
+
+    /// Count a request of `kind` and start its debug line (fuse/oplog.rs), which is
+    /// written when the returned guard drops, after the reply.
+    fn begin(&self, kind: Kind, ino: INodeNo, names: &[&OsStr]) -> oplog::Op {
+        self.opts.requests.add(kind);
+        oplog::Op::begin(kind.name(), ino.0, names, &self.name_tags)
     }
 }
 
@@ -186,6 +198,7 @@ impl EnvFs {
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         fs.set_dir_cache_ttl(opts.entry_timeout);
         Ok(EnvFs {
+            name_tags: oplog::NameTags::new(fs.vault().log_tag_key()),
             fs,
             inodes: Inodes::new(dev, ino),
             handles: Mutex::new(HashMap::new()),
@@ -346,19 +359,21 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.opts.requests.add(Kind::Lookup);
+        let _op = self.begin(Kind::Lookup, parent, &[name]);
         let path = try_reply!(self, reply, self.child(parent, name));
         match self.fs.getattr(&path) {
             Ok(attr) => self.reply_entry(parent, name, &attr, reply),
             // Node id 0 with a timeout: "no such name" that the kernel may cache.
             // (attribute timeout, entry timeout): only the entry's is kept for a miss.
-            Err(e) if e.errno() == libc::ENOENT && !self.opts.negative_timeout.is_zero() => reply
-                .entry_with_ttls(
+            Err(e) if e.errno() == libc::ENOENT && !self.opts.negative_timeout.is_zero() => {
+                oplog::note_failure(libc::ENOENT);
+                reply.entry_with_ttls(
                     &Duration::ZERO,
                     &self.opts.negative_timeout,
                     &no_such_entry(),
                     Generation(0),
-                ),
+                )
+            }
             Err(e) => reply.error(self.fail(e)),
         }
     }
@@ -368,7 +383,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.opts.requests.add(Kind::Getattr);
+        let _op = self.begin(Kind::Getattr, ino, &[]);
         if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
             let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
             return reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
@@ -391,7 +406,7 @@ impl fuser::Filesystem for EnvFs {
                 }
                 // Replaced behind our back: the kernel drops its stale entry and looks the
                 // name up again.
-                None => reply.error(failed.err().unwrap_or(Errno::ESTALE)),
+                None => reply.error(self.fail(failed.err().unwrap_or(Errno::ESTALE))),
             },
         }
     }
@@ -414,7 +429,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.opts.requests.add(Kind::Setattr);
+        let _op = self.begin(Kind::Setattr, ino, &[]);
         // Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer sends the mode without
         // setuid/setgid on a truncate by an unprivileged caller; it sets FATTR_KILL_SUIDGID,
         // which fuser does not pass on. Root stands in for CAP_FSETID. An empty setattr is
@@ -478,7 +493,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.opts.requests.add(Kind::Readlink);
+        let _op = self.begin(Kind::Readlink, ino, &[]);
         let path = try_reply!(self, reply, self.path(ino));
         let target = try_reply!(self, reply, self.fs.readlink(&path));
         reply.data(target.as_bytes());
@@ -494,7 +509,7 @@ impl fuser::Filesystem for EnvFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.opts.requests.add(Kind::Mknod);
+        let _op = self.begin(Kind::Mknod, parent, &[name]);
         let path = try_reply!(self, reply, self.child(parent, name));
         let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         let attr = try_reply!(
@@ -514,7 +529,7 @@ impl fuser::Filesystem for EnvFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.opts.requests.add(Kind::Mkdir);
+        let _op = self.begin(Kind::Mkdir, parent, &[name]);
         let path = try_reply!(self, reply, self.child(parent, name));
         let attr = try_reply!(
             self,
@@ -526,7 +541,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.opts.requests.add(Kind::Unlink);
+        let _op = self.begin(Kind::Unlink, parent, &[name]);
         let path = try_reply!(self, reply, self.child(parent, name));
         try_reply!(self, reply, self.fs.unlink(&path));
         self.inodes.unlinked(parent.0, name);
@@ -534,7 +549,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.opts.requests.add(Kind::Rmdir);
+        let _op = self.begin(Kind::Rmdir, parent, &[name]);
         let path = try_reply!(self, reply, self.child(parent, name));
         try_reply!(self, reply, self.fs.rmdir(&path));
         self.inodes.unlinked(parent.0, name);
@@ -549,7 +564,7 @@ impl fuser::Filesystem for EnvFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.opts.requests.add(Kind::Symlink);
+        let _op = self.begin(Kind::Symlink, parent, &[link_name]);
         let path = try_reply!(self, reply, self.child(parent, link_name));
         let attr = try_reply!(
             self,
@@ -569,7 +584,7 @@ impl fuser::Filesystem for EnvFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Rename);
+        let _op = self.begin(Kind::Rename, parent, &[name, newname]);
         let from = try_reply!(self, reply, self.child(parent, name));
         let to = try_reply!(self, reply, self.child(newparent, newname));
         try_reply!(self, reply, self.fs.rename(&from, &to, flags.bits()));
@@ -590,7 +605,7 @@ impl fuser::Filesystem for EnvFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.opts.requests.add(Kind::Link);
+        let _op = self.begin(Kind::Link, ino, &[newname]);
         let existing = try_reply!(self, reply, self.path(ino));
         let new = try_reply!(self, reply, self.child(newparent, newname));
         let attr = try_reply!(self, reply, self.fs.link(&existing, &new));
@@ -598,7 +613,7 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.opts.requests.add(Kind::Open);
+        let _op = self.begin(Kind::Open, ino, &[]);
         let path = try_reply!(self, reply, self.verified_path(ino));
         let handle = try_reply!(self, reply, self.fs.open(&path, self.open_flags(flags.0)));
         // open(O_TRUNC) truncates here (FUSE_ATOMIC_O_TRUNC), so dropping setuid/setgid for
@@ -624,7 +639,7 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.opts.requests.add(Kind::Read);
+        let _op = self.begin(Kind::Read, _ino, &[]);
         let handle = try_reply!(self, reply, self.handle(fh));
         let data = try_reply!(self, reply, self.fs.read(&handle, offset, size as usize));
         reply.data(&data);
@@ -642,7 +657,7 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.opts.requests.add(Kind::Write);
+        let _op = self.begin(Kind::Write, _ino, &[]);
         let handle = try_reply!(self, reply, self.handle(fh));
         // Set by the kernel when the writer lacks CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2).
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
@@ -660,7 +675,7 @@ impl fuser::Filesystem for EnvFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Flush);
+        let _op = self.begin(Kind::Flush, _ino, &[]);
         // Every write reached the backing store before it was acknowledged; only a store
         // that may still refuse it (flush_on_close) is asked again.
         if self.opts.flush_on_close {
@@ -680,7 +695,7 @@ impl fuser::Filesystem for EnvFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Release);
+        let _op = self.begin(Kind::Release, _ino, &[]);
         self.handles.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
@@ -693,14 +708,14 @@ impl fuser::Filesystem for EnvFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Fsync);
+        let _op = self.begin(Kind::Fsync, _ino, &[]);
         let handle = try_reply!(self, reply, self.handle(fh));
         try_reply!(self, reply, self.fs.fsync(&handle, datasync));
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.opts.requests.add(Kind::Opendir);
+        let _op = self.begin(Kind::Opendir, ino, &[]);
         let path = try_reply!(self, reply, self.path(ino));
         let entries = try_reply!(self, reply, self.fs.readdir_plus(&path));
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -716,7 +731,7 @@ impl fuser::Filesystem for EnvFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.opts.requests.add(Kind::Readdir);
+        let _op = self.begin(Kind::Readdir, ino, &[]);
         let snapshot = try_reply!(
             self,
             reply,
@@ -753,7 +768,7 @@ impl fuser::Filesystem for EnvFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.opts.requests.add(Kind::Readdirplus);
+        let _op = self.begin(Kind::Readdirplus, ino, &[]);
         let snapshot = try_reply!(
             self,
             reply,
@@ -804,7 +819,7 @@ impl fuser::Filesystem for EnvFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Releasedir);
+        let _op = self.begin(Kind::Releasedir, _ino, &[]);
         self.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
@@ -817,14 +832,14 @@ impl fuser::Filesystem for EnvFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Fsyncdir);
+        let _op = self.begin(Kind::Fsyncdir, ino, &[]);
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.fsyncdir(&path));
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.opts.requests.add(Kind::Statfs);
+        let _op = self.begin(Kind::Statfs, _ino, &[]);
         let st = try_reply!(self, reply, self.fs.statfs());
         reply.statfs(
             st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namelen, st.frsize,
@@ -841,21 +856,21 @@ impl fuser::Filesystem for EnvFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Setxattr);
+        let _op = self.begin(Kind::Setxattr, ino, &[name]);
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.setxattr(&path, name, value, flags));
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.opts.requests.add(Kind::Getxattr);
+        let _op = self.begin(Kind::Getxattr, ino, &[name]);
         let path = try_reply!(self, reply, self.path(ino));
         let value = try_reply!(self, reply, self.fs.getxattr(&path, name));
         xattr_reply(reply, &value, size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.opts.requests.add(Kind::Listxattr);
+        let _op = self.begin(Kind::Listxattr, ino, &[]);
         let path = try_reply!(self, reply, self.path(ino));
         let names = try_reply!(self, reply, self.fs.listxattr(&path));
         let mut buf = Vec::new();
@@ -867,14 +882,14 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.opts.requests.add(Kind::Removexattr);
+        let _op = self.begin(Kind::Removexattr, ino, &[name]);
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.removexattr(&path, name));
         reply.ok();
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.opts.requests.add(Kind::Access);
+        let _op = self.begin(Kind::Access, ino, &[]);
         // Only called without default_permissions, i.e. when only the mounting user can
         // reach the mount: the backing store's own check, as that user, is the right one.
         let path = try_reply!(self, reply, self.path(ino));
@@ -892,7 +907,7 @@ impl fuser::Filesystem for EnvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.opts.requests.add(Kind::Create);
+        let _op = self.begin(Kind::Create, parent, &[name]);
         let path = try_reply!(self, reply, self.child(parent, name));
         let (handle, attr) = try_reply!(
             self,
@@ -932,8 +947,8 @@ impl fuser::Filesystem for EnvFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        self.opts.requests.add(Kind::Other);
-        reply.error(Errno::ENOTTY);
+        let _op = self.begin(Kind::Other, _ino, &[]);
+        reply.error(self.fail(Errno::ENOTTY));
     }
 
     // The kernel takes ENOSYS for these as "not offered" and serves them itself from then
@@ -948,8 +963,8 @@ impl fuser::Filesystem for EnvFs {
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
-        self.opts.requests.add(Kind::Other);
-        reply.error(Errno::ENOSYS);
+        let _op = self.begin(Kind::Other, _ino, &[]);
+        reply.error(self.fail(Errno::ENOSYS));
     }
 
     fn copy_file_range(
@@ -965,8 +980,8 @@ impl fuser::Filesystem for EnvFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.opts.requests.add(Kind::Other);
-        reply.error(Errno::ENOSYS);
+        let _op = self.begin(Kind::Other, _ino_in, &[]);
+        reply.error(self.fail(Errno::ENOSYS));
     }
 
     fn poll(
@@ -979,8 +994,8 @@ impl fuser::Filesystem for EnvFs {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
-        self.opts.requests.add(Kind::Other);
-        reply.error(Errno::ENOSYS);
+        let _op = self.begin(Kind::Other, _ino, &[]);
+        reply.error(self.fail(Errno::ENOSYS));
     }
 
     fn fallocate(
@@ -993,7 +1008,7 @@ impl fuser::Filesystem for EnvFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.opts.requests.add(Kind::Fallocate);
+        let _op = self.begin(Kind::Fallocate, _ino, &[]);
         let handle = try_reply!(self, reply, self.handle(fh));
         try_reply!(
             self,
@@ -1009,6 +1024,7 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
     if size == 0 {
         reply.size(value.len() as u32);
     } else if (size as usize) < value.len() {
+        oplog::note_failure(libc::ERANGE);
         reply.error(Errno::ERANGE);
     } else {
         reply.data(value);

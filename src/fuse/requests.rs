@@ -90,6 +90,13 @@ impl Default for RequestCounts {
     }
 }
 
+impl Kind {
+    /// The kind's name, as `envfs status` and the debug log show it.
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize]
+    }
+}
+
 impl RequestCounts {
     pub fn add(&self, kind: Kind) {
         self.0[kind as usize].fetch_add(1, Ordering::Relaxed);

@@ -549,6 +549,12 @@ impl Vault {
         Ok(removed)
     }
 
+    /// The key the debug log tags plaintext names with (fuse/oplog.rs): one per vault, so
+    /// tags match across mounts, and worthless without the vault secret.
+    pub fn log_tag_key(&self) -> Secret32 {
+        derive32(&self.secret, &self.config.vault_id, label::LOG_TAGS)
+    }
+
     /// The DEKs the cache holds now and its bounds, and how many new-file DEKs are ready
     /// (`None` without prefetching), for `envfs status`.
     pub fn dek_cache_fill(&self) -> (usize, CacheLimits, Option<usize>) {
