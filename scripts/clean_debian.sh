@@ -15,7 +15,8 @@
 #      reads back what was written, and unmounts;
 #   3. `bash scripts/setup.sh` succeeds on Debian's own Python (PEP 668) and refuses a cargo
 #      older than Cargo.toml's rust-version with a message saying what to do;
-#   4. (--full) `cargo build --release` and `bash scripts/test.sh`, the README's two commands.
+#   4. (--full) `cargo build --release` and `bash scripts/test.sh`, the README's two commands,
+#      and `cargo install --path .`.
 # Everything runs in a private mount namespace, so no mount outlives the script, and with
 # an empty environment. The one thing copied from this host besides Rust is its local CA
 # certificates (/usr/local/share/ca-certificates), so that HTTPS through a site's proxy
@@ -120,9 +121,11 @@ fi
 grep -q "cargo 1.63.0 is too old: envfs needs Rust 1.85 or newer" <<<"$out"
 
 if [ "$full" = 1 ]; then
-  step "4. the README's commands: build, then test"
+  step "4. the README's commands: build, then test; and cargo install"
   cargo build --release
-  bash scripts/test.sh
+  cargo install --locked --path . --root /tmp/envfs-install --target-dir target
+  /tmp/envfs-install/bin/envfs --version | head -1
+  bash scripts/test.sh --no-fail-fast
 fi
 step "ok"
 INSIDE

@@ -215,14 +215,7 @@ fn a_record_left_by_envfs_0_2_is_still_held_and_moves_to_the_state_directory() {
     assert!(names_in(&legacy).contains(&id), "{:?}", names_in(&legacy));
     let first = fs::read(v.backing.join("envfs.conf")).unwrap();
     // A change the host records: generation 2.
-    ok(run(v
-        .cmd()
-        .args(["key", "add"])
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)
-        .arg("--new-key-file")
-        .arg(v.dir.path().join("second.key"))));
+    v.add_recovery_key(&v.dir.path().join("second.key"));
     let second = fs::read(v.backing.join("envfs.conf")).unwrap();
     // The upgraded envfs looks in a new state directory, which holds nothing yet.
     let state = v.dir.path().join("state");

@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::kms::{Fault, Kms};
 use support::*;
 
@@ -210,22 +210,17 @@ fn prefetch_keeps_new_file_deks_ready() {
         "the pool must stop at its target"
     );
     kms.reset_counts();
-    // With 200 ms per KMS call, five new files from the ready pool take no round trip each.
-    kms.set(Fault::Latency(Duration::from_millis(200)));
-    let start = Instant::now();
+    // With KMS unreachable, five new files still get their keys: from the ready pool, not
+    // from a round trip each (which would fail them with EIO). Counted, not timed.
+    kms.set(Fault::Drop);
     for i in 0..5 {
-        fs::write(m.p(&format!("f{i}")), b"content").unwrap();
+        fs::write(m.p(&format!("f{i}")), b"content")
+            .unwrap_or_else(|e| panic!("file {i} waited for KMS: {e}"));
     }
-    let elapsed = start.elapsed();
     kms.set(Fault::Pass);
     for i in 0..5 {
         assert_eq!(fs::read(m.p(&format!("f{i}"))).unwrap(), b"content");
     }
-    // Not a speed assertion: five synchronous round trips would take at least a second.
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "file creation waited for KMS: {elapsed:?}"
-    );
 }
 
 #[test]
@@ -335,6 +330,14 @@ fn a_wrapped_dek_moved_to_another_file_is_refused() {
     assert_eq!(fs::read(m.p("a")).unwrap(), b"file a");
 }
 
+/// The read requests the mount's daemon has served (`envfs status --json`).
+fn reads_served(v: &KmsVault, kms: &Kms, m: &Mount) -> u64 {
+    let out = run(v.cmd(kms).arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["mounts"][0]["requests"]["read"].as_u64().unwrap()
+}
+
 #[test]
 fn throttling_is_retried_and_service_errors_fail_only_the_affected_open() {
     let kms = Kms::start();
@@ -386,14 +389,19 @@ fn throttling_is_retried_and_service_errors_fail_only_the_affected_open() {
     }
 
     // KMS unreachable: EIO within the retry budget, the mount survives, then recovers.
+    let reads_before = reads_served(&v, &kms, &m);
     kms.set(Fault::Drop);
-    let start = Instant::now();
+    kms.reset_counts();
     let err = fs::read(m.p("four")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // The outage surfaces after bounded attempts, not endless retries: the SDK's 5 for each
+    // read request that tried to load the file's keys (the kernel sends two for one read(2)
+    // that fails: its readahead, then the read itself).
+    let attempts = kms.count("Decrypt") as u64;
+    let reads = reads_served(&v, &kms, &m) - reads_before;
     assert!(
-        start.elapsed() < Duration::from_secs(60),
-        "outage took {:?} to surface",
-        start.elapsed()
+        attempts >= 1 && attempts <= 5 * reads,
+        "{attempts} Decrypt attempts for {reads} read requests"
     );
     open.read_exact_at(&mut buf, 6).unwrap();
     kms.set(Fault::Pass);
@@ -441,7 +449,6 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
         .args(["--kms-key", "alias/envfs-creds"]));
     assert_eq!(out.status.code(), Some(8));
     assert!(stderr_text(&out).contains("region"));
-    let start = Instant::now();
     let out = run(v
         .cmd(&kms)
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -453,6 +460,5 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
         .arg(&mnt));
     assert_eq!(out.status.code(), Some(8), "{}", stderr_text(&out));
     assert!(stderr_text(&out).contains("credentials"));
-    assert!(start.elapsed() < Duration::from_secs(30));
     assert!(!is_mounted(&mnt));
 }

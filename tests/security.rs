@@ -40,14 +40,7 @@ fn info(v: &TestVault, key: &Path) -> String {
 fn vault_with_recovery() -> (TestVault, std::path::PathBuf) {
     let v = TestVault::new(&[]);
     let recovery = v.dir.path().join("recovery.key");
-    ok(run(v
-        .cmd()
-        .args(["key", "add"])
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)
-        .arg("--new-key-file")
-        .arg(&recovery)));
+    v.add_recovery_key(&recovery);
     (v, recovery)
 }
 

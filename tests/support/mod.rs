@@ -75,6 +75,19 @@ impl TestVault {
         c
     }
 
+    /// `envfs key add` of a new recovery key file at `path`: a config change, so the vault
+    /// moves to its next generation.
+    pub fn add_recovery_key(&self, path: &Path) {
+        ok(run(self
+            .cmd()
+            .args(["key", "add"])
+            .arg(&self.backing)
+            .arg("--key-file")
+            .arg(&self.key)
+            .arg("--new-key-file")
+            .arg(path)));
+    }
+
     /// A new empty directory to mount on.
     pub fn mountpoint(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
