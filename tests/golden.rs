@@ -471,3 +471,40 @@ fn v1_still_opens_as_generation_0_and_its_first_change_writes_v2() {
         content(1, 1)
     );
 }
+
+// ---- passphrase slots (provider 4, docs/FORMAT.md §5.5) ----------------------------------
+
+/// A passphrase slot as envfs writes it (made once with the values below; Argon2id at
+/// m = 64 KiB, t = 2, p = 1 to keep the test fast): it must go on decoding and unsealing to
+/// the same private key, whose X25519 key id it names.
+#[test]
+fn a_frozen_passphrase_slot_unseals_to_its_x25519_key() {
+    use envfs::format::KeySlot;
+    use envfs::format::bytes::Reader;
+    use envfs::keys::KeyProvider;
+    const SLOT: &str = "04327832353531393a457978454b2d41512d39562d636d417a4b4b703235785f4d77\
+        564136726947544a39464e6e4a6d543948490058400000000200000001000000f80ccd573bf792a75e39\
+        3074f5fe2b26186d7836cf0a3e909d615944545dcd1f59342452b7c38cda10b926f232cc32ff559f81ba\
+        592971355297ab78b677d6e9d1adc8c44d4599c3c67e7bc9";
+    const KEY_ID: &str = "x25519:EyxEK-AQ-9V-cmAzKKp25x_MwVA6riGTJ9FNnJmT9HI";
+    let bytes = hex::decode(SLOT).unwrap();
+    let slot = KeySlot::decode(&mut Reader::new(&bytes)).unwrap();
+    assert_eq!(slot.provider.code(), 4);
+    assert_eq!(slot.provider.name(), "passphrase");
+    assert_eq!(slot.key_id, KEY_ID);
+    assert_eq!(slot.wrapped.len(), 88);
+    // The cost fields: m = 64 KiB, t = 2, p = 1, little-endian.
+    assert_eq!(&slot.wrapped[..12], &[64, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+    let vault_id = [0x11; 16];
+    let private = envfs::keys::passphrase::unseal(&slot, b"envfs golden passphrase", &vault_id)
+        .unwrap()
+        .expect("the passphrase unseals it");
+    assert_eq!(private.as_bytes(), &[0x42; 32]);
+    let key = envfs::keys::x25519::X25519KeyProvider::from_secret(private);
+    assert_eq!(key.key_id(), KEY_ID);
+    assert!(
+        envfs::keys::passphrase::unseal(&slot, b"envfs golden passphrasE", &vault_id)
+            .unwrap()
+            .is_none()
+    );
+}

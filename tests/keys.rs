@@ -748,3 +748,176 @@ fn the_default_key_file_after_its_key_was_removed_is_a_wrong_key() {
         .arg("--key-file")
         .arg(&recovery)));
 }
+
+/// `python3 tests/support/pty_answer.py ANSWERS envfs ARGS…`: the binary on a terminal of
+/// its own, its passphrase prompts answered in turn.
+fn on_a_terminal(answers: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/pty_answer.py");
+    run(Command::new("python3")
+        .arg(script)
+        .arg(answers)
+        .arg(envfs_bin())
+        .args(args)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_STATE_HOME", dir.join("config")))
+}
+
+/// A passphrase vault (`init --passphrase`) opens with its passphrase from every source: the
+/// terminal prompt (no echo: what is typed is not in the terminal's output), a key command,
+/// a descriptor, stdin, and in a daemonized mount, which is handed what its parent was
+/// told. A wrong passphrase is exit 7 and opens nothing.
+#[test]
+fn a_passphrase_vault_opens_from_the_prompt_and_every_key_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let backing = d.join("backing");
+    fs::create_dir(&backing).unwrap();
+    let b = backing.to_str().unwrap();
+    // Created on a terminal: asked twice, and two different answers are refused.
+    let out = on_a_terminal("first,second", d, &["init", b, "--passphrase"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout_text(&out));
+    assert!(stdout_text(&out).contains("the two passphrases differ"));
+    assert!(!backing.join("envfs.conf").exists());
+    let out = on_a_terminal("tr0ub4dor,tr0ub4dor", d, &["init", b, "--passphrase"]);
+    let typed = stdout_text(&out);
+    assert!(out.status.success(), "{typed}");
+    assert!(
+        !typed.contains("tr0ub4dor"),
+        "the passphrase was echoed: {typed}"
+    );
+    let envfs = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(format!("{} {}", envfs_bin(), args.join(" ")))
+            .env("XDG_CONFIG_HOME", d.join("config"))
+            .env("XDG_STATE_HOME", d.join("config"));
+        match stdin {
+            Some(text) => {
+                let mut child = c
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(text.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            }
+            None => run(c.stdin(std::process::Stdio::null())),
+        }
+    };
+    // A daemonized mount, unlocked at the prompt.
+    let mnt = d.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m_str = mnt.to_str().unwrap();
+    let out = on_a_terminal("tr0ub4dor", d, &["mount", b, m_str]);
+    assert!(out.status.success(), "{}", stdout_text(&out));
+    let m = Mount::adopt(mnt.clone());
+    fs::write(m.p("notes.txt"), b"behind a passphrase").unwrap();
+    drop(m);
+    for how in [
+        "--key-command 'printf tr0ub4dor'",
+        "--key-fd 4 4< <(echo tr0ub4dor)",
+        "--key-file -",
+    ] {
+        let out = envfs(&["cat", b, "notes.txt", how], Some("tr0ub4dor\n"));
+        assert!(out.status.success(), "{how}: {}", stderr_text(&out));
+        assert_eq!(out.stdout, b"behind a passphrase", "{how}");
+    }
+    let out = on_a_terminal("tr0ub4dor", d, &["cat", b, "notes.txt"]);
+    assert!(
+        stdout_text(&out).contains("behind a passphrase"),
+        "{}",
+        stdout_text(&out)
+    );
+    // Wrong: exit 7, from a command and at the prompt.
+    let out = envfs(
+        &["cat", b, "notes.txt", "--key-command 'echo Tr0ub4dor'"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("is not the passphrase"));
+    assert!(out.stdout.is_empty());
+    let out = on_a_terminal("nope", d, &["cat", b, "notes.txt"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stdout_text(&out));
+    // No terminal and no key: exit 6, saying how to give it.
+    let out = envfs(&["cat", b, "notes.txt"], None);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr_text(&out));
+    assert!(stderr_text(&out).contains("opens with a passphrase"));
+}
+
+/// A passphrase added to a key-file vault is a key like any other: it opens the vault and
+/// (after rewrap) the old files alone, new files are wrapped for it by every host, fsck
+/// runs with it, and removing it (by either of its two slots) removes both.
+#[test]
+fn a_passphrase_key_added_to_a_vault_opens_it_alone_and_is_removed_as_one() {
+    let v = TestVault::new(&[]);
+    {
+        let m = v.mount("mnt", &[]);
+        fs::write(m.p("old.txt"), b"from before").unwrap();
+    }
+    let add = run(v
+        .cmd()
+        .args(["key", "add"])
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)
+        .arg("--new-passphrase")
+        .stdin(
+            fs::File::open({
+                let p = v.dir.path().join("pw");
+                fs::write(&p, "hunter2 but longer\n").unwrap();
+                p
+            })
+            .unwrap(),
+        ));
+    assert!(add.status.success(), "{}", stderr_text(&add));
+    ok(run(v
+        .cmd()
+        .arg("rewrap")
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)));
+    let by_passphrase = |args: &[&str]| {
+        run(v
+            .cmd()
+            .args(args)
+            .args(["--key-command", "echo hunter2 but longer"]))
+    };
+    let b = v.backing.to_str().unwrap();
+    let out = by_passphrase(&["cat", b, "old.txt"]);
+    assert_eq!(out.stdout, b"from before", "{}", stderr_text(&out));
+    // A file made by a host that opened the vault with the key file is wrapped for it too.
+    {
+        let m = v.mount("mnt2", &[]);
+        fs::write(m.p("new.txt"), b"made after").unwrap();
+    }
+    assert_eq!(by_passphrase(&["cat", b, "new.txt"]).stdout, b"made after");
+    let fsck = by_passphrase(&["fsck", b]);
+    assert!(fsck.status.success(), "{}", stderr_text(&fsck));
+    let listed = ok(by_passphrase(&["key", "list", b]));
+    let rows: Vec<&str> = listed.lines().collect();
+    assert_eq!(rows.len(), 3, "{listed}");
+    let passphrase_row = rows.iter().find(|r| r.contains(" passphrase ")).unwrap();
+    let short = passphrase_row.split_whitespace().next().unwrap();
+    ok(run(v
+        .cmd()
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(short)
+        .arg("--key-file")
+        .arg(&v.key)));
+    let listed = ok(run(v
+        .cmd()
+        .args(["key", "list"])
+        .arg(&v.backing)
+        .arg("--key-file")
+        .arg(&v.key)));
+    assert_eq!(listed.lines().count(), 1, "both halves go: {listed}");
+    assert_eq!(by_passphrase(&["cat", b, "old.txt"]).status.code(), Some(6));
+}

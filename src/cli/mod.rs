@@ -187,13 +187,16 @@ pub enum KeyCommand {
         #[arg(
             long,
             value_name = "PATH",
-            conflicts_with = "new_kms_key",
-            required_unless_present = "new_kms_key"
+            conflicts_with_all = ["new_kms_key", "new_passphrase"],
+            required_unless_present_any = ["new_kms_key", "new_passphrase"]
         )]
         new_key_file: Option<PathBuf>,
         /// An AWS KMS key (id, ARN or alias/NAME).
-        #[arg(long, value_name = "KEY")]
+        #[arg(long, value_name = "KEY", conflicts_with = "new_passphrase")]
         new_kms_key: Option<String>,
+        /// A passphrase key (asked twice on the terminal, or the first line of stdin).
+        #[arg(long)]
+        new_passphrase: bool,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -217,6 +220,10 @@ pub enum Command {
         /// Where to create the key file (or an existing key file to reuse).
         #[arg(long, value_name = "PATH", conflicts_with = "kms_key")]
         key_file: Option<PathBuf>,
+        /// Open the vault with a passphrase instead of a key file (asked twice on the
+        /// terminal, or the first line of stdin).
+        #[arg(long, conflicts_with_all = ["key_file", "kms_key"])]
+        passphrase: bool,
         /// Create a KMS vault: DEKs come from this AWS KMS key (id, ARN or alias/NAME).
         #[arg(long, value_name = "KEY")]
         kms_key: Option<String>,
@@ -374,6 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
             backing,
             key_file,
             kms_key,
+            passphrase,
             chunk_size,
             header_size,
             long_name_limit,
@@ -391,7 +399,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 vault_id: None,
             };
-            init(&backing, key_file, kms_key, &opts)
+            init(&backing, key_file, kms_key, passphrase, &opts)
         }
         Command::Info {
             backing,
@@ -458,6 +466,7 @@ fn init(
     backing: &Path,
     key_file: Option<PathBuf>,
     kms_key: Option<String>,
+    passphrase: bool,
     opts: &InitOptions,
 ) -> Result<()> {
     // Validate everything before creating a key file, so a bad flag leaves nothing behind.
@@ -499,6 +508,21 @@ fn init(
         vault_id: Some(vault_id),
         ..opts.clone()
     };
+    if passphrase {
+        let passphrase = crate::keys::passphrase::ask_new(&format!("vault {id}"))?;
+        let (key, seal) = crate::keys::passphrase::new_key(&passphrase, &vault_id)?;
+        let vault = Vault::init_with(backing, Arc::new(key), &opts, vec![seal])?;
+        if let Err(e) = remember_new_vault(backing, &vault) {
+            return Err(abandon_init(vault, None, e));
+        }
+        println!("Created envfs vault {id} in {}", backing.display());
+        print_fingerprint(&vault);
+        println!(
+            "It opens with the passphrase: without it, or another key added later, its files \
+             cannot be read."
+        );
+        return Ok(());
+    }
     if let Some(key) = kms_key {
         let kms = Arc::new(KmsKeyProvider::connect(&key)?);
         let vault = Vault::init(backing, kms.clone(), &opts)?;
@@ -769,9 +793,28 @@ fn key_command(action: KeyCommand) -> Result<()> {
             backing,
             new_key_file,
             new_kms_key,
+            new_passphrase,
             keys,
         } => {
             let mut vault = open_vault(&backing, &keys)?;
+            if new_passphrase {
+                let passphrase = crate::keys::passphrase::ask_new(&format!(
+                    "vault {}",
+                    vault.config.vault_id_hex()
+                ))?;
+                let (key, seal) =
+                    crate::keys::passphrase::new_key(&passphrase, &vault.config.vault_id)?;
+                vault.add_key_with(&key, Some(seal))?;
+                remember_change(&backing, &mut vault, &keys);
+                let slot = vault.config.header_slots().last().expect("just added");
+                println!(
+                    "Added passphrase key {} as {}. New files are wrapped by it; run `envfs rewrap {}` for existing files.",
+                    slot.key_id,
+                    crate::vault::short_key_id(slot),
+                    backing.display()
+                );
+                return Ok(());
+            }
             let mut created = None;
             let provider: Arc<dyn crate::keys::KeyProvider> = match (new_key_file, new_kms_key) {
                 (Some(path), _) if path.exists() => {
@@ -840,7 +883,7 @@ fn key_command(action: KeyCommand) -> Result<()> {
         } => {
             let mut vault = open_vault(&backing, &keys)?;
             // The last key is refused by `remove_key` whatever the files: no rewrap helps.
-            if vault.config.slots.len() > 1
+            if vault.config.header_slots().count() > 1
                 && let Some(slot) = vault
                     .config
                     .slots

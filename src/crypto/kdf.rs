@@ -22,6 +22,9 @@ pub mod label {
     /// Tags names in the debug log (fuse/oplog.rs); never stored, so not part of the
     /// format, but kept stable so that logs of different mounts can be compared.
     pub const LOG_TAGS: &[u8] = b"envfs/v1/log-tags";
+    /// The AES-256-GCM key that seals a passphrase key's X25519 private key, from the
+    /// Argon2id output (keys/passphrase.rs); also the start of that seal's associated data.
+    pub const PASSPHRASE_SEAL: &[u8] = b"envfs/v1/passphrase-seal";
 }
 
 /// HKDF-SHA256(ikm, salt, info) → 32 bytes.

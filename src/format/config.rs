@@ -92,6 +92,12 @@ pub enum ConfigParseError {
 }
 
 impl VaultConfig {
+    /// The slots every file header should carry, one per key, in config order: all but the
+    /// passphrase slots (`ProviderKind::in_headers`).
+    pub fn header_slots(&self) -> impl Iterator<Item = &super::KeySlot> {
+        self.slots.iter().filter(|s| s.provider.in_headers())
+    }
+
     pub fn vault_id_hex(&self) -> String {
         hex::encode(self.vault_id)
     }

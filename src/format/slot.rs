@@ -17,6 +17,10 @@ pub enum ProviderKind {
     /// An X25519 key pair in a key file (a recovery key): wrappable with the public key
     /// alone, which is the slot's key id.
     X25519,
+    /// A passphrase key: the private key of the X25519 key pair named by the key id, sealed
+    /// under a passphrase (keys/passphrase.rs). Only in the vault config: headers carry the
+    /// X25519 key's own slots.
+    Passphrase,
     /// A provider this version does not know; kept so that such a slot is not an error when
     /// another slot can open the file.
     Unknown(u8),
@@ -28,6 +32,7 @@ impl ProviderKind {
             ProviderKind::Local => 1,
             ProviderKind::AwsKms => 2,
             ProviderKind::X25519 => 3,
+            ProviderKind::Passphrase => 4,
             ProviderKind::Unknown(c) => c,
         }
     }
@@ -37,6 +42,7 @@ impl ProviderKind {
             1 => ProviderKind::Local,
             2 => ProviderKind::AwsKms,
             3 => ProviderKind::X25519,
+            4 => ProviderKind::Passphrase,
             c => ProviderKind::Unknown(c),
         }
     }
@@ -46,8 +52,15 @@ impl ProviderKind {
             ProviderKind::Local => "local".into(),
             ProviderKind::AwsKms => "aws-kms".into(),
             ProviderKind::X25519 => "x25519".into(),
+            ProviderKind::Passphrase => "passphrase".into(),
             ProviderKind::Unknown(c) => format!("unknown-{c}"),
         }
+    }
+
+    /// Whether file headers carry slots of this kind. A passphrase slot is not a key of its
+    /// own but what unlocks the X25519 key it names, whose slots the headers carry.
+    pub fn in_headers(self) -> bool {
+        self != ProviderKind::Passphrase
     }
 }
 

@@ -219,10 +219,14 @@ fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bo
         // Not a file envfs wrote (a sync client's own file, say): nothing to rewrap.
         return Ok(false);
     }
-    let wanted = &vault.config.slots;
+    let wanted: Vec<&KeySlot> = vault.config.header_slots().collect();
     if let Ok((parsed, _)) = FileHeader::parse(&bytes)
         && parsed.slots.len() == wanted.len()
-        && parsed.slots.iter().zip(wanted).all(|(a, b)| same_key(a, b))
+        && parsed
+            .slots
+            .iter()
+            .zip(&wanted)
+            .all(|(a, b)| same_key(a, b))
     {
         return Ok(false);
     }
@@ -230,7 +234,7 @@ fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bo
     let ctx = KeyContext::file(*vault.vault_id(), header.file_id);
     let wrappers = vault.wrappers();
     let mut slots = Vec::with_capacity(wanted.len());
-    for want in wanted {
+    for &want in &wanted {
         if let Some(existing) = header.slots.iter().find(|s| same_key(s, want)) {
             slots.push(existing.clone());
             continue;
@@ -340,9 +344,8 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
     let h = vault.geometry.header_size as usize;
     let remaining: Vec<&KeySlot> = vault
         .config
-        .slots
-        .iter()
-        .filter(|s| !same_key(s, removed))
+        .header_slots()
+        .filter(|s| !crate::vault::goes_with(removed, s))
         .collect();
     let root = BackingRoot::open(vault.root())?;
     let (files, _) = walk(vault, &root)?;

@@ -73,6 +73,11 @@ impl LocalKeyProvider {
     }
 }
 
+/// Whether `text` is meant as a local key file (it has the key line's prefix), valid or not.
+pub fn looks_like_key_file(text: &str) -> bool {
+    text.contains(KEY_LINE_PREFIX)
+}
+
 /// Key files must be private; say so when one is not (like ssh does), but still use it.
 pub fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = fs::metadata(path)

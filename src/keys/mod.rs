@@ -9,6 +9,7 @@ pub mod cache;
 pub mod keyfile;
 pub mod kms;
 pub mod local;
+pub mod passphrase;
 pub mod prefetch;
 pub mod source;
 pub mod x25519;

@@ -9,10 +9,12 @@ use crate::format::{ProviderKind, VaultConfig};
 use crate::keys::KeyProvider;
 use crate::keys::kms::KmsKeyProvider;
 use crate::keys::local::{LocalKeyProvider, default_key_path};
+use crate::keys::passphrase;
 use crate::keys::source::KeySource;
 use crate::keys::x25519::X25519KeyProvider;
 use std::path::Path;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 /// How the user asked to open a vault.
 #[derive(Debug, Clone, Default)]
@@ -52,19 +54,90 @@ fn check_pin(config: &VaultConfig, arn: &str, source: &str) -> Result<()> {
     )))
 }
 
-/// A key of either kind, from any source: a symmetric vault key or an X25519 recovery key.
-/// Read once, so a pipe or a command works as well as a file.
-pub fn load_key(source: &KeySource) -> Result<Arc<dyn KeyProvider>> {
+/// A key of any kind, from any source: a symmetric vault key, an X25519 recovery key, or,
+/// for a vault with passphrase keys, a passphrase (text that is no key file). Read once, so
+/// a pipe or a command works as well as a file.
+pub fn load_key(source: &KeySource, config: &VaultConfig) -> Result<Arc<dyn KeyProvider>> {
     let text = source.read()?;
     if let Some(path) = source.file() {
         crate::keys::local::warn_if_readable_by_others(&path);
     }
     let what = source.describe();
     if X25519KeyProvider::is_key_text(&text) {
-        Ok(Arc::new(X25519KeyProvider::from_text(&text, &what)?))
-    } else {
-        Ok(Arc::new(LocalKeyProvider::from_text(&text, &what)?))
+        return Ok(Arc::new(X25519KeyProvider::from_text(&text, &what)?));
     }
+    match LocalKeyProvider::from_text(&text, &what) {
+        Err(_)
+            if has_passphrase_keys(config) && !crate::keys::local::looks_like_key_file(&text) =>
+        {
+            unlock_with_passphrase(config, passphrase::trimmed(&text), &what)
+        }
+        local => Ok(Arc::new(local?)),
+    }
+}
+
+fn has_passphrase_keys(config: &VaultConfig) -> bool {
+    config
+        .slots
+        .iter()
+        .any(|s| s.provider == ProviderKind::Passphrase)
+}
+
+/// The X25519 key a passphrase unseals (keys/passphrase.rs). Every passphrase slot is
+/// tried, so a wrong passphrase costs as much as a right one; it is exit 7.
+fn unlock_with_passphrase(
+    config: &VaultConfig,
+    passphrase: &str,
+    what: &str,
+) -> Result<Arc<dyn KeyProvider>> {
+    let mut found = None;
+    for slot in config
+        .slots
+        .iter()
+        .filter(|s| s.provider == ProviderKind::Passphrase)
+    {
+        if let Some(private) = passphrase::unseal(slot, passphrase.as_bytes(), &config.vault_id)?
+            && found.is_none()
+        {
+            let key = X25519KeyProvider::from_secret(private);
+            if key.key_id() != slot.key_id {
+                return Err(Error::CorruptConfig(format!(
+                    "the passphrase slot for {} seals another key",
+                    slot.key_id
+                )));
+            }
+            found = Some(key);
+        }
+    }
+    match found {
+        Some(key) => Ok(Arc::new(key)),
+        None => Err(Error::WrongKey(format!(
+            "{what} is not the passphrase of any of vault {}'s passphrase keys",
+            config.vault_id_hex()
+        ))),
+    }
+}
+
+/// Ask for the passphrase on the terminal, read once like any key source: a daemonized
+/// mount is handed what its parent read instead of asking again.
+fn prompted_passphrase(config: &VaultConfig) -> Result<Arc<dyn KeyProvider>> {
+    let id = config.vault_id_hex();
+    let text = crate::keys::keyfile::read_key_from(
+        b"\0passphrase-prompt",
+        ("the passphrase", "the passphrase"),
+        || {
+            let typed = passphrase::prompt(&id)?;
+            let bytes = Zeroizing::new(typed.as_bytes().to_vec());
+            Ok(Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read>)
+        },
+    )
+    .map_err(|_| {
+        Error::KeyFile(format!(
+            "no key given, and vault {id} opens with a passphrase: run this on a terminal to \
+             be asked for it, or give it with --key-command, --key-fd or --key-file -"
+        ))
+    })?;
+    unlock_with_passphrase(config, &text, "the passphrase typed")
 }
 
 pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn KeyProvider>>> {
@@ -75,7 +148,7 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
     pin::check_vault_at_path(backing, &id)?;
     let mut providers: Vec<Arc<dyn KeyProvider>> = Vec::new();
     if let Some(source) = &opts.key {
-        providers.push(load_key(source)?);
+        providers.push(load_key(source, &config)?);
     }
     if let Some(key) = &opts.kms_key {
         let kms = KmsKeyProvider::connect(key)?;
@@ -106,6 +179,9 @@ pub fn providers_for(backing: &Path, opts: &KeyOptions) -> Result<Vec<Arc<dyn Ke
         };
         check_pin(&config, &arn, &source)?;
         return Ok(vec![Arc::new(KmsKeyProvider::connect(&arn)?)]);
+    }
+    if has_passphrase_keys(&config) {
+        return Ok(vec![prompted_passphrase(&config)?]);
     }
     // A default key file that the vault no longer lists (its local key was removed): use it
     // anyway, so that opening fails as a wrong key, naming the file's key and the vault's,

@@ -161,6 +161,17 @@ pub fn read_config_unverified(root: &Path) -> Result<(VaultConfig, Vec<u8>)> {
 impl Vault {
     /// Create a new vault in `root`, an existing empty directory.
     pub fn init(root: &Path, provider: Arc<dyn KeyProvider>, opts: &InitOptions) -> Result<Vault> {
+        Vault::init_with(root, provider, opts, Vec::new())
+    }
+
+    /// `init`, with `extra` slots in the config after the provider's (a passphrase key's
+    /// seal, which needs no vault secret: keys/passphrase.rs).
+    pub fn init_with(
+        root: &Path,
+        provider: Arc<dyn KeyProvider>,
+        opts: &InitOptions,
+        extra: Vec<KeySlot>,
+    ) -> Result<Vault> {
         let entries = BackingRoot::open(root)
             .and_then(|r| r.root()?.entries())
             .map_err(|e| {
@@ -190,7 +201,7 @@ impl Vault {
             chunk_size: opts.chunk_size,
             header_size: opts.header_size,
             long_name_limit: opts.long_name_limit,
-            slots: vec![slot],
+            slots: std::iter::once(slot).chain(extra).collect(),
         };
         config.validate().map_err(Error::Invalid)?;
         let mut vault = Vault::from_secret(root, config, &secret, vec![provider])?;
@@ -425,7 +436,7 @@ impl Vault {
     pub fn wrappers(&self) -> &[Arc<dyn KeyProvider>] {
         self.wrappers.get_or_init(|| {
             let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
-            for slot in &self.config.slots {
+            for slot in self.config.header_slots() {
                 if let Some(p) = self.providers.iter().find(|p| p.recognises(slot)) {
                     out.push(p.clone());
                     continue;
@@ -478,6 +489,16 @@ impl Vault {
     /// Adding a key that is already there is refused, except to upgrade a slot that does not
     /// vouch for the secret (a recovery slot from before holder proofs) to one that does.
     pub fn add_key(&mut self, provider: &dyn KeyProvider) -> Result<KeyAdded> {
+        self.add_key_with(provider, None)
+    }
+
+    /// `add_key`, with `seal` (the passphrase slot of a new passphrase key, whose X25519
+    /// key `provider` is) in the same config change.
+    pub fn add_key_with(
+        &mut self,
+        provider: &dyn KeyProvider,
+        seal: Option<KeySlot>,
+    ) -> Result<KeyAdded> {
         let existing = self
             .config
             .slots
@@ -508,9 +529,13 @@ impl Vault {
         }
         let mut config = self.config.clone();
         config.slots.push(slot);
+        config.slots.extend(seal);
         config.validate().map_err(Error::Invalid)?;
         // Every header must still fit all the wrapped keys.
-        let probe: usize = config.slots.iter().map(|s| s.encoded_len()).sum::<usize>()
+        let probe: usize = config
+            .header_slots()
+            .map(|s| s.encoded_len())
+            .sum::<usize>()
             + crate::format::header::HEADER_FIXED_LEN
             + crate::format::header::HEADER_MAC_LEN;
         if probe > config.header_size as usize {
@@ -524,7 +549,9 @@ impl Vault {
     }
 
     /// Remove a key (by the short id `envfs key list` prints, or its full key id). Refuses to
-    /// remove the last key. Files keep its wrapped copies until `envfs rewrap`.
+    /// remove the last key. Files keep its wrapped copies until `envfs rewrap`. A passphrase
+    /// key is its X25519 slot and its passphrase slot (keys/passphrase.rs): removing either
+    /// removes both, since the key pair's private half exists nowhere else.
     pub fn remove_key(&mut self, key_ref: &str) -> Result<KeySlot> {
         let index = self
             .config
@@ -536,15 +563,16 @@ impl Vault {
                     "{key_ref} is not a key of this vault (see envfs key list)"
                 ))
             })?;
-        if self.config.slots.len() == 1 {
+        let removed = self.config.slots[index].clone();
+        let mut config = self.config.clone();
+        config.slots.retain(|s| !goes_with(&removed, s));
+        if config.header_slots().next().is_none() {
             return Err(Error::Invalid(
                 "refusing to remove the vault's last key: nothing could open it (add another \
                  first: envfs key add)"
                     .into(),
             ));
         }
-        let mut config = self.config.clone();
-        let removed = config.slots.remove(index);
         self.commit_config(config)?;
         Ok(removed)
     }
@@ -707,6 +735,19 @@ impl Vault {
             ))
         }))
     }
+}
+
+/// Whether removing the key of `removed` removes `slot` too: the slot itself, and the two
+/// halves of a passphrase key (its X25519 slot and its passphrase slot share the key id).
+pub fn goes_with(removed: &KeySlot, slot: &KeySlot) -> bool {
+    use ProviderKind::{Passphrase, X25519};
+    let halves = matches!(
+        (removed.provider, slot.provider),
+        (Passphrase, X25519 | Passphrase) | (X25519, Passphrase)
+    );
+    slot == removed
+        || (slot.provider == removed.provider && slot.key_id == removed.key_id)
+        || (halves && slot.key_id == removed.key_id)
 }
 
 /// A digest of a config's bytes: 16 bytes of SHA-256.
