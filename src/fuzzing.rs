@@ -88,6 +88,23 @@ pub fn slot(data: &[u8]) {
             assert_eq!(secret, seed_secret, "a forged x25519 slot unwrapped");
         }
     }
+    // As a passphrase slot: the cost is bounded before any work; the seeds' seal is under
+    // another passphrase, so nothing unseals. (Only small costs are run, to keep fuzzing
+    // fast: the bounds themselves are what a large cost exercises.)
+    let sealed = KeySlot {
+        provider: crate::format::ProviderKind::Passphrase,
+        ..slot.clone()
+    };
+    if let Ok(cost) = crate::keys::passphrase::cost_of(&sealed)
+        && cost.m_kib <= 256
+        && cost.t <= 2
+    {
+        let opened = crate::keys::passphrase::unseal(&sealed, b"fuzz", &[1; 16]);
+        assert!(
+            !matches!(opened, Ok(Some(_))),
+            "a forged passphrase slot unsealed"
+        );
+    }
 }
 
 /// A sealed chunk of any length at any index: authentication fails, nothing is returned.
@@ -255,6 +272,18 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let slots = vec![
         local.wrap(&secret, &vault_ctx).expect("local wrap"),
         recovery.wrap(&secret, &vault_ctx).expect("x25519 wrap"),
+        crate::keys::passphrase::seal(
+            b"seed",
+            &crate::keys::x25519::parse_key_text(RECOVERY_SEED).expect("fixed test key"),
+            recovery.key_id(),
+            &[1; 16],
+            crate::keys::passphrase::Cost {
+                m_kib: 64,
+                t: 1,
+                p: 1,
+            },
+        )
+        .expect("passphrase seal"),
     ];
     let names = siv();
     match target {

@@ -176,12 +176,7 @@ pub fn unseal(
             slot.key_id
         ))
     };
-    if slot.provider != ProviderKind::Passphrase || w.len() != SEALED_LEN {
-        return Err(malformed());
-    }
-    let cost = Cost::decode(&w[..COST_LEN])
-        .checked()
-        .ok_or_else(malformed)?;
+    let cost = cost_of(slot)?;
     let salt = &w[COST_LEN..COST_LEN + SALT_LEN];
     let nonce_at = COST_LEN + SALT_LEN;
     let cipher = seal_cipher(passphrase, salt, cost)?;
@@ -214,6 +209,23 @@ pub fn new_key(
         Cost::calibrate(),
     )?;
     Ok((key, slot))
+}
+
+/// The Argon2id cost a passphrase slot asks for, if it is a well-formed slot whose cost this
+/// envfs agrees to compute (checked before any work).
+pub fn cost_of(slot: &KeySlot) -> Result<Cost> {
+    let malformed = || {
+        Error::CorruptConfig(format!(
+            "the passphrase slot for {} is malformed",
+            slot.key_id
+        ))
+    };
+    if slot.provider != ProviderKind::Passphrase || slot.wrapped.len() != SEALED_LEN {
+        return Err(malformed());
+    }
+    Cost::decode(&slot.wrapped[..COST_LEN])
+        .checked()
+        .ok_or_else(malformed)
 }
 
 /// The passphrase as it came from a key source: without the one line ending a command's
