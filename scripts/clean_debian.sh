@@ -133,6 +133,9 @@ INSIDE
 inside() {
   unshare --mount --propagation private bash -euc '
     root=$1; toolchain=$2; shift 2
+    # The root a mount point of its own, as on a real system: tests that make mount
+    # namespaces of their own (unshare --propagation private) need "/" to be one.
+    mount --bind "$root" "$root"
     mount -t proc proc "$root/proc"
     mount --rbind /sys "$root/sys"
     mount --rbind /dev "$root/dev"
