@@ -525,10 +525,15 @@ fn mount_t_fuse_envfs_and_an_fstab_line_work() {
     let mnt = v.mountpoint("mnt");
     let guard = Mount::adopt(mnt.clone());
     let opts = format!("key_file={},nofail,_netdev", v.key.display());
+    // mount(8) and mount.fuse3 pass the environment on: the host records stay the test's.
+    let records = format!(
+        "XDG_CONFIG_HOME={0} XDG_STATE_HOME={0}",
+        v.dir.path().join("config").display()
+    );
     sh(
         v.dir.path(),
         &format!(
-            "mount -t fuse.envfs {} {} -o {opts}",
+            "{records} mount -t fuse.envfs {} {} -o {opts}",
             v.backing.display(),
             mnt.display()
         ),
@@ -564,7 +569,7 @@ fn mount_t_fuse_envfs_and_an_fstab_line_work() {
     .unwrap();
     sh(
         v.dir.path(),
-        &format!("mount -T {} {}", fstab.display(), mnt.display()),
+        &format!("{records} mount -T {} {}", fstab.display(), mnt.display()),
     );
     assert_eq!(fs::read(mnt.join("via-mount8")).unwrap(), b"hello");
     let o = options(&mnt);
