@@ -40,7 +40,11 @@ install -D -m 0644 scripts/systemd/envfs@.service "$stage/usr/lib/systemd/system
 doc=$stage/usr/share/doc/envfs
 install -d "$doc/examples"
 install -m 0644 README.md docs/*.md "$doc/"
-install -m 0644 scripts/systemd/mnt-secure.mount scripts/systemd/envfs-secure.service "$doc/examples/"
+# The examples name /usr/local/bin/envfs (a cargo install); the package's binary is /usr/bin.
+for unit in mnt-secure.mount envfs-secure.service; do
+  sed 's|/usr/local/bin/envfs|/usr/bin/envfs|g' "scripts/systemd/$unit" >"$doc/examples/$unit"
+  chmod 0644 "$doc/examples/$unit"
+done
 cat >"$doc/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: envfs

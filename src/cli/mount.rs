@@ -610,7 +610,9 @@ fn daemonize() -> Result<()> {
             msg.trim().to_string(),
         )),
         None => Err(mount_error(
-            "the mount daemon exited before the mount was ready".into(),
+            "the mount daemon exited before the mount was ready (see its log: the system log, \
+             or the log file if one was given; or mount with -f)"
+                .into(),
         )),
     }
 }
