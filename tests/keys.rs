@@ -912,12 +912,7 @@ fn a_passphrase_key_added_to_a_vault_opens_it_alone_and_is_removed_as_one() {
         .arg(short)
         .arg("--key-file")
         .arg(&v.key)));
-    let listed = ok(run(v
-        .cmd()
-        .args(["key", "list"])
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)));
+    let listed = v.key_list();
     assert_eq!(listed.lines().count(), 1, "both halves go: {listed}");
     assert_eq!(by_passphrase(&["cat", b, "old.txt"]).status.code(), Some(6));
 }

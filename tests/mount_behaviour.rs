@@ -1228,12 +1228,7 @@ fn status_shows_keys_options_and_the_dek_cache_and_no_secret() {
     ] {
         assert!(options.contains(&want), "{want} not in {options:?}");
     }
-    let listed = ok(run(v
-        .cmd()
-        .args(["key", "list"])
-        .arg(&v.backing)
-        .arg("--key-file")
-        .arg(&v.key)));
+    let listed = v.key_list();
     let key = &mount["keys"][0];
     assert_eq!(key["kind"], "local", "{doc}");
     let id = key["id"].as_str().unwrap();

@@ -88,6 +88,16 @@ impl TestVault {
             .arg(path)));
     }
 
+    /// `envfs key list` with the vault's key file: its output.
+    pub fn key_list(&self) -> String {
+        ok(run(self
+            .cmd()
+            .args(["key", "list"])
+            .arg(&self.backing)
+            .arg("--key-file")
+            .arg(&self.key)))
+    }
+
     /// A new empty directory to mount on.
     pub fn mountpoint(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
