@@ -629,6 +629,12 @@ fn a_failing_key_source_is_a_clear_error_and_mounts_nothing() {
         ),
         ("--key-fd 9".into(), false, 6, "descriptor 9 is not open"),
         (
+            "--key-fd 1".into(),
+            false,
+            6,
+            "descriptor 1 is standard output",
+        ),
+        (
             "--key-credential vault.key".into(),
             false,
             6,

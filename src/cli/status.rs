@@ -399,8 +399,16 @@ pub fn mounts_of(backing: &Path) -> Vec<(PathBuf, Option<bool>)> {
     let Ok(ours) = std::fs::metadata(backing) else {
         return Vec::new();
     };
+    // The other mounts' backing directories may be on a share that stopped answering: a
+    // stat of one must not hang this mount, so each gets two seconds (and a stat that has
+    // not answered by then is taken as another directory).
     let same = |path: &str| {
-        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
+        let path = PathBuf::from(path);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::metadata(&path).map(|m| (m.dev(), m.ino())));
+        });
+        matches!(rx.recv_timeout(Duration::from_secs(2)), Ok(Ok(id)) if id == (ours.dev(), ours.ino()))
     };
     envfs_mounts()
         .unwrap_or_default()

@@ -402,6 +402,8 @@ impl fuser::Filesystem for EnvFs {
             failed => match self.open_handle_of(ino) {
                 Some(h) => {
                     let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
+                    // Answered after all: the failed lookup by name is not the result.
+                    oplog::clear_failure();
                     reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
                 }
                 // Replaced behind our back: the kernel drops its stale entry and looks the

@@ -29,6 +29,11 @@ pub fn note_failure(errno: i32) {
     FAILED.with(|f| f.set(Some(errno)));
 }
 
+/// Forget a failure noted earlier in this request: a fallback answered it.
+pub fn clear_failure() {
+    FAILED.with(|f| f.set(None));
+}
+
 /// The key that tags names, derived from the vault secret (vault/mod.rs).
 pub struct NameTags {
     key: Secret32,
@@ -65,7 +70,7 @@ impl Op {
         if !tracing::enabled!(target: "envfs::fuse::op", tracing::Level::DEBUG) {
             return Op { live: None };
         }
-        FAILED.with(|f| f.set(None));
+        clear_failure();
         Op {
             live: Some(Live {
                 kind,

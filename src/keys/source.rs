@@ -110,6 +110,18 @@ fn owned_fd(fd: i32, duplicate: bool) -> std::io::Result<std::fs::File> {
             "descriptor {fd} is not open"
         )));
     }
+    // Taking stdout or stderr would close them under envfs; stdin stays open, like `-`.
+    if !duplicate && (fd == libc::STDOUT_FILENO || fd == libc::STDERR_FILENO) {
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} is standard {}, not a key",
+            if fd == libc::STDOUT_FILENO {
+                "output"
+            } else {
+                "error"
+            }
+        )));
+    }
+    let duplicate = duplicate || fd == libc::STDIN_FILENO;
     let fd = if duplicate {
         // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own (or -1).
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
