@@ -946,3 +946,74 @@ fn plaintext_names_vault_reserves_its_own_names() {
     assert_eq!(fs.readlink(p("l")).unwrap(), "plain/target");
     assert_eq!(fs.getattr(p("l")).unwrap().size, 12);
 }
+
+/// Changes the backing store reports (inotify) are judged in the mount's terms: the
+/// plaintext name, the inode now there, and whether a change of contents is only this
+/// core's own last write (open or closed since) or someone else's.
+#[test]
+fn backing_changes_are_judged_by_name_and_by_who_wrote_them() {
+    use envfs::backing::watch::EventKind;
+    let v = CoreVault::new(&fs_core::small());
+    let fs = &v.fs;
+    fs.start_watching().unwrap();
+    fs.mkdir(p("d"), 0o755, None).unwrap();
+    fs.watch_dir(p("d")).unwrap();
+    write_file(fs, "d/mine", b"written through the core");
+    let (h, _) = fs
+        .create(p("d/open"), 0o644, libc::O_CREAT | libc::O_RDWR, None)
+        .unwrap();
+    fs.write(&h, 0, b"still open").unwrap();
+    // Bounded: events for the writes above arrive at once on a local filesystem.
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        events.extend(
+            fs.wait_for_changes(Duration::from_secs(1), Duration::ZERO)
+                .unwrap(),
+        );
+        if events
+            .iter()
+            .filter(|e| e.kind == EventKind::Modified)
+            .count()
+            >= 2
+        {
+            break;
+        }
+    }
+    let mut judged = Vec::new();
+    for e in events.iter().filter(|e| e.kind == EventKind::Modified) {
+        let c = fs.judge_change(p("d"), e).unwrap();
+        assert!(c.now.is_some());
+        judged.push((c.names.clone(), c.ours));
+    }
+    assert!(
+        judged.contains(&(vec![OsString::from("mine")], true)),
+        "{judged:?}"
+    );
+    assert!(
+        judged.contains(&(vec![OsString::from("open")], true)),
+        "{judged:?}"
+    );
+
+    // Someone else appends a byte to the backing file: no longer this core's write.
+    let backing = fs.backing_path(p("d/mine")).unwrap();
+    let mut raw = fs::OpenOptions::new().append(true).open(&backing).unwrap();
+    std::io::Write::write_all(&mut raw, b"x").unwrap();
+    drop(raw);
+    let mut theirs = None;
+    for _ in 0..10 {
+        let got = fs
+            .wait_for_changes(Duration::from_secs(1), Duration::ZERO)
+            .unwrap();
+        if let Some(e) = got.iter().find(|e| e.kind == EventKind::Modified) {
+            theirs = Some(fs.judge_change(p("d"), e).unwrap());
+            break;
+        }
+    }
+    let theirs = theirs.expect("a change event for the outside write");
+    assert_eq!(theirs.names, vec![OsString::from("mine")]);
+    assert!(
+        !theirs.ours,
+        "a write made behind the core's back is not its own"
+    );
+    drop(h);
+}

@@ -18,6 +18,7 @@
 
 pub mod probe;
 pub mod sys;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};

@@ -95,6 +95,17 @@ pub struct Known {
     pub ctime: (i64, u32),
 }
 
+impl Known {
+    /// `Known` of an entry as an lstat of its name found it.
+    pub fn of_stat(st: &super::Stat) -> Known {
+        Known {
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+        }
+    }
+}
+
 /// `Known` for `file`, from `statx(AT_STATX_DONT_SYNC)`: on a network filesystem, no round
 /// trip to the server. The kernel keeps the length current with every write made through
 /// it, this process's included, and takes the server's word on everything whenever it next

@@ -17,7 +17,7 @@ use crate::format::Geometry;
 use crate::format::geometry::{BadLength, CHUNK_OVERHEAD};
 use crate::format::header::FILE_ID_OFFSET;
 use crate::vault::Vault;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -58,13 +58,53 @@ pub struct OpenFile {
     backing_path: Mutex<PathBuf>,
     io: RwLock<FileIo>,
     table: Weak<Table>,
+    recent: Weak<RecentWrites>,
 }
 
 /// Open files by backing (device, inode); weak, so an entry dies with its last handle.
 type Table = Mutex<HashMap<(u64, u64), Weak<OpenFile>>>;
 
+/// How many closed files' last writes `RecentWrites` remembers.
+const RECENT_WRITES: usize = 4096;
+
+/// What this mount's last write left on recently closed files (`FileIo::left`), so that
+/// the backing store's report of that write, which may arrive after the close, is known
+/// for this mount's own (src/fs/watch.rs) and is not mistaken for someone else's. Bounded:
+/// the oldest is forgotten first, and a forgotten one costs one needless invalidation.
+#[derive(Default)]
+struct RecentWrites {
+    inner: Mutex<(LeftById, RecordOrder)>,
+}
+
+/// What was left on each backing inode, and the order they were recorded in (oldest first).
+type LeftById = HashMap<(u64, u64), Known>;
+type RecordOrder = VecDeque<(u64, u64)>;
+
+impl RecentWrites {
+    fn record(&self, id: (u64, u64), left: Known) {
+        let mut inner = self.inner.lock().unwrap();
+        let (by_id, order) = &mut *inner;
+        if by_id.insert(id, left).is_none() {
+            order.push_back(id);
+        }
+        while order.len() > RECENT_WRITES {
+            if let Some(old) = order.pop_front() {
+                by_id.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, id: (u64, u64)) -> Option<Known> {
+        self.inner.lock().unwrap().0.get(&id).copied()
+    }
+}
+
 impl Drop for OpenFile {
     fn drop(&mut self) {
+        if let (Some(recent), Some(left)) = (self.recent.upgrade(), self.io.get_mut().unwrap().left)
+        {
+            recent.record(self.id, left);
+        }
         if let Some(table) = self.table.upgrade() {
             let mut table = table.lock().unwrap();
             if table.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
@@ -78,6 +118,7 @@ impl Drop for OpenFile {
 #[derive(Default)]
 pub struct OpenFiles {
     table: Arc<Table>,
+    recent: Arc<RecentWrites>,
 }
 
 impl OpenFiles {
@@ -119,6 +160,7 @@ impl OpenFiles {
                 tail: None,
             }),
             table: Arc::downgrade(&self.table),
+            recent: Arc::downgrade(&self.recent),
         });
         table.insert(id, Arc::downgrade(&file));
         Ok(file)
@@ -140,6 +182,17 @@ impl OpenFiles {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether backing inode `id` showing `now` is exactly what this mount's last write
+    /// through it left (open or recently closed): nobody else has written it since.
+    pub fn left_by_us(&self, id: (u64, u64), now: Known) -> bool {
+        if let Some(file) = self.get(id)
+            && file.io.read().unwrap().left == Some(now)
+        {
+            return true;
+        }
+        self.recent.get(id) == Some(now)
     }
 }
 

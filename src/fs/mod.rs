@@ -14,6 +14,7 @@ mod name_cache;
 pub mod names;
 mod outage;
 pub mod rewrap;
+pub mod watch;
 
 pub use crate::backing::probe::Capabilities;
 pub use crate::backing::sys::TimeSet;
@@ -146,6 +147,8 @@ pub struct Fs {
     /// What the backing store can do, once probed (`probe_backing`).
     capabilities: std::sync::OnceLock<Capabilities>,
     sizes: SizeMap,
+    /// Change notification from the backing store, once the mount asks for it (watch.rs).
+    watcher: std::sync::OnceLock<crate::backing::watch::Inotify>,
 }
 
 /// A directory's entries as `Fs::list` returns them: each decrypted entry with its backing
@@ -187,6 +190,7 @@ impl Fs {
             entries: EntryLog::default(),
             outage: Default::default(),
             capabilities: Default::default(),
+            watcher: Default::default(),
         }
     }
 
