@@ -73,6 +73,8 @@ const RECENT_WRITES: usize = 4096;
 /// the oldest is forgotten first, and a forgotten one costs one needless invalidation.
 #[derive(Default)]
 struct RecentWrites {
+    /// Off until the backing store is watched: nothing else asks, so closes pay nothing.
+    on: std::sync::atomic::AtomicBool,
     inner: Mutex<(LeftById, RecordOrder)>,
 }
 
@@ -82,6 +84,9 @@ type RecordOrder = VecDeque<(u64, u64)>;
 
 impl RecentWrites {
     fn record(&self, id: (u64, u64), left: Known) {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let mut inner = self.inner.lock().unwrap();
         let (by_id, order) = &mut *inner;
         if by_id.insert(id, left).is_none() {
@@ -182,6 +187,14 @@ impl OpenFiles {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keep what closed files' last writes left, for `left_by_us` (once the backing store
+    /// is watched).
+    pub fn remember_recent_writes(&self) {
+        self.recent
+            .on
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether backing inode `id` showing `now` is exactly what this mount's last write

@@ -40,6 +40,7 @@ impl Fs {
             let inotify = Inotify::new()?;
             let _ = self.watcher.set(inotify);
         }
+        self.open.remember_recent_writes();
         Ok(())
     }
 
