@@ -358,6 +358,129 @@ fn changes_behind_the_mounts_back_show_up_within_the_attribute_timeout() {
         == Some(b"new content from another host")));
 }
 
+/// The watch section of the daemon's `envfs status --json`.
+fn watch_status(v: &TestVault, m: &Mount) -> serde_json::Value {
+    let out = run(v.cmd().arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "status: {}", stderr_text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["mounts"][0]["watch"].clone()
+}
+
+/// On a local backing store the mount watches it, and every change made behind its back
+/// reaches the kernel as an invalidation (docs/SEMANTICS.md §5): with hour-long timeouts
+/// here, nothing but an invalidation can explain seeing a change within the bounded waits.
+/// A longer file rewritten in place, a name that was remembered missing, a rename, a mode,
+/// a removal, a sync client's replace-by-rename.
+#[test]
+fn a_watched_mount_sees_outside_changes_through_invalidations_not_timeouts() {
+    let v = TestVault::new(&[]);
+    let a = v.mount(
+        "a",
+        &[
+            "-o",
+            "attr_timeout=3600,entry_timeout=3600,negative_timeout=3600",
+        ],
+    );
+    let b = v.mount("b", &["-o", "shared"]);
+    let w = watch_status(&v, &a);
+    assert_eq!(w["watched"], true, "{w}");
+    assert_eq!(w["degraded"], serde_json::Value::Null, "{w}");
+    assert_eq!(w["attr_timeout_s"], 3600.0, "{w}");
+    let seen = |what: &str, cond: &mut dyn FnMut() -> bool| {
+        assert!(wait_until(Duration::from_secs(10), cond), "{what} not seen");
+    };
+
+    fs::create_dir(a.p("d")).unwrap();
+    fs::write(a.p("d/doc"), b"version one").unwrap();
+    assert_eq!(fs::read(a.p("d/doc")).unwrap(), b"version one");
+    assert!(!a.p("d/later").exists(), "remembered missing for an hour");
+    let before = watch_status(&v, &a)["invalidations"].as_u64().unwrap();
+
+    // Longer, in place: the old size would cut the new content short.
+    fs::write(b.p("d/doc"), b"version two, longer").unwrap();
+    seen("an in-place rewrite", &mut || {
+        fs::read(a.p("d/doc")).unwrap() == b"version two, longer"
+    });
+    fs::write(b.p("d/later"), b"made elsewhere").unwrap();
+    seen("a name remembered missing", &mut || a.p("d/later").exists());
+    fs::rename(b.p("d/doc"), b.p("d/doc2")).unwrap();
+    seen("a rename", &mut || {
+        !a.p("d/doc").exists() && a.p("d/doc2").exists()
+    });
+    fs::set_permissions(b.p("d/doc2"), fs::Permissions::from_mode(0o600)).unwrap();
+    seen("a mode change", &mut || {
+        fs::metadata(a.p("d/doc2")).unwrap().mode() & 0o777 == 0o600
+    });
+    fs::remove_file(b.p("d/doc2")).unwrap();
+    seen("a removal", &mut || !a.p("d/doc2").exists());
+
+    // A sync client renames a downloaded file over the old one in the backing directory.
+    fs::write(a.p("d/synced"), b"old content, long enough").unwrap();
+    fs::write(b.p("incoming"), b"new content from another host").unwrap();
+    assert_eq!(fs::metadata(a.p("d/synced")).unwrap().len(), 24);
+    let backing_of = |mnt: &Path, name: &str| {
+        let ino = fs::metadata(mnt.join(name)).unwrap().ino();
+        walk(&v.backing)
+            .into_iter()
+            .find(|p| fs::metadata(p).unwrap().ino() == ino)
+            .unwrap()
+    };
+    let target = backing_of(&a.path, "d/synced");
+    let incoming = backing_of(&b.path, "incoming");
+    let tmp = target.with_file_name(".sync-tmp");
+    fs::copy(&incoming, &tmp).unwrap();
+    fs::rename(&tmp, &target).unwrap();
+    seen("a replace by rename", &mut || {
+        fs::metadata(a.p("d/synced")).unwrap().len() == 29
+            && fs::read(a.p("d/synced")).unwrap() == b"new content from another host"
+    });
+    let after = watch_status(&v, &a);
+    assert!(after["invalidations"].as_u64().unwrap() > before, "{after}");
+}
+
+/// Past `-o watch_limit` the mount gives up long timeouts: one warning in its log, `envfs
+/// status` says why, replies carry the short timeouts, and changes in the directory it
+/// could not watch still show within them.
+#[test]
+fn the_watch_limit_degrades_to_short_timeouts_with_one_log_line() {
+    let v = TestVault::new(&[]);
+    let log = v.dir.path().join("daemon.log");
+    let opts = format!("watch_limit=2,log_file={}", log.display());
+    let a = v.mount("a", &["-o", &opts]);
+    let b = v.mount("b", &["-o", "shared"]);
+    let w = watch_status(&v, &a);
+    assert_eq!(w["degraded"], serde_json::Value::Null, "{w}");
+    assert_eq!(w["attr_timeout_s"], 60.0, "{w}");
+    for i in 0..5 {
+        fs::create_dir_all(a.p(&format!("d{i}/sub"))).unwrap();
+        fs::write(a.p(&format!("d{i}/sub/f")), b"one").unwrap();
+    }
+    let w = watch_status(&v, &a);
+    assert_eq!(w["watched_dirs"], 2, "{w}");
+    assert_eq!(w["limit"], 2, "{w}");
+    let why = w["degraded"].as_str().unwrap_or_else(|| panic!("{w}"));
+    assert!(why.contains("watch limit of 2 directories"), "{w}");
+    assert_eq!(w["attr_timeout_s"], 1.0, "{w}");
+    assert_eq!(w["entry_timeout_s"], 1.0, "{w}");
+    let text = ok(run(v.cmd().arg("status").arg(&a.path)));
+    assert!(text.contains("DEGRADED to short timeouts"), "{text}");
+    // In a directory it could not watch, a change shows within the short timeouts.
+    assert_eq!(fs::read(a.p("d4/sub/f")).unwrap(), b"one");
+    fs::write(b.p("d4/sub/f"), b"two, longer").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || fs::read(
+        a.p("d4/sub/f")
+    )
+    .unwrap()
+        == b"two, longer"));
+    let logged = fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged.matches("watch limit of 2 directories").count(),
+        1,
+        "{logged}"
+    );
+    assert!(logged.contains("WARN"), "{logged}");
+}
+
 /// The kernel's readahead window of the mount (its backing device info in sysfs).
 fn readahead_kb(mountpoint: &Path) -> u32 {
     let meta = fs::metadata(mountpoint).unwrap();
@@ -446,7 +569,8 @@ fn entry_and_attribute_timeouts_each_reach_the_kernel_as_themselves() {
 #[test]
 fn a_remembered_missing_name_never_hides_a_file_made_through_the_mount() {
     let v = TestVault::new(&[]);
-    let a = v.mount("a", &["-o", "negative_timeout=600"]);
+    // Not watched: a watched mount hears of `elsewhere` at once (the next test).
+    let a = v.mount("a", &["-o", "negative_timeout=600,nowatch"]);
     let b = v.mount("b", &["-o", "shared"]);
     let fresh = v.mount("fresh", &["-o", "negative_timeout=0,shared"]);
     for name in ["file", "dir", "link", "renamed", "hard"] {

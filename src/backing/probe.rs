@@ -610,6 +610,29 @@ impl Capabilities {
         )
     }
 
+    /// Why the kernel cannot report every change to this store (docs/SEMANTICS.md §5), or
+    /// `None` when it can. inotify sees what passes through this host's VFS: on a network
+    /// filesystem other hosts write without it, and beneath a FUSE filesystem (`fuse.*`;
+    /// `fuseblk` is a local device) whatever its daemon serves can change unseen.
+    pub fn why_unwatchable(&self) -> Option<String> {
+        if self.network {
+            Some(format!(
+                "{} is a network filesystem: other hosts' changes are not reported",
+                self.fs_type_shown()
+            ))
+        } else if self.fs_type.starts_with("fuse.")
+            || self.fs_type == "fuse"
+            || self.fs_type.is_empty()
+        {
+            Some(format!(
+                "{} does not report changes made beneath it",
+                self.fs_type_shown()
+            ))
+        } else {
+            None
+        }
+    }
+
     pub fn fs_type_shown(&self) -> &str {
         if self.fs_type.is_empty() {
             "unknown type"

@@ -9,8 +9,9 @@ use super::exit;
 use super::{KeyArgs, open_vault};
 use crate::error::{Error, Result};
 use crate::fs::Fs;
-use crate::fuse::AdapterOptions;
 use crate::fuse::session::{is_mount_point, mount_device, mount_fstype};
+use crate::fuse::watch::{DEFAULT_WATCH_LIMIT, WatchState};
+use crate::fuse::{AdapterOptions, WatchOptions};
 use crate::keys::cache::CacheLimits;
 use crate::keys::source::KeySource;
 use std::ffi::OsString;
@@ -66,6 +67,10 @@ pub struct MountConfig {
     /// `-o shared` / `-o noshared`: other hosts use the backing store too. Unset: shared
     /// when the probe finds a network filesystem.
     pub shared: Option<bool>,
+    /// `-o nowatch`: do not watch the backing store; short timeouts as on a network store.
+    pub nowatch: bool,
+    /// `-o watch_limit=N`: watch at most N directories (fuse/watch.rs).
+    pub watch_limit: Option<usize>,
     /// The mount's kernel readahead window in KiB (`/sys/class/bdi/<dev>/read_ahead_kb`).
     pub readahead_kb: Option<u32>,
     pub foreground: bool,
@@ -174,6 +179,16 @@ pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
         "shared / noshared",
         "shared",
         "other hosts write the backing store too (default: on for network filesystems)",
+    ),
+    (
+        "nowatch",
+        "nowatch",
+        "do not watch the backing store for outside changes; short timeouts",
+    ),
+    (
+        "watch_limit=N",
+        "watch_limit=65536",
+        "most directories watched; beyond, short timeouts",
     ),
     (
         "writeback_cache / no_writeback_cache",
@@ -303,6 +318,20 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
                         })?,
                 )
             }
+            ("nowatch", None) => config.nowatch = true,
+            ("watch_limit", Some(v)) => {
+                config.watch_limit = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_WATCH_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "-o watch_limit={v}: expected a number of directories in \
+                                 1..={MAX_WATCH_LIMIT} (-o nowatch watches none)"
+                            ))
+                        })?,
+                )
+            }
             ("shared", None) => config.shared = Some(true),
             ("noshared", None) => config.shared = Some(false),
             ("writeback_cache", None) => config.writeback_cache = true,
@@ -339,6 +368,8 @@ fn mount_error(msg: String) -> Error {
 /// cost eight requests per MiB; with 1 MiB it reads ~1.5x faster (docs/BENCHMARKS.md).
 pub const DEFAULT_READAHEAD_KB: u32 = 1024;
 const MAX_READAHEAD_KB: u32 = 65536;
+/// The most directories `-o watch_limit` may ask to watch (about 1 GiB of kernel memory).
+const MAX_WATCH_LIMIT: usize = 1 << 20;
 
 /// Set the mount's readahead window. Only root may write sysfs; anyone else keeps the
 /// kernel's 128 KiB (an administrator can raise it, docs/OPERATIONS.md). Never fatal.
@@ -431,7 +462,7 @@ fn check_not_nested(backing: &Path, mountpoint: &Path) -> Result<()> {
 /// only after its timeouts, and a refusal is heard where a warning in a daemon's log is not.
 fn check_not_mounted_twice(backing: &Path, config: &MountConfig) -> Result<()> {
     let others = super::status::mounts_of(backing);
-    let Some((first, _)) = others.first() else {
+    let Some((first, _, _)) = others.first() else {
         return Ok(());
     };
     if config.shared != Some(true) {
@@ -442,9 +473,17 @@ fn check_not_mounted_twice(backing: &Path, config: &MountConfig) -> Result<()> {
             first.display()
         )));
     }
-    for (other, shared) in &others {
+    for (other, shared, watched) in &others {
         match shared {
             Some(true) => {}
+            // It hears of this mount's changes from the kernel, not from its timeouts.
+            Some(false) if *watched => tracing::warn!(
+                "{} is also mounted on {} outside shared mode: that mount watches the backing \
+                 store and shows what this one writes once the kernel reports it, but \
+                 believes it is the only writer (remount it with -o shared)",
+                backing.display(),
+                other.display()
+            ),
             Some(false) => tracing::warn!(
                 "{} is also mounted on {} outside shared mode: that mount may show what this \
                  one writes only after its attribute and entry timeouts (remount it with -o \
@@ -749,12 +788,24 @@ fn effective_options(
     shared: bool,
 ) -> Vec<String> {
     let secs = |d: Duration| format!("{}", d.as_secs_f64());
+    let a = &spec.adapter;
+    // The watched mount's timeouts; `envfs status` says which are in force.
+    let (attr, entry, negative) = a
+        .watch
+        .as_ref()
+        .map_or((a.attr_timeout, a.entry_timeout, a.negative_timeout), |w| {
+            (w.attr_timeout, w.entry_timeout, w.negative_timeout)
+        });
     let mut out = vec![
         if spec.read_only { "ro" } else { "rw" }.to_string(),
         if shared { "shared" } else { "noshared" }.to_string(),
-        format!("attr_timeout={}", secs(spec.adapter.attr_timeout)),
-        format!("entry_timeout={}", secs(spec.adapter.entry_timeout)),
-        format!("negative_timeout={}", secs(spec.adapter.negative_timeout)),
+        format!("attr_timeout={}", secs(attr)),
+        format!("entry_timeout={}", secs(entry)),
+        format!("negative_timeout={}", secs(negative)),
+        match &a.watch {
+            Some(w) => format!("watch_limit={}", w.state.report().limit),
+            None => "nowatch".to_string(),
+        },
     ];
     for (on, name) in [
         (spec.allow_other, "allow_other"),
@@ -790,6 +841,27 @@ fn effective_options(
     out
 }
 
+/// The watched mount's timeouts: long when only this host writes the store; in shared
+/// mode the short ones `short` (the watch adds invalidations but cannot see other hosts).
+/// A timeout set with `-o` holds watched or not.
+fn watch_options(
+    config: &MountConfig,
+    mode: &BackingMode,
+    short: &AdapterOptions,
+) -> Option<WatchOptions> {
+    if mode.unwatched.is_some() {
+        return None;
+    }
+    let long = (!mode.shared).then_some(WatchOptions::DEFAULT_TIMEOUT);
+    let pick = |set: Option<Duration>, short: Duration| set.or(long).unwrap_or(short);
+    Some(WatchOptions {
+        attr_timeout: pick(config.attr_timeout, short.attr_timeout),
+        entry_timeout: pick(config.entry_timeout, short.entry_timeout),
+        negative_timeout: pick(config.negative_timeout, short.negative_timeout),
+        state: WatchState::new(config.watch_limit.unwrap_or(DEFAULT_WATCH_LIMIT)),
+    })
+}
+
 fn serve(
     vault: std::sync::Arc<crate::vault::Vault>,
     mountpoint: &Path,
@@ -797,9 +869,10 @@ fn serve(
     config: &MountConfig,
 ) -> Result<()> {
     let fs = std::sync::Arc::new(Fs::new(vault));
-    let shared = adapt_to_backing_store(&fs, backing, config)?;
+    let mode = adapt_to_backing_store(&fs, backing, config)?;
+    let shared = mode.shared;
     let defaults = AdapterOptions::default();
-    let spec = crate::fuse::session::MountSpec {
+    let mut spec = crate::fuse::session::MountSpec {
         fs_name: backing
             .canonicalize()
             .unwrap_or_else(|_| backing.to_path_buf())
@@ -830,8 +903,10 @@ fn serve(
             writeback_cache: config.writeback_cache,
             flush_on_close: shared,
             requests: defaults.requests.clone(),
+            watch: None,
         },
     };
+    spec.adapter.watch = watch_options(config, &mode, &spec.adapter);
     let info = super::status::DaemonInfo {
         mountpoint: mountpoint.to_path_buf(),
         backing: PathBuf::from(&spec.fs_name),
@@ -839,6 +914,16 @@ fn serve(
         shared,
         requests: defaults.requests.clone(),
         options: effective_options(&spec, config, shared),
+        watch: spec.adapter.watch.clone().ok_or_else(|| {
+            mode.unwatched
+                .clone()
+                .unwrap_or_else(|| "not watched".to_string())
+        }),
+        short_timeouts: [
+            spec.adapter.attr_timeout,
+            spec.adapter.entry_timeout,
+            spec.adapter.negative_timeout,
+        ],
     };
     let result = crate::fuse::session::mount(fs.clone(), mountpoint, &spec);
     match result {
@@ -879,9 +964,17 @@ fn names_collide(
         })
 }
 
+/// How the mount treats its backing store, from the probe and the options.
+struct BackingMode {
+    /// Other hosts write it too (`-o shared`, or a network store).
+    shared: bool,
+    /// Why its changes are not watched, or `None` when they are.
+    unwatched: Option<String>,
+}
+
 /// Probe the backing store (docs/OPERATIONS.md "Backing stores"), refuse what cannot work
-/// on it, log the one summary line, and say whether the mount runs shared.
-fn adapt_to_backing_store(fs: &Fs, backing: &Path, config: &MountConfig) -> Result<bool> {
+/// on it, log the one summary line, and say whether the mount runs shared and watched.
+fn adapt_to_backing_store(fs: &Fs, backing: &Path, config: &MountConfig) -> Result<BackingMode> {
     use crate::backing::probe::Depth;
     let caps = fs.probe_backing(if config.read_only {
         Depth::Look
@@ -908,17 +1001,26 @@ fn adapt_to_backing_store(fs: &Fs, backing: &Path, config: &MountConfig) -> Resu
             }
         )));
     }
-    let mode = if shared {
-        "; shared mode: other hosts' changes show within the attribute and entry timeouts"
+    let unwatched = if config.nowatch {
+        Some("-o nowatch".to_string())
     } else {
-        ""
+        caps.why_unwatchable()
     };
+    let mut mode = match &unwatched {
+        None => "; watched for outside changes".to_string(),
+        Some(why) => format!("; not watched ({why}): outside changes show within the timeouts"),
+    };
+    if shared {
+        mode.push_str(
+            "; shared mode: other hosts' changes show within the attribute and entry timeouts",
+        );
+    }
     if caps.lacks().is_empty() {
         tracing::info!("{}{mode}", caps.summary(backing));
     } else {
         tracing::warn!("{}{mode}", caps.summary(backing));
     }
-    Ok(shared)
+    Ok(BackingMode { shared, unwatched })
 }
 
 /// Serve until the filesystem is unmounted, with the daemon's pid recorded for

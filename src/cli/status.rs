@@ -31,6 +31,23 @@ pub struct DaemonInfo {
     pub requests: Arc<crate::fuse::RequestCounts>,
     /// The options the mount runs with, defaults included, key sources by name only.
     pub options: Vec<String>,
+    /// The watch of the backing store and its timeouts, or why there is none.
+    pub watch: std::result::Result<crate::fuse::WatchOptions, String>,
+    /// The attribute, entry and negative timeouts when nothing is watched (or the watch
+    /// degraded).
+    pub short_timeouts: [Duration; 3],
+}
+
+impl DaemonInfo {
+    /// The timeouts replies carry now, and whether they are the watched ones.
+    fn timeouts(&self) -> ([Duration; 3], bool) {
+        match &self.watch {
+            Ok(w) if !w.state.is_degraded() => {
+                ([w.attr_timeout, w.entry_timeout, w.negative_timeout], true)
+            }
+            _ => (self.short_timeouts, false),
+        }
+    }
 }
 
 /// A key the daemon holds: its kind, its id (never material) and, for a key service, the
@@ -228,6 +245,34 @@ impl<'a> Status<'a> {
             limits.ttl.as_secs(),
             ready.map_or("null".to_string(), |n| n.to_string()),
         );
+        j.push_str(",\"watch\":{");
+        match &self.info.watch {
+            Ok(w) => {
+                let r = w.state.report();
+                let _ = write!(
+                    j,
+                    "\"watched\":true,\"watched_dirs\":{},\"limit\":{},\"events\":{},\
+                     \"invalidations\":{},\"overflows\":{},\"degraded\":",
+                    r.watched_dirs, r.limit, r.events, r.invalidations, r.overflows
+                );
+                match &r.degraded {
+                    Some(why) => json_str(&mut j, why),
+                    None => j.push_str("null"),
+                }
+            }
+            Err(why) => {
+                j.push_str("\"watched\":false,\"why\":");
+                json_str(&mut j, why);
+            }
+        }
+        let ([attr, entry, negative], _) = self.info.timeouts();
+        let _ = write!(
+            j,
+            ",\"attr_timeout_s\":{},\"entry_timeout_s\":{},\"negative_timeout_s\":{}}}",
+            attr.as_secs_f64(),
+            entry.as_secs_f64(),
+            negative.as_secs_f64()
+        );
         j.push_str(",\"requests\":{");
         for (i, (kind, n)) in self.info.requests.all().into_iter().enumerate() {
             if i > 0 {
@@ -289,6 +334,33 @@ impl<'a> Status<'a> {
             limits.ttl.as_secs(),
             ready.map_or(String::new(), |n| format!("; {n} new-file DEKs ready"))
         );
+        let ([attr, entry, negative], watched) = self.info.timeouts();
+        let timeouts = format!(
+            "timeouts: attributes {} s, entries {} s, misses {} s",
+            attr.as_secs_f64(),
+            entry.as_secs_f64(),
+            negative.as_secs_f64()
+        );
+        let _ = match &self.info.watch {
+            Ok(w) => {
+                let r = w.state.report();
+                writeln!(
+                    text,
+                    "  watch: {} of at most {} directories; {} events, {} invalidations, {} \
+                     overflows{}; {timeouts}",
+                    r.watched_dirs,
+                    r.limit,
+                    r.events,
+                    r.invalidations,
+                    r.overflows,
+                    match (&r.degraded, watched) {
+                        (Some(why), _) => format!("; DEGRADED to short timeouts: {why}"),
+                        _ => String::new(),
+                    }
+                )
+            }
+            Err(why) => writeln!(text, "  not watched ({why}); {timeouts}"),
+        };
         let served: Vec<String> = (self.info.requests.all().into_iter())
             .filter(|(_, n)| *n > 0)
             .map(|(kind, n)| format!("{kind} {n}"))
@@ -393,8 +465,9 @@ fn ask(mountpoint: &Path, json: bool) -> std::result::Result<String, String> {
 
 /// The envfs mounts on this host already serving the backing directory `backing` (the same
 /// directory, by device and inode, whatever path they were given), each with whether it
-/// runs in shared mode (`None` when its daemon does not say: another user's mount).
-pub fn mounts_of(backing: &Path) -> Vec<(PathBuf, Option<bool>)> {
+/// runs in shared mode (`None` when its daemon does not say: another user's mount) and
+/// whether it watches the backing store with its long timeouts in force.
+pub fn mounts_of(backing: &Path) -> Vec<(PathBuf, Option<bool>, bool)> {
     use std::os::unix::fs::MetadataExt;
     let Ok(ours) = std::fs::metadata(backing) else {
         return Vec::new();
@@ -415,13 +488,14 @@ pub fn mounts_of(backing: &Path) -> Vec<(PathBuf, Option<bool>)> {
         .into_iter()
         .filter(|l| same(&l.backing))
         .map(|l| {
-            let shared = ask(&l.mountpoint, true).ok().and_then(|doc| {
-                // Our own document: `"shared":true` or `"shared":false`.
-                doc.contains("\"shared\":true")
-                    .then_some(true)
-                    .or(doc.contains("\"shared\":false").then_some(false))
-            });
-            (l.mountpoint, shared)
+            let doc = ask(&l.mountpoint, true).unwrap_or_default();
+            // Our own document: `"shared":true` or `"shared":false`.
+            let shared = doc
+                .contains("\"shared\":true")
+                .then_some(true)
+                .or(doc.contains("\"shared\":false").then_some(false));
+            let watched = doc.contains("\"watched\":true") && doc.contains("\"degraded\":null");
+            (l.mountpoint, shared, watched)
         })
         .collect()
 }

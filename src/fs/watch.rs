@@ -30,6 +30,9 @@ pub struct Change {
     pub now: Option<(u64, u64)>,
     /// For a change of contents: this mount's own last write explains what the file holds.
     pub ours: bool,
+    /// The entry's plaintext name cannot be read (a long name whose sidecar is gone, say):
+    /// any name in the directory may be what changed.
+    pub unreadable: bool,
 }
 
 impl Fs {
@@ -87,21 +90,24 @@ impl Fs {
                 change.names.push(copy.shown);
             }
             // A sidecar holds its entry's long name: the entry's name is what changed.
-            Judged::Sidecar(owner) => {
-                if let Judged::Named(plain) = names::judge(&self.vault, &dir, &owner, at_root) {
-                    change.names.push(plain);
+            Judged::Sidecar(owner) => match names::judge(&self.vault, &dir, &owner, at_root) {
+                Judged::Named(plain) => change.names.push(plain),
+                Judged::Copy(copy) => change.names.push(copy.shown),
+                _ => {
+                    change.unreadable = true;
+                    return Ok(change);
                 }
+            },
+            Judged::Damaged(_) => {
+                change.unreadable = true;
+                return Ok(change);
             }
             // Nothing the mount shows.
-            Judged::Config
-            | Judged::Reserved
-            | Judged::ClientFile(_)
-            | Judged::Foreign(_)
-            | Judged::Damaged(_) => return Ok(change),
+            Judged::Config | Judged::Reserved | Judged::ClientFile(_) | Judged::Foreign(_) => {
+                return Ok(change);
+            }
         }
-        if event.kind == EventKind::Gone {
-            return Ok(change);
-        }
+        // Also for a name that went away: another entry may have taken it since.
         let st = match dir.stat(&event.name) {
             Ok(st) => st,
             // Gone again since: the names are what changed.

@@ -118,23 +118,68 @@ impl Inodes {
         t.nodes.get_mut(&id).expect("inserted above").lookups += 1;
     }
 
-    /// The kernel dropped `n` lookups of `id`.
-    pub fn forget(&self, id: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `id`. True when that was the last: the node is
+    /// gone from the table (and the kernel holds nothing of it).
+    pub fn forget(&self, id: u64, n: u64) -> bool {
         if id == ROOT {
-            return;
+            return false;
         }
         let mut t = self.nodes.write().unwrap();
-        if let Some(node) = t.nodes.get_mut(&id) {
-            node.lookups = node.lookups.saturating_sub(n);
-            if node.lookups == 0 {
-                let node = t.nodes.remove(&id).expect("present");
-                for link in node.links {
-                    if t.by_link.get(&link) == Some(&id) {
-                        t.by_link.remove(&link);
-                    }
-                }
+        let Some(node) = t.nodes.get_mut(&id) else {
+            return false;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups > 0 {
+            return false;
+        }
+        let node = t.nodes.remove(&id).expect("present");
+        for link in node.links {
+            if t.by_link.get(&link) == Some(&id) {
+                t.by_link.remove(&link);
             }
         }
+        true
+    }
+
+    /// The node id of a backing inode the kernel holds a node for, if it does: unlike
+    /// `id_for`, never hands out a new id.
+    pub fn existing_id(&self, dev: u64, ino: u64) -> Option<u64> {
+        if dev == self.root_dev && ino == self.root_ino {
+            return Some(ROOT);
+        }
+        let t = self.nodes.read().unwrap();
+        let id = if dev == self.root_dev && ino > 1 && ino < 1 << 63 {
+            ino
+        } else {
+            *t.foreign.get(&(dev, ino))?
+        };
+        t.nodes.contains_key(&id).then_some(id)
+    }
+
+    /// The node the kernel knows as `parent/name`, if any.
+    pub fn link_target(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        let t = self.nodes.read().unwrap();
+        t.by_link.get(&(parent, name.to_os_string())).copied()
+    }
+
+    /// Every name the kernel knows under `parent`. A scan of the whole table: for the rare
+    /// event that cannot be narrowed to one name.
+    pub fn names_in(&self, parent: u64) -> Vec<OsString> {
+        let t = self.nodes.read().unwrap();
+        (t.by_link.keys())
+            .filter(|(p, _)| *p == parent)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    /// Every (parent, name) link and every node id the kernel holds, for invalidating all
+    /// of them.
+    pub fn everything(&self) -> (Vec<(u64, OsString)>, Vec<u64>) {
+        let t = self.nodes.read().unwrap();
+        (
+            t.by_link.keys().cloned().collect(),
+            t.nodes.keys().copied().collect(),
+        )
     }
 
     /// `parent/name` was unlinked or removed.
@@ -222,8 +267,17 @@ mod tests {
         assert_eq!(t.path(101).unwrap(), PathBuf::from("dir/file"));
         t.renamed(ROOT, OsStr::new("dir"), ROOT, OsStr::new("moved"));
         assert_eq!(t.path(101).unwrap(), PathBuf::from("moved/file"));
-        t.forget(101, 1);
+        assert_eq!(t.existing_id(5, 101), Some(101));
+        assert_eq!(t.existing_id(5, 2), Some(ROOT));
+        assert_eq!(t.existing_id(5, 102), None, "never looked up");
+        assert_eq!(t.existing_id(6, 100), None, "an id, but no node");
+        assert_eq!(t.link_target(100, OsStr::new("file")), Some(101));
+        assert_eq!(t.names_in(100), vec![OsString::from("file")]);
+        assert!(t.forget(101, 1));
+        assert!(!t.forget(101, 1), "already gone");
         assert!(t.path(101).is_none());
+        assert_eq!(t.existing_id(5, 101), None);
+        assert_eq!(t.link_target(100, OsStr::new("file")), None);
         assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
     }
 

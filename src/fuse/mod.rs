@@ -8,6 +8,7 @@ pub mod inodes;
 mod oplog;
 mod requests;
 pub mod session;
+pub mod watch;
 
 use crate::error::Error;
 use crate::fs::{Attr, FileKind, Fs, Handle, Owner, SetAttr, TimeSet};
@@ -65,6 +66,25 @@ pub struct AdapterOptions {
     pub flush_on_close: bool,
     /// Where each request the kernel sends is counted (read by `envfs status`).
     pub requests: Arc<RequestCounts>,
+    /// Watch the backing store and turn its changes into invalidations (fuse/watch.rs),
+    /// with these longer timeouts while every directory the kernel knows is watched.
+    /// `None`: the store cannot report changes (a network filesystem) or `-o nowatch`.
+    pub watch: Option<WatchOptions>,
+}
+
+/// The timeouts of a watched mount, and the watch's shared state.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    pub negative_timeout: Duration,
+    pub state: Arc<watch::WatchState>,
+}
+
+impl WatchOptions {
+    /// Long enough that a tree read once stays cached while it is worked on (`ls -lR`
+    /// after a build, a second `grep -r`): a change is reported, not waited out.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 impl Default for AdapterOptions {
@@ -76,6 +96,7 @@ impl Default for AdapterOptions {
             writeback_cache: false,
             flush_on_close: false,
             requests: Arc::default(),
+            watch: None,
         }
     }
 }
@@ -87,7 +108,8 @@ type DirSnapshot = Arc<Vec<(OsString, Attr)>>;
 pub struct EnvFs {
     /// Shared with the daemon's status socket (`envfs status`), which reads its counters.
     fs: Arc<Fs>,
-    inodes: Inodes,
+    /// Shared with the watcher thread (fuse/watch.rs), which maps changes to node ids.
+    inodes: Arc<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, DirSnapshot>>,
     next_handle: AtomicU64,
@@ -120,6 +142,38 @@ fn no_such_entry() -> FileAttr {
 }
 
 impl EnvFs {
+    /// The watched mount's timeouts while every directory the kernel knows is watched,
+    /// the short ones otherwise.
+    fn watched(&self) -> Option<&WatchOptions> {
+        self.opts.watch.as_ref().filter(|w| !w.state.is_degraded())
+    }
+
+    fn attr_ttl(&self) -> Duration {
+        self.watched()
+            .map_or(self.opts.attr_timeout, |w| w.attr_timeout)
+    }
+
+    fn entry_ttl(&self) -> Duration {
+        self.watched()
+            .map_or(self.opts.entry_timeout, |w| w.entry_timeout)
+    }
+
+    fn negative_ttl(&self) -> Duration {
+        self.watched()
+            .map_or(self.opts.negative_timeout, |w| w.negative_timeout)
+    }
+
+    /// Watch directory `attr` (node `node`, at `path`) before its entry reaches the
+    /// kernel, when the mount watches.
+    fn watch_if_dir(&self, node: u64, attr: &Attr, path: impl FnOnce() -> Option<PathBuf>) {
+        if attr.kind == FileKind::Dir
+            && let Some(w) = &self.opts.watch
+            && let Some(path) = path()
+        {
+            w.state.watch(&self.fs, node, &path);
+        }
+    }
+
     /// The flags an open or create replies with: `FOPEN_NOFLUSH` unless the file is open
     /// for writing and closes must reach the store (`flush_on_close`).
     fn open_reply_flags(&self, open_flags: i32) -> FopenFlags {
@@ -200,7 +254,7 @@ impl EnvFs {
         Ok(EnvFs {
             name_tags: oplog::NameTags::new(fs.vault().log_tag_key()),
             fs,
-            inodes: Inodes::new(dev, ino),
+            inodes: Arc::new(Inodes::new(dev, ino)),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -274,14 +328,10 @@ impl EnvFs {
     /// Reply with a new entry and count the lookup the kernel now holds.
     fn reply_entry(&self, parent: INodeNo, name: &OsStr, attr: &Attr, reply: ReplyEntry) {
         let fattr = self.fuse_attr(attr);
+        self.watch_if_dir(fattr.ino.0, attr, || self.inodes.child_path(parent.0, name));
         self.inodes.remember(fattr.ino.0, parent.0, name);
         // fuser's order: the attributes' timeout first, then the entry's.
-        reply.entry_with_ttls(
-            &self.opts.attr_timeout,
-            &self.opts.entry_timeout,
-            &fattr,
-            Generation(0),
-        );
+        reply.entry_with_ttls(&self.attr_ttl(), &self.entry_ttl(), &fattr, Generation(0));
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
@@ -365,11 +415,11 @@ impl fuser::Filesystem for EnvFs {
             Ok(attr) => self.reply_entry(parent, name, &attr, reply),
             // Node id 0 with a timeout: "no such name" that the kernel may cache.
             // (attribute timeout, entry timeout): only the entry's is kept for a miss.
-            Err(e) if e.errno() == libc::ENOENT && !self.opts.negative_timeout.is_zero() => {
+            Err(e) if e.errno() == libc::ENOENT && !self.negative_ttl().is_zero() => {
                 oplog::note_failure(libc::ENOENT);
                 reply.entry_with_ttls(
                     &Duration::ZERO,
-                    &self.opts.negative_timeout,
+                    &self.negative_ttl(),
                     &no_such_entry(),
                     Generation(0),
                 )
@@ -379,14 +429,18 @@ impl fuser::Filesystem for EnvFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.forget(ino.0, nlookup);
+        if self.inodes.forget(ino.0, nlookup)
+            && let Some(w) = &self.opts.watch
+        {
+            w.state.forgotten(&self.fs, ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = self.begin(Kind::Getattr, ino, &[]);
         if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
             let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
-            return reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+            return reply.attr(&self.attr_ttl(), &self.fuse_attr(&attr));
         }
         let by_name = self
             .path(ino)
@@ -394,7 +448,7 @@ impl fuser::Filesystem for EnvFs {
             .map(|attr| self.fuse_attr(&attr));
         match by_name {
             Ok(fattr) if fattr.ino == ino || ino.0 == inodes::ROOT => {
-                reply.attr(&self.opts.attr_timeout, &fattr)
+                reply.attr(&self.attr_ttl(), &fattr)
             }
             // The node lost its name (unlinked, or renamed over) or the name now holds
             // another file. The kernel's fstat of a file still open comes here without its
@@ -404,7 +458,7 @@ impl fuser::Filesystem for EnvFs {
                     let attr = try_reply!(self, reply, self.fs.getattr_handle(&h));
                     // Answered after all: the failed lookup by name is not the result.
                     oplog::clear_failure();
-                    reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+                    reply.attr(&self.attr_ttl(), &self.fuse_attr(&attr));
                 }
                 // Replaced behind our back: the kernel drops its stale entry and looks the
                 // name up again.
@@ -468,7 +522,7 @@ impl fuser::Filesystem for EnvFs {
                 kill_suidgid,
             };
             let attr = try_reply!(self, reply, self.fs.setattr_handle(&handle, &set));
-            reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+            reply.attr(&self.attr_ttl(), &self.fuse_attr(&attr));
             return;
         }
         let path = try_reply!(self, reply, self.path(ino));
@@ -491,7 +545,7 @@ impl fuser::Filesystem for EnvFs {
             self.fs
                 .setattr_verified(&path, handle.as_deref(), &set, same_node)
         );
-        reply.attr(&self.opts.attr_timeout, &self.fuse_attr(&attr));
+        reply.attr(&self.attr_ttl(), &self.fuse_attr(&attr));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -796,11 +850,14 @@ impl fuser::Filesystem for EnvFs {
                 _ => (snapshot[i - 2].0.as_os_str(), &snapshot[i - 2].1),
             };
             let fattr = self.fuse_attr(attr);
+            if i >= 2 {
+                self.watch_if_dir(fattr.ino.0, attr, || self.inodes.child_path(ino.0, name));
+            }
             if reply.add(
                 fattr.ino,
                 i as u64 + 1,
                 name,
-                &self.opts.entry_timeout,
+                &self.entry_ttl(),
                 &fattr,
                 Generation(0),
             ) {
@@ -928,7 +985,7 @@ impl fuser::Filesystem for EnvFs {
         // entry's, so that the new name is not looked up again at once. A file just created
         // through this mount keeps its attributes that long even in shared mode.
         reply.created(
-            &self.opts.entry_timeout,
+            &self.entry_ttl(),
             &fattr,
             Generation(0),
             FileHandle(fh),

@@ -79,8 +79,9 @@ pub fn mount_device(path: &Path) -> Option<String> {
     })
 }
 
-/// A mounted filesystem, ready to serve.
-pub struct Session(fuser::Session<EnvFs>);
+/// A mounted filesystem, ready to serve, and the watcher keeping its caches true (when the
+/// backing store is watched).
+pub struct Session(fuser::Session<EnvFs>, Option<super::watch::Watcher>);
 
 /// Mount `fs` on `mountpoint` and return the session, ready to serve: as root with our
 /// own mount(2) (type `fuse.envfs`, which mount(8), fstab and `envfs umount` know), otherwise
@@ -88,7 +89,18 @@ pub struct Session(fuser::Session<EnvFs>);
 pub fn mount(fs: std::sync::Arc<Fs>, mountpoint: &Path, spec: &MountSpec) -> Result<Session> {
     use fuser::MountOption as M;
     let config = spec;
-    let fs = EnvFs::new(fs, spec.adapter.clone())?;
+    let core = fs;
+    let fs = EnvFs::new(core.clone(), spec.adapter.clone())?;
+    let inodes = fs.inodes.clone();
+    // The watcher needs the session's notifier, so it starts once the session exists:
+    // before any request is served, so nothing is cached before the root is watched.
+    let with_watcher = |session: fuser::Session<EnvFs>| {
+        let watcher =
+            spec.adapter.watch.as_ref().and_then(|w| {
+                super::watch::start(session.notifier(), core, inodes, w.state.clone())
+            });
+        Session(session, watcher)
+    };
     let mut opts = vec![M::FSName(spec.fs_name.clone()), M::Subtype("envfs".into())];
     if config.read_only {
         opts.push(M::RO);
@@ -134,7 +146,7 @@ pub fn mount(fs: std::sync::Arc<Fs>, mountpoint: &Path, spec: &MountSpec) -> Res
         // fstab and `envfs umount` know us by the type "fuse.envfs".
         let fd = kernel_mount(&spec.fs_name, mountpoint, config)?;
         return fuser::Session::from_fd(fs, fd, fuse_config.acl, fuse_config.clone())
-            .map(Session)
+            .map(with_watcher)
             .map_err(|e| {
                 let _ = kernel_unmount(mountpoint);
                 mount_error(format!(
@@ -145,7 +157,7 @@ pub fn mount(fs: std::sync::Arc<Fs>, mountpoint: &Path, spec: &MountSpec) -> Res
     }
     fuse_config.mount_options = opts;
     fuser::Session::new(fs, mountpoint, &fuse_config)
-        .map(Session)
+        .map(with_watcher)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::FuseUnavailable(format!(
@@ -271,7 +283,11 @@ impl Session {
     /// Serve until the filesystem is unmounted (by `envfs umount`, `fusermount3 -u`, or a
     /// SIGTERM/SIGINT/SIGHUP, which unmount first so no request is cut off).
     pub fn serve_until_unmounted(self, mountpoint: &Path) -> Result<()> {
-        serve(self.0, mountpoint)
+        let served = serve(self.0, mountpoint);
+        if let Some(watcher) = self.1 {
+            watcher.stop();
+        }
+        served
     }
 }
 
