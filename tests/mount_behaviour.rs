@@ -1346,7 +1346,9 @@ fn status_shows_keys_options_and_the_dek_cache_and_no_secret() {
         "rw",
         "noshared",
         "attr_timeout=5",
-        "entry_timeout=1",
+        // A local store is watched: the entry timeout not set here is the watched one.
+        "entry_timeout=60",
+        "watch_limit=65536",
         "allow_other",
         "key_command=…",
     ] {
