@@ -306,6 +306,15 @@ fn growing_past_free_space_fails_at_once_and_changes_nothing() {
 
 // ---- the backing directory is shared -------------------------------------------------------
 
+/// The backing file behind `name` of mount `mnt` (found by its inode number).
+fn backing_of(v: &TestVault, mnt: &Path, name: &str) -> PathBuf {
+    let ino = fs::metadata(mnt.join(name)).unwrap().ino();
+    walk(&v.backing)
+        .into_iter()
+        .find(|p| fs::metadata(p).unwrap().ino() == ino)
+        .unwrap()
+}
+
 #[test]
 fn changes_behind_the_mounts_back_show_up_within_the_attribute_timeout() {
     let v = TestVault::new(&[]);
@@ -338,15 +347,8 @@ fn changes_behind_the_mounts_back_show_up_within_the_attribute_timeout() {
         fs::read(a.p("synced")).unwrap(),
         b"old content, long enough"
     );
-    let backing_of = |mnt: &Path, name: &str| {
-        let ino = fs::metadata(mnt.join(name)).unwrap().ino();
-        walk(&v.backing)
-            .into_iter()
-            .find(|p| fs::metadata(p).unwrap().ino() == ino)
-            .unwrap()
-    };
-    let target = backing_of(&a.path, "synced");
-    let incoming = backing_of(&b.path, "incoming");
+    let target = backing_of(&v, &a.path, "synced");
+    let incoming = backing_of(&v, &b.path, "incoming");
     let tmp = v.backing.join(".sync-tmp");
     fs::copy(&incoming, &tmp).unwrap();
     fs::rename(&tmp, &target).unwrap();
@@ -418,15 +420,8 @@ fn a_watched_mount_sees_outside_changes_through_invalidations_not_timeouts() {
     fs::write(a.p("d/synced"), b"old content, long enough").unwrap();
     fs::write(b.p("incoming"), b"new content from another host").unwrap();
     assert_eq!(fs::metadata(a.p("d/synced")).unwrap().len(), 24);
-    let backing_of = |mnt: &Path, name: &str| {
-        let ino = fs::metadata(mnt.join(name)).unwrap().ino();
-        walk(&v.backing)
-            .into_iter()
-            .find(|p| fs::metadata(p).unwrap().ino() == ino)
-            .unwrap()
-    };
-    let target = backing_of(&a.path, "d/synced");
-    let incoming = backing_of(&b.path, "incoming");
+    let target = backing_of(&v, &a.path, "d/synced");
+    let incoming = backing_of(&v, &b.path, "incoming");
     let tmp = target.with_file_name(".sync-tmp");
     fs::copy(&incoming, &tmp).unwrap();
     fs::rename(&tmp, &target).unwrap();
