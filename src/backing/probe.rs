@@ -617,7 +617,7 @@ impl Capabilities {
     pub fn why_unwatchable(&self) -> Option<String> {
         if self.network {
             Some(format!(
-                "{} is a network filesystem: other hosts' changes are not reported",
+                "{} is a network filesystem: other hosts' changes never reach this host's inotify",
                 self.fs_type_shown()
             ))
         } else if self.fs_type.starts_with("fuse.")
@@ -625,7 +625,7 @@ impl Capabilities {
             || self.fs_type.is_empty()
         {
             Some(format!(
-                "{} does not report changes made beneath it",
+                "{} hides changes made beneath its daemon from inotify",
                 self.fs_type_shown()
             ))
         } else {
