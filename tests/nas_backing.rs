@@ -81,7 +81,18 @@ fn over_sshfs_the_mount_says_what_the_share_lacks_and_runs_shared() {
     assert!(status.contains("\"type\":\"fuse.sshfs\""), "{status}");
     assert!(status.contains("\"symlink_owner\":\"no\""), "{status}");
     assert!(status.contains("\"backing_down\":false"), "{status}");
+    // Another host's change never reaches this host's inotify: short timeouts, said so.
+    assert!(
+        status
+            .contains("\"watch\":{\"watched\":false,\"why\":\"fuse.sshfs is a network filesystem"),
+        "{status}"
+    );
+    assert!(status.contains("\"attr_timeout_s\":0,"), "{status}");
     let text = ok(run(v.cmd().arg("status").arg(&m.path)));
+    assert!(
+        text.contains("  not watched (fuse.sshfs is a network"),
+        "{text}"
+    );
     assert!(
         text.contains("backing store fuse.sshfs (network), shared mode; lacks: "),
         "{text}"
@@ -166,6 +177,10 @@ fn on_a_local_directory_nothing_is_lacking_and_the_mount_is_not_shared() {
     let status = status_json(&v, &m);
     assert!(status.contains("\"shared\":false"), "{status}");
     assert!(status.contains("\"backing_store_lacks\":[]"), "{status}");
+    assert!(
+        status.contains("\"watch\":{\"watched\":true,") && status.contains("\"degraded\":null"),
+        "{status}"
+    );
     m.unmount();
     let _ = daemon.wait();
     let log = fs::read_to_string(&log_path).unwrap();
