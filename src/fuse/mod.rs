@@ -168,6 +168,7 @@ impl EnvFs {
     fn watch_if_dir(&self, node: u64, attr: &Attr, path: impl FnOnce() -> Option<PathBuf>) {
         if attr.kind == FileKind::Dir
             && let Some(w) = &self.opts.watch
+            && w.state.wants(node)
             && let Some(path) = path()
         {
             w.state.watch(&self.fs, node, &path);

@@ -120,6 +120,12 @@ impl WatchState {
         self.degraded.store(true, Ordering::Release);
     }
 
+    /// Whether `node` needs a watch still: asked before its path is resolved, so a listing
+    /// of directories already watched costs one map lookup each.
+    pub(super) fn wants(&self, node: u64) -> bool {
+        !self.is_degraded() && !self.maps.lock().unwrap().by_node.contains_key(&node)
+    }
+
     /// Watch directory node `node`, at plaintext `path`, unless it is watched already.
     /// Called before the node's entry reaches the kernel, so nothing is cached under it
     /// before its watch exists.
