@@ -20,6 +20,9 @@
 #   envfs-kms10    the same behind scripts/kms_proxy.py adding --kms-latency-ms (10) per call
 #   envfs-cNk      local key, N KiB chunks (the chunk-size sweep)
 #   envfs-wb       local key, mounted with -o writeback_cache
+#   envfs-nowatch  local key, mounted with -o nowatch (short timeouts, no change
+#                  notification): runs the freshness step only, to compare with the watched
+#                  default
 # --only picks some; --section NAME writes the table into the NAME section of --out
 # (between <!-- NAME:begin/end --> markers) instead of rewriting the main table.
 #
@@ -67,7 +70,11 @@ W=${BENCH_DIR:-/var/tmp/envfs-bench}
 rm -rf "$W"; mkdir -p "$W"
 RESULTS=$W/results.tsv
 : > "$RESULTS"
-CONTENDERS=(plain bindfs gocryptfs securefs envfs envfs-kms envfs-kms10)
+# envfs's host state (the vaults this host trusts) lives with the run, so a rerun's fresh
+# vaults at the same paths are not refused as replaced ones.
+export XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config
+CONTENDERS=(plain bindfs gocryptfs securefs envfs envfs-nowatch envfs-kms envfs-kms10)
+FRESH_TRIALS=${FRESH_TRIALS:-20}
 if [ -n "$ONLY" ]; then IFS=, read -r -a CONTENDERS <<< "$ONLY"; fi
 
 MOTO_PID=""; PROXY_PID=""
@@ -88,7 +95,6 @@ if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^envfs-kms'; then
     --latency-ms "$KMS_LATENCY" 2>"$W/proxy.log" & PROXY_PID=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$KMS_PORT/" && break; sleep 0.1; done
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-  export XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config
   "$VPY" -c "
 import boto3
 k=boto3.client('kms',endpoint_url='http://127.0.0.1:$KMS_PORT',region_name='us-east-1')
@@ -136,11 +142,12 @@ mount_contender() {
         [ -f "$b/envfs.conf" ] || AWS_ENDPOINT_URL_KMS=$(kms_endpoint "$name") "$ENVFS" init "$b" --kms-key alias/envfs-bench >/dev/null
         AWS_ENDPOINT_URL_KMS=$(kms_endpoint "$name") "$ENVFS" mount "$b" "$m"
       fi ;;
-    envfs|envfs-c*k|envfs-wb)
+    envfs|envfs-c*k|envfs-wb|envfs-nowatch)
       local init_opts=() mount_opts=()
       case $name in
         envfs-c*k) init_opts=(--chunk-size $(( ${name//[^0-9]/} * 1024 ))) ;;
         envfs-wb) mount_opts=(-o writeback_cache) ;;
+        envfs-nowatch) mount_opts=(-o nowatch) ;;
       esac
       [ -f "$b/envfs.conf" ] || "$ENVFS" init "$b" --key-file "$W/envfs.key" "${init_opts[@]}" >/dev/null
       "$ENVFS" mount "$b" "$m" --key-file "$W/envfs.key" "${mount_opts[@]}" ;;
@@ -158,6 +165,48 @@ unmount_contender() {
     sleep 0.2
   done
   for _ in $(seq 50); do mountpoint -q "$m" || break; sleep 0.1; done
+}
+
+# The freshness step's outside writer: a second view of the same backing store, changing it
+# the way a sync client or another host would (for the encrypted contenders, a second
+# mount of the same backing directory, so what lands there is valid ciphertext; envfs's
+# writer mount is `-o shared`, the mode for a store other writers change).
+mount_writer() {
+  local name=$1 b=$W/$1-backing m=$W/$1-writer-mnt
+  mkdir -p "$m"
+  case $name in
+    plain|bindfs) echo "$b"; return ;;
+    gocryptfs) gocryptfs -q -passfile <(echo benchpass) "$b" "$m" 2>/dev/null ;;
+    securefs)
+      securefs mount -b --pass benchpass "$b" "$m" >/dev/null 2>&1
+      for _ in $(seq 50); do mountpoint -q "$m" && break; sleep 0.1; done ;;
+    envfs*) "$ENVFS" mount "$b" "$m" --key-file "$W/envfs.key" -o shared ;;
+  esac
+  echo "$m"
+}
+
+unmount_writer() {
+  local m=$W/$1-writer-mnt
+  mountpoint -q "$m" || return 0
+  for _ in $(seq 50); do fusermount3 -u "$m" 2>/dev/null && break; sleep 0.2; done
+}
+
+# Freshness (issue 18): the time from a change behind the mount's back to its new content
+# read through the mount, over FRESH_TRIALS trials per kind of change (scripts/bench_freshness.py).
+bench_freshness() {
+  local name=$1 run=$2 reader writer mode p50 p90 max stale
+  reader=$(mount_contender "$name")
+  writer=$(mount_writer "$name")
+  for mode in replace inplace appear; do
+    read -r p50 p90 max stale < <(python3 "$ROOT/scripts/bench_freshness.py" --writer "$writer" --reader "$reader" \
+      --mode "$mode" --trials "$FRESH_TRIALS")
+    record "$name" "fresh_${mode}_p50_ms" "$run" "$p50"
+    record "$name" "fresh_${mode}_p90_ms" "$run" "$p90"
+    record "$name" "fresh_${mode}_max_ms" "$run" "$max"
+    record "$name" "fresh_${mode}_stale" "$run" "$stale"
+  done
+  unmount_writer "$name"
+  unmount_contender "$name" final
 }
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
@@ -201,6 +250,9 @@ bench_one() {
   dir=$(mount_contender "$name")
   t0=$(now); find "$dir/small" -type f -exec cat {} + > /dev/null; t1=$(now)
   record "$name" small_read_cold_s "$run" "$(echo "$t1 - $t0" | bc -l)"
+  # Listing the tree a program has just read: what the kernel's caches keep of that read.
+  t0=$(now); ls -lR "$dir/small" > /dev/null; t1=$(now)
+  record "$name" ls_lR_warm_s "$run" "$(echo "$t1 - $t0" | bc -l)"
   unmount_contender "$name"; cold
   dir=$(mount_contender "$name")
   t0=$(now); ls -lR "$dir/small" > /dev/null; t1=$(now)
@@ -218,11 +270,12 @@ bench_one() {
 for run in $(seq "$RUNS"); do
   for c in "${CONTENDERS[@]}"; do
     echo "bench: run $run/$RUNS: $c" >&2
-    bench_one "$c" "$run"
+    [ "$c" = envfs-nowatch ] || bench_one "$c" "$run"
+    case $c in plain|bindfs|gocryptfs|securefs|envfs|envfs-nowatch) bench_freshness "$c" "$run" ;; esac
   done
 done
 
 python3 "$ROOT/scripts/bench_report.py" "$RESULTS" "$OUT" --section "$SECTION" --kms-latency "$KMS_LATENCY" \
-  --command "bash scripts/bench.sh${ARGS:+ $ARGS}" --runs "$RUNS" --size-mb "$SIZE_MB" --files "$FILES" --archive-files "$ARCHIVE_FILES" \
+  --command "bash scripts/bench.sh${ARGS:+ $ARGS}" --runs "$RUNS" --size-mb "$SIZE_MB" --files "$FILES" --archive-files "$ARCHIVE_FILES" --fresh-trials "$FRESH_TRIALS" \
   --versions "envfs $(git -C "$ROOT" rev-parse --short HEAD); $(gocryptfs -version 2>/dev/null | head -1); securefs $(securefs version 2>/dev/null | head -1 | awk '{print $NF}'); bindfs $(bindfs --version 2>/dev/null | head -1 | awk '{print $NF}'); fio $(fio --version)"
 echo "bench: wrote $OUT" >&2
