@@ -515,16 +515,24 @@ fn the_readahead_window_is_one_full_request_or_what_the_option_says() {
 /// The daemon's counts of FUSE lookups and getattrs so far (`envfs status --json`), from
 /// one status call.
 fn lookups_and_getattrs(v: &TestVault, m: &Mount) -> (u64, u64) {
+    let counts = request_counts(v, m, &["lookup", "getattr"]);
+    (counts[0], counts[1])
+}
+
+/// The daemon's counts of the given kinds of FUSE request so far, from one status call.
+fn request_counts(v: &TestVault, m: &Mount, kinds: &[&str]) -> Vec<u64> {
     let out = run(v.cmd().arg("status").arg(&m.path).arg("--json"));
     assert!(out.status.success(), "status: {}", stderr_text(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let doc = &doc["mounts"][0];
-    let count = |kind: &str| {
-        doc["requests"][kind]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no requests.{kind} in {doc}"))
-    };
-    (count("lookup"), count("getattr"))
+    kinds
+        .iter()
+        .map(|kind| {
+            doc["requests"][kind]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no requests.{kind} in {doc}"))
+        })
+        .collect()
 }
 
 /// `entry_timeout` is how long the kernel keeps a name, `attr_timeout` how long it keeps
@@ -841,6 +849,92 @@ fn allow_other_enforces_permissions_and_gives_new_files_to_the_caller() {
     assert!(out.status.success(), "{}", stderr_text(&out));
     let meta = fs::metadata(m.p("by-nobody")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+}
+
+/// With allow_other the kernel checks permissions for every user, so it must check them as
+/// `getfacl` shows them: an ACL entry granting or denying a user counts on the mount as on a
+/// local filesystem, and so does a change to it through the mount or behind its back.
+/// (Before, the kernel weighed only the mode bits: `user:nobody:---` let nobody read a 0644
+/// file, and a grant beyond the mode bits was refused.)
+#[test]
+fn allow_other_enforces_posix_acls_as_getfacl_shows_them() {
+    let v = TestVault::new(&[]);
+    let m = shared_mount(&v);
+    let can_read = |name: &str| as_nobody(&m.path, &format!("cat {name}")).status.success();
+    let setup = |name: &str, mode: u32, acl: &str| {
+        fs::write(m.p(name), b"readable").unwrap();
+        fs::set_permissions(m.p(name), fs::Permissions::from_mode(mode)).unwrap();
+        sh(&m.path, &format!("setfacl -m {acl} {name}"));
+    };
+    setup("granted", 0o600, "u:nobody:r");
+    setup("denied", 0o644, "u:nobody:-");
+    assert!(
+        can_read("granted"),
+        "an ACL grant beyond the mode bits was refused"
+    );
+    let out = as_nobody(&m.path, "cat denied");
+    assert!(
+        !out.status.success(),
+        "an ACL entry denying nobody was ignored"
+    );
+    assert!(stderr_text(&out).contains("Permission denied"));
+    assert_eq!(fs::read(m.p("denied")).unwrap(), b"readable");
+    // chmod narrows the ACL mask (the group bits): the grant no longer reaches nobody.
+    fs::set_permissions(m.p("granted"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!can_read("granted"), "chmod did not narrow the ACL mask");
+    // Removed on the backing file behind the mount's back: the watch reports it.
+    let backing = walk(&v.backing)
+        .into_iter()
+        .find(|p| {
+            p.is_file()
+                && stdout_text(&run(std::process::Command::new("getfacl")
+                    .arg("-pc")
+                    .arg(p)))
+                .contains("user:nobody:---")
+        })
+        .expect("the backing file of `denied` carries its ACL");
+    ok(run(std::process::Command::new("setfacl")
+        .args(["-x", "u:nobody"])
+        .arg(&backing)));
+    assert!(
+        wait_until(Duration::from_secs(10), || can_read("denied")),
+        "an ACL removed behind the mount's back still denied nobody"
+    );
+}
+
+/// `-o noacl`: the mount has no POSIX ACLs, so `ls -l` learns that from one answer and stops
+/// asking each file (one FUSE round trip per file listed, the cost of ACLs on a listing).
+/// ACLs already on backing entries stay there, untouched, for a mount without `noacl`.
+#[test]
+fn a_noacl_mount_refuses_acls_and_keeps_those_on_the_backing_store() {
+    let v = TestVault::new(&[]);
+    let mut m = v.mount("mnt", &[]);
+    fs::create_dir(m.p("d")).unwrap();
+    for i in 0..50 {
+        fs::write(m.p(&format!("d/f{i}")), b"x").unwrap();
+    }
+    sh(&m.path, "setfacl -m u:nobody:r d/f0");
+    m.unmount();
+    let mut m = v.mount("mnt", &["-o", "noacl"]);
+    let out = sh(
+        &m.path,
+        "setfacl -m u:nobody:rw d/f1 2>&1 || true; getfacl -pc d/f0 2>&1; getfattr -d -m - d/f0 2>&1",
+    );
+    assert!(out.contains("Operation not supported"), "{out}");
+    assert!(!out.contains("user:nobody"), "{out}");
+    assert!(!out.contains("posix_acl"), "{out}");
+    let before = request_counts(&v, &m, &["getxattr"])[0];
+    sh(&m.path, "ls -lR >/dev/null");
+    let asked = request_counts(&v, &m, &["getxattr"])[0] - before;
+    assert!(
+        asked <= 2,
+        "`ls -lR` of 52 entries sent {asked} getxattr requests"
+    );
+    m.unmount();
+    let m = v.mount("mnt", &[]);
+    let out = sh(&m.path, "getfacl -pc d/f0 d/f1");
+    assert!(out.contains("user:nobody:r--"), "{out}");
+    assert!(!out.contains("user:nobody:rw-"), "{out}");
 }
 
 /// envfs takes over dropping setuid/setgid from the kernel (FUSE_HANDLE_KILLPRIV_V2, which

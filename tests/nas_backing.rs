@@ -308,6 +308,19 @@ fn symlinks_for_another_user_over_sshfs_keep_the_stores_owner() {
         .arg(m.p("pub/file")));
     assert!(out.status.success(), "{}", stderr_text(&out));
     assert_eq!(fs::metadata(m.p("pub/file")).unwrap().uid(), 65534);
+    // The kernel weighs ACLs on an allow_other mount (it asks the daemon for the ACL of a
+    // file whose group bits could matter); sshfs stores none, and that must read as "no
+    // ACL", not fail the permission check.
+    fs::write(m.p("pub/roots"), b"readable").unwrap();
+    fs::set_permissions(
+        m.p("pub/roots"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(m.p("pub/roots")));
+    assert_eq!(stdout_text(&out), "readable", "{}", stderr_text(&out));
 
     let lchown = |uid: u32| {
         let c =

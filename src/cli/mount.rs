@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::fs::Fs;
 use crate::fuse::session::{is_mount_point, mount_device, mount_fstype};
 use crate::fuse::watch::{DEFAULT_WATCH_LIMIT, WatchState};
-use crate::fuse::{AdapterOptions, WatchOptions};
+use crate::fuse::{Acls, AdapterOptions, WatchOptions};
 use crate::keys::cache::CacheLimits;
 use crate::keys::source::KeySource;
 use std::ffi::OsString;
@@ -69,6 +69,8 @@ pub struct MountConfig {
     pub shared: Option<bool>,
     /// `-o nowatch`: do not watch the backing store; short timeouts as on a network store.
     pub nowatch: bool,
+    /// `-o noacl`: the mount has no POSIX ACLs (fuse::Acls::None); `-o acl` undoes it.
+    pub noacl: bool,
     /// `-o watch_limit=N`: watch at most N directories (fuse/watch.rs).
     pub watch_limit: Option<usize>,
     /// The mount's kernel readahead window in KiB (`/sys/class/bdi/<dev>/read_ahead_kb`).
@@ -189,6 +191,11 @@ pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
         "watch_limit=N",
         "watch_limit=65536",
         "most directories watched; beyond, short timeouts",
+    ),
+    (
+        "acl / noacl",
+        "noacl",
+        "noacl: no POSIX ACLs on the mount (faster ls -l); default acl",
     ),
     (
         "writeback_cache / no_writeback_cache",
@@ -334,6 +341,8 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             }
             ("shared", None) => config.shared = Some(true),
             ("noshared", None) => config.shared = Some(false),
+            ("acl", None) => config.noacl = false,
+            ("noacl", None) => config.noacl = true,
             ("writeback_cache", None) => config.writeback_cache = true,
             ("no_writeback_cache", None) => config.writeback_cache = false,
             ("foreground", None) => config.foreground = true,
@@ -815,6 +824,7 @@ fn effective_options(
             "default_permissions",
         ),
         (spec.adapter.writeback_cache, "writeback_cache"),
+        (spec.adapter.acls == Acls::None, "noacl"),
     ] {
         if on {
             out.push(name.to_string());
@@ -904,6 +914,13 @@ fn serve(
             flush_on_close: shared,
             requests: defaults.requests.clone(),
             watch: None,
+            acls: if config.noacl {
+                Acls::None
+            } else if config.allow_other || config.default_permissions {
+                Acls::Enforced
+            } else {
+                Acls::Stored
+            },
         },
     };
     spec.adapter.watch = watch_options(config, &mode, &spec.adapter);
@@ -1267,6 +1284,12 @@ mod tests {
         parse_options(&["no_writeback_cache".into()], &mut c).unwrap();
         assert!(!c.writeback_cache);
         assert!(parse_options(&["writeback_cache=1".into()], &mut c).is_err());
+        assert!(!c.noacl);
+        parse_options(&["noacl".into()], &mut c).unwrap();
+        assert!(c.noacl);
+        parse_options(&["acl".into()], &mut c).unwrap();
+        assert!(!c.noacl);
+        assert!(parse_options(&["noacl=1".into()], &mut c).is_err());
         parse_options(&["prefetch=64,prefetch_workers=32".into()], &mut c).unwrap();
         assert_eq!((c.prefetch, c.prefetch_workers), (Some(64), Some(32)));
         assert!(parse_options(&["prefetch_workers=0".into()], &mut c).is_err());

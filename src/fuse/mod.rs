@@ -70,6 +70,46 @@ pub struct AdapterOptions {
     /// with these longer timeouts while every directory the kernel knows is watched.
     /// `None`: the store cannot report changes (a network filesystem) or `-o nowatch`.
     pub watch: Option<WatchOptions>,
+    /// What POSIX ACLs are on this mount.
+    pub acls: Acls,
+}
+
+/// What a mount does with POSIX ACLs (`system.posix_acl_access` and `_default`). They are
+/// stored on the backing entry unchanged either way (SEMANTICS.md §10); the question is who
+/// weighs them when a permission is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acls {
+    /// The kernel checks every user's permissions (`default_permissions`, `allow_other`):
+    /// it must weigh ACLs too (`FUSE_POSIX_ACL`), or an entry `getfacl` shows, granting or
+    /// denying a user, would not count on the mount.
+    Enforced,
+    /// Only the mounting user reaches the mount, and every backing call runs as that user:
+    /// the backing filesystem weighs the ACLs it stores for them.
+    Stored,
+    /// `-o noacl`: the mount has none. ACL calls fail with `EOPNOTSUPP`, which programs such
+    /// as `ls -l` remember for the whole filesystem, where a "no ACL" answer costs a round
+    /// trip per file every time (the kernel caches no ACL for a FUSE filesystem that does
+    /// not ask it to enforce them). ACLs already on backing entries stay there, unseen.
+    None,
+}
+
+impl Acls {
+    /// Whether `name` is one of the two xattrs the kernel exposes POSIX ACLs as.
+    pub fn is_acl(name: &OsStr) -> bool {
+        matches!(
+            name.as_bytes(),
+            b"system.posix_acl_access" | b"system.posix_acl_default"
+        )
+    }
+
+    /// `EOPNOTSUPP` for an ACL xattr on a mount that has none.
+    fn refuse(self, name: &OsStr) -> Result<(), Errno> {
+        if self == Acls::None && Acls::is_acl(name) {
+            Err(Errno::EOPNOTSUPP)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// The timeouts of a watched mount, and the watch's shared state.
@@ -97,6 +137,7 @@ impl Default for AdapterOptions {
             flush_on_close: false,
             requests: Arc::default(),
             watch: None,
+            acls: Acls::Stored,
         }
     }
 }
@@ -389,6 +430,11 @@ impl fuser::Filesystem for EnvFs {
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let wanted = if self.opts.writeback_cache {
             wanted | InitFlags::FUSE_WRITEBACK_CACHE
+        } else {
+            wanted
+        };
+        let wanted = if self.opts.acls == Acls::Enforced {
+            wanted | InitFlags::FUSE_POSIX_ACL
         } else {
             wanted
         };
@@ -917,6 +963,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let _op = self.begin(Kind::Setxattr, ino, &[name]);
+        try_reply!(self, reply, self.opts.acls.refuse(name));
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.setxattr(&path, name, value, flags));
         reply.ok();
@@ -924,6 +971,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _op = self.begin(Kind::Getxattr, ino, &[name]);
+        try_reply!(self, reply, self.opts.acls.refuse(name));
         let path = try_reply!(self, reply, self.path(ino));
         let value = try_reply!(self, reply, self.fs.getxattr(&path, name));
         xattr_reply(reply, &value, size);
@@ -935,6 +983,9 @@ impl fuser::Filesystem for EnvFs {
         let names = try_reply!(self, reply, self.fs.listxattr(&path));
         let mut buf = Vec::new();
         for n in names {
+            if self.opts.acls.refuse(&n).is_err() {
+                continue;
+            }
             buf.extend_from_slice(n.as_bytes());
             buf.push(0);
         }
@@ -943,6 +994,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = self.begin(Kind::Removexattr, ino, &[name]);
+        try_reply!(self, reply, self.opts.acls.refuse(name));
         let path = try_reply!(self, reply, self.path(ino));
         try_reply!(self, reply, self.fs.removexattr(&path, name));
         reply.ok();
