@@ -34,10 +34,17 @@ use std::time::Duration;
 /// watch is about 1 KiB, ours about 100 bytes: 64 MiB at most between them.
 pub const DEFAULT_WATCH_LIMIT: usize = 65536;
 
-/// After the first event, how long to let more queue before handling them: the kernel
+/// While changes keep coming, how long to let more queue before handling them: the kernel
 /// merges identical events, so a file written many times in this interval costs one
 /// invalidation. Short, since it adds to how soon an outside change is seen.
 const SETTLE: Duration = Duration::from_millis(2);
+
+/// Changes are "coming" when more than `BURST_BATCHES` batches were handled in the last
+/// `BURST`. One file changed after a quiet spell (a sync client replacing it, another mount
+/// creating a name this one just found missing) is a few batches (create, write, close) and
+/// each is handled the moment it is reported; only a burst of many waits `SETTLE` to merge.
+const BURST: Duration = Duration::from_millis(50);
+const BURST_BATCHES: u32 = 8;
 
 /// How long one wait for events lasts: the bound on noticing that the session ended.
 const POLL: Duration = Duration::from_millis(250);
@@ -260,8 +267,28 @@ struct Unmounted;
 impl Invalidator {
     /// Until the session stops (checked every `POLL`) or the kernel connection goes away.
     fn run(&self) {
+        // The batches handled since `window` began, a new window every `BURST`.
+        let (mut window, mut batches) = (std::time::Instant::now(), 0u32);
         while !self.state.stop.load(Ordering::Acquire) {
-            let events = match self.fs.wait_for_changes(POLL, SETTLE) {
+            let events = self
+                .fs
+                .wait_for_changes(POLL, Duration::ZERO)
+                .and_then(|mut events| {
+                    if events.is_empty() {
+                        return Ok(events);
+                    }
+                    // Judged when the events arrive, not when the wait began.
+                    if window.elapsed() >= BURST {
+                        (window, batches) = (std::time::Instant::now(), 0);
+                    }
+                    batches += 1;
+                    if batches > BURST_BATCHES {
+                        std::thread::sleep(SETTLE);
+                        events.extend(self.fs.wait_for_changes(Duration::ZERO, Duration::ZERO)?);
+                    }
+                    Ok(events)
+                });
+            let events = match events {
                 Ok(events) => events,
                 Err(e) => {
                     self.state.degrade(format!(
