@@ -23,6 +23,8 @@
 #   envfs-nowatch  local key, mounted with -o nowatch (short timeouts, no change
 #                  notification): runs the freshness step only, to compare with the watched
 #                  default
+#   envfs-noacl    local key, mounted with -o noacl (no POSIX ACLs): runs the small-file
+#                  steps only, to show what ACL support costs a listing
 # --only picks some; --section NAME writes the table into the NAME section of --out
 # (between <!-- NAME:begin/end --> markers) instead of rewriting the main table.
 #
@@ -73,7 +75,7 @@ RESULTS=$W/results.tsv
 # envfs's host state (the vaults this host trusts) lives with the run, so a rerun's fresh
 # vaults at the same paths are not refused as replaced ones.
 export XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config
-CONTENDERS=(plain bindfs gocryptfs securefs envfs envfs-nowatch envfs-kms envfs-kms10)
+CONTENDERS=(plain bindfs gocryptfs securefs envfs envfs-nowatch envfs-noacl envfs-kms envfs-kms10)
 FRESH_TRIALS=${FRESH_TRIALS:-20}
 if [ -n "$ONLY" ]; then IFS=, read -r -a CONTENDERS <<< "$ONLY"; fi
 
@@ -142,12 +144,13 @@ mount_contender() {
         [ -f "$b/envfs.conf" ] || AWS_ENDPOINT_URL_KMS=$(kms_endpoint "$name") "$ENVFS" init "$b" --kms-key alias/envfs-bench >/dev/null
         AWS_ENDPOINT_URL_KMS=$(kms_endpoint "$name") "$ENVFS" mount "$b" "$m"
       fi ;;
-    envfs|envfs-c*k|envfs-wb|envfs-nowatch)
+    envfs|envfs-c*k|envfs-wb|envfs-nowatch|envfs-noacl)
       local init_opts=() mount_opts=()
       case $name in
         envfs-c*k) init_opts=(--chunk-size $(( ${name//[^0-9]/} * 1024 ))) ;;
         envfs-wb) mount_opts=(-o writeback_cache) ;;
         envfs-nowatch) mount_opts=(-o nowatch) ;;
+        envfs-noacl) mount_opts=(-o noacl) ;;
       esac
       [ -f "$b/envfs.conf" ] || "$ENVFS" init "$b" --key-file "$W/envfs.key" "${init_opts[@]}" >/dev/null
       "$ENVFS" mount "$b" "$m" --key-file "$W/envfs.key" "${mount_opts[@]}" ;;
@@ -217,7 +220,7 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; }  # con
 
 daemon_pid() { pgrep -n -f "envfs mount $W/$1-backing " || true; }
 
-bench_one() {
+bench_bulk() {
   local name=$1 run=$2 dir t0 t1 pid
   # Sequential write, 1 MiB blocks, fsync at the end.
   dir=$(mount_contender "$name")
@@ -243,7 +246,13 @@ bench_one() {
     record "$name" "${rw}_4k_IOPS" "$run" "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j["read"]["iops"]+j["write"]["iops"])' "$W/fio.json")"
   done
   rm -f "$dir/rand.bin"
+  unmount_contender "$name"; cold
+}
+
+bench_small() {
+  local name=$1 run=$2 dir t0 t1
   # Small files: create, read back cold, ls -lR, rm -rf.
+  dir=$(mount_contender "$name")
   t0=$(now); cp -r "$SMALL_SRC" "$dir/small"; sync -f "$dir/small/d00" 2>/dev/null || true; t1=$(now)
   record "$name" small_create_s "$run" "$(echo "$t1 - $t0" | bc -l)"
   unmount_contender "$name"; cold
@@ -270,7 +279,11 @@ bench_one() {
 for run in $(seq "$RUNS"); do
   for c in "${CONTENDERS[@]}"; do
     echo "bench: run $run/$RUNS: $c" >&2
-    [ "$c" = envfs-nowatch ] || bench_one "$c" "$run"
+    case $c in
+      envfs-nowatch) ;;
+      envfs-noacl) bench_small "$c" "$run" ;;
+      *) bench_bulk "$c" "$run"; bench_small "$c" "$run" ;;
+    esac
     case $c in plain|bindfs|gocryptfs|securefs|envfs|envfs-nowatch) bench_freshness "$c" "$run" ;; esac
   done
 done

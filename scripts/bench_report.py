@@ -125,7 +125,8 @@ New files still need a `GenerateDataKey` each. `envfs-cNk` is a vault made with
 `envfs init --chunk-size` N KiB (the chunk-size sweep); `envfs-wb` is mounted with
 `-o writeback_cache` (opt-in, see SEMANTICS.md §5); `envfs-nowatch` is mounted with `-o nowatch`
 (no change notification, 1 s timeouts: what every mount did before issue 18) and runs the
-freshness step only.
+freshness step only; `envfs-noacl` is mounted with `-o noacl` (no POSIX ACLs, so `ls -l`
+stops asking each file for one) and runs the small-file and untar steps only.
 """
     with open(a.out, "w") as f:
         f.write(f"""# Benchmarks
