@@ -193,6 +193,104 @@ fn reads_while_cached_cost_one_decrypt_and_stat_ls_touch_cost_nothing() {
     );
 }
 
+/// `mounts[0].dek_cache.unwrap_ahead` of `envfs status --json`, once every job queued so
+/// far has been done or dropped (bounded wait).
+fn unwrap_ahead_settled(v: &KmsVault, kms: &Kms, m: &Mount) -> serde_json::Value {
+    let status = || {
+        let out = run(v.cmd(kms).arg("status").arg(&m.path).arg("--json"));
+        assert!(out.status.success(), "{}", stderr_text(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["mounts"][0]["dek_cache"]["unwrap_ahead"].clone()
+    };
+    let done = |a: &serde_json::Value| {
+        let n = |k: &str| a[k].as_u64().unwrap_or_else(|| panic!("no {k} in {a}"));
+        n("unwrapped") + n("skipped") + n("failed") == n("queued")
+    };
+    wait_until(Duration::from_secs(30), || done(&status()));
+    let a = status();
+    assert!(done(&a), "unwrap-ahead jobs still pending: {a}");
+    a
+}
+
+/// After a remount the DEK cache is empty. Reading a directory's files one after another
+/// unwraps the next ones' DEKs ahead, concurrently, and still costs exactly one Decrypt per
+/// file (an open waits for a call under way rather than making a second). A file read alone
+/// costs one call, and a reader that stops early has paid at most one call ahead per file
+/// it opened after the first.
+#[test]
+fn reading_a_directory_unwraps_deks_ahead_and_once_per_file() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-ahead");
+    let v = KmsVault::new(&kms, "alias/envfs-ahead");
+    {
+        let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+        for d in ["all", "few", "one"] {
+            fs::create_dir(m.p(d)).unwrap();
+            for f in 0..40 {
+                fs::write(m.p(&format!("{d}/f{f:02}")), format!("{d} {f}")).unwrap();
+            }
+        }
+    }
+    let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+    kms.reset_counts();
+    // A whole directory, in directory order (as grep -r, tar and cp -r read).
+    let listed = sh(&m.path, "find all -type f");
+    let files: Vec<&str> = listed.lines().collect();
+    assert_eq!(files.len(), 40);
+    for f in &files {
+        let n = f.trim_start_matches("all/f");
+        let n: u32 = n.parse().unwrap();
+        assert_eq!(fs::read_to_string(m.p(f)).unwrap(), format!("all {n}"));
+    }
+    let ahead = unwrap_ahead_settled(&v, &kms, &m);
+    assert_eq!(
+        kms.count("Decrypt"),
+        40,
+        "one Decrypt per file read: {ahead}"
+    );
+    let unwrapped = ahead["unwrapped"].as_u64().unwrap();
+    assert!(
+        unwrapped >= 20,
+        "most DEKs should be unwrapped ahead: {ahead}"
+    );
+    assert_eq!(ahead["used"].as_u64().unwrap(), unwrapped, "{ahead}");
+    assert_eq!(ahead["failed"], 0, "{ahead}");
+
+    // One file alone: one call.
+    kms.reset_counts();
+    assert_eq!(fs::read_to_string(m.p("one/f07")).unwrap(), "one 7");
+    unwrap_ahead_settled(&v, &kms, &m);
+    assert_eq!(kms.count("Decrypt"), 1, "a file read alone");
+
+    // Three files, then the reader stops: at most two calls ahead.
+    kms.reset_counts();
+    let listed = sh(&m.path, "find few -type f | head -3");
+    for f in listed.lines() {
+        fs::read(m.p(f)).unwrap();
+    }
+    unwrap_ahead_settled(&v, &kms, &m);
+    let calls = kms.count("Decrypt");
+    assert!(
+        (3..=5).contains(&calls),
+        "{calls} Decrypts for 3 files read"
+    );
+
+    // Off: one call per open, none ahead.
+    drop(m);
+    let m = v.mount(&kms, "mnt", &["-o", "prefetch=0,unwrap_ahead=0"]);
+    kms.reset_counts();
+    for f in &files {
+        fs::read(m.p(f)).unwrap();
+    }
+    assert_eq!(kms.count("Decrypt"), 40);
+    let out = run(v.cmd(&kms).arg("status").arg(&m.path).arg("--json"));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["mounts"][0]["dek_cache"]["unwrap_ahead"].is_null(),
+        "{doc}"
+    );
+}
+
 #[test]
 fn prefetch_keeps_new_file_deks_ready() {
     let kms = Kms::start();

@@ -26,6 +26,9 @@ const DEFAULT_PREFETCH: usize = 32;
 /// Concurrent GenerateDataKey calls the prefetch pool makes. Sustained creation runs at up
 /// to workers / round-trip files per second, so this is what hides a distant key service.
 const DEFAULT_PREFETCH_WORKERS: usize = 16;
+/// Concurrent unwrap calls for files about to be opened (fs/unwrap_ahead.rs): as many as
+/// prefetching uses for new files, the same load on the key service.
+const DEFAULT_UNWRAP_AHEAD: usize = 16;
 
 /// Environment variable naming the fd on which a daemon child reports readiness.
 const READY_FD_ENV: &str = "ENVFS_READY_FD";
@@ -58,6 +61,8 @@ pub struct MountConfig {
     pub dek_cache_ttl: Option<Duration>,
     pub prefetch: Option<usize>,
     pub prefetch_workers: Option<usize>,
+    /// `-o unwrap_ahead=N`: unwrap calls ahead of opens (0: none).
+    pub unwrap_ahead: Option<usize>,
     /// `log_file=` (or `--log-file`): the daemon appends its log here instead of syslog.
     pub log_file: Option<PathBuf>,
     /// FUSE worker threads reading requests from the kernel.
@@ -224,6 +229,11 @@ pub const MOUNT_OPTIONS: &[(&str, &str, &str)] = &[
         "prefetch_workers=4",
         "threads generating them, 1-256",
     ),
+    (
+        "unwrap_ahead=N",
+        "unwrap_ahead=0",
+        "DEKs of files about to be read unwrapped ahead, 0-256 (0: off)",
+    ),
     ("foreground", "foreground", "same as -f (not in fstab)"),
     (
         "nosuid / suid, nodev / dev",
@@ -302,6 +312,15 @@ pub fn parse_options(lists: &[String], config: &mut MountConfig) -> Result<()> {
             }
             ("dek_cache_ttl", Some(v)) => config.dek_cache_ttl = Some(seconds(name, v)?),
             ("threads", Some(v)) => config.threads = Some(thread_count(name, v, 64)?),
+            ("unwrap_ahead", Some(v)) => {
+                config.unwrap_ahead =
+                    Some(v.parse().ok().filter(|n| *n <= 256).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "-o unwrap_ahead={v}: expected 0 (off) or a number of concurrent calls \
+                         in 1..=256"
+                        ))
+                    })?)
+            }
             ("prefetch_workers", Some(v)) => {
                 config.prefetch_workers = Some(thread_count(name, v, 256)?)
             }
@@ -879,6 +898,7 @@ fn serve(
     config: &MountConfig,
 ) -> Result<()> {
     let fs = std::sync::Arc::new(Fs::new(vault));
+    fs.enable_unwrap_ahead(config.unwrap_ahead.unwrap_or(DEFAULT_UNWRAP_AHEAD));
     let mode = adapt_to_backing_store(&fs, backing, config)?;
     let shared = mode.shared;
     let defaults = AdapterOptions::default();
@@ -1293,6 +1313,13 @@ mod tests {
         parse_options(&["prefetch=64,prefetch_workers=32".into()], &mut c).unwrap();
         assert_eq!((c.prefetch, c.prefetch_workers), (Some(64), Some(32)));
         assert!(parse_options(&["prefetch_workers=0".into()], &mut c).is_err());
+        parse_options(&["unwrap_ahead=0".into()], &mut c).unwrap();
+        assert_eq!(c.unwrap_ahead, Some(0));
+        parse_options(&["unwrap_ahead=64".into()], &mut c).unwrap();
+        assert_eq!(c.unwrap_ahead, Some(64));
+        for bad in ["unwrap_ahead=257", "unwrap_ahead=x", "unwrap_ahead"] {
+            assert!(parse_options(&[bad.into()], &mut c).is_err(), "{bad}");
+        }
         parse_options(&["threads=1".into()], &mut c).unwrap();
         assert_eq!(c.threads, Some(1));
         assert!(parse_options(&["threads=0".into()], &mut c).is_err());

@@ -135,6 +135,8 @@ struct Status<'a> {
     keys: Vec<KeyInUse>,
     /// DEKs cached, the cache's bound, and new-file DEKs ready (with prefetching).
     dek_cache: (usize, crate::keys::cache::CacheLimits, Option<usize>),
+    /// What unwrap-ahead did (`None`: off), and how many of its DEKs an open used.
+    ahead: Option<(crate::fs::unwrap_ahead::AheadReport, u64)>,
 }
 
 impl<'a> Status<'a> {
@@ -161,6 +163,9 @@ impl<'a> Status<'a> {
                 })
                 .collect(),
             dek_cache: fs.vault().dek_cache_fill(),
+            ahead: fs
+                .unwrap_ahead_report()
+                .map(|r| (r, fs.vault().dek_ahead_used())),
         }
     }
 
@@ -240,11 +245,24 @@ impl<'a> Status<'a> {
         let (cached, limits, ready) = &self.dek_cache;
         let _ = write!(
             j,
-            "],\"dek_cache\":{{\"entries\":{cached},\"max_entries\":{},\"ttl_s\":{},\"prefetched\":{}}}",
+            "],\"dek_cache\":{{\"entries\":{cached},\"max_entries\":{},\"ttl_s\":{},\"prefetched\":{}",
             limits.max_entries,
             limits.ttl.as_secs(),
             ready.map_or("null".to_string(), |n| n.to_string()),
         );
+        j.push_str(",\"unwrap_ahead\":");
+        match &self.ahead {
+            Some((r, used)) => {
+                let _ = write!(
+                    j,
+                    "{{\"workers\":{},\"queued\":{},\"unwrapped\":{},\"used\":{used},\
+                     \"skipped\":{},\"failed\":{}}}",
+                    r.workers, r.queued, r.unwrapped, r.skipped, r.failed
+                );
+            }
+            None => j.push_str("null"),
+        }
+        j.push('}');
         j.push_str(",\"watch\":{");
         match &self.info.watch {
             Ok(w) => {
@@ -334,6 +352,14 @@ impl<'a> Status<'a> {
             limits.ttl.as_secs(),
             ready.map_or(String::new(), |n| format!("; {n} new-file DEKs ready"))
         );
+        if let Some((r, used)) = &self.ahead {
+            let _ = writeln!(
+                text,
+                "  unwrap-ahead: {} workers; {} DEKs unwrapped ahead, {used} used by an open; \
+                 {} skipped, {} failed",
+                r.workers, r.unwrapped, r.skipped, r.failed
+            );
+        }
         let ([attr, entry, negative], watched) = self.info.timeouts();
         let timeouts = format!(
             "timeouts: attributes {} s, entries {} s, misses {} s",

@@ -14,6 +14,7 @@ mod name_cache;
 pub mod names;
 mod outage;
 pub mod rewrap;
+pub mod unwrap_ahead;
 pub mod watch;
 
 pub use crate::backing::probe::Capabilities;
@@ -149,6 +150,8 @@ pub struct Fs {
     sizes: SizeMap,
     /// Change notification from the backing store, once the mount asks for it (watch.rs).
     watcher: std::sync::OnceLock<crate::backing::watch::Inotify>,
+    /// DEKs unwrapped ahead of the opens that need them, once the mount asks for it.
+    ahead: std::sync::OnceLock<unwrap_ahead::UnwrapAhead>,
 }
 
 /// A directory's entries as `Fs::list` returns them: each decrypted entry with its backing
@@ -191,7 +194,26 @@ impl Fs {
             outage: Default::default(),
             capabilities: Default::default(),
             watcher: Default::default(),
+            ahead: Default::default(),
         }
+    }
+
+    /// Unwrap the DEKs of files about to be opened with up to `workers` concurrent calls
+    /// (fs/unwrap_ahead.rs), when a key service holds this vault's DEKs. Does nothing for
+    /// local keys, for `workers` 0, without a DEK cache (`dek_cache_size=0`: a DEK
+    /// unwrapped ahead would be thrown away), or when called twice.
+    pub fn enable_unwrap_ahead(&self, workers: usize) {
+        let caching = self.vault.dek_cache_fill().1.max_entries > 0;
+        if workers > 0 && caching && self.vault.has_remote_key() {
+            let _ = self
+                .ahead
+                .get_or_init(|| unwrap_ahead::UnwrapAhead::start(self.vault.clone(), workers));
+        }
+    }
+
+    /// What unwrap-ahead has done (`None`: off).
+    pub fn unwrap_ahead_report(&self) -> Option<unwrap_ahead::AheadReport> {
+        self.ahead.get().map(unwrap_ahead::UnwrapAhead::report)
     }
 
     /// Probe the backing store (`backing::probe`) and keep the answer; `write_probes`
@@ -901,7 +923,7 @@ impl Fs {
     /// descriptor: no symlink is followed, on the way or in place.
     fn open_backing(
         &self,
-        dir: &Dir,
+        dir: &Arc<Dir>,
         name: &OsStr,
         flags: i32,
         create: bool,
@@ -952,6 +974,9 @@ impl Fs {
         } else {
             self.engine()
                 .check_openable(&handle.file, st.st_size as u64)?;
+        }
+        if !create && let Some(ahead) = self.ahead.get() {
+            ahead.opened(dir, &name.to_os_string());
         }
         Ok(handle)
     }

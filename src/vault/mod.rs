@@ -593,6 +593,58 @@ impl Vault {
         )
     }
 
+    /// Whether a DEK of this vault can need a key-service call to unwrap.
+    pub fn has_remote_key(&self) -> bool {
+        self.providers.iter().any(|p| p.remote())
+    }
+
+    /// How many DEKs unwrapped ahead an open has used (`envfs status`).
+    pub fn dek_ahead_used(&self) -> u64 {
+        self.dek_cache.ahead_used()
+    }
+
+    /// Unwrap and cache the DEK of a file header before anything opens the file, when a key
+    /// service holds it (fs/unwrap_ahead.rs). The header is not authenticated here: its MAC
+    /// needs the DEK, and the open that uses the DEK checks it. What gets cached is still
+    /// only ever the key the service unwrapped for this file id (the id is bound into the
+    /// wrap), under the cache key of that exact slot.
+    pub fn unwrap_ahead(&self, header_bytes: &[u8]) -> Ahead {
+        let Ok((header, _)) = FileHeader::parse(header_bytes) else {
+            return Ahead::NotAFile;
+        };
+        let Some((provider, slot)) = self.providers.iter().find_map(|p| {
+            header
+                .slots
+                .iter()
+                .find(|s| p.recognises(s))
+                .map(|s| (p, s))
+        }) else {
+            return Ahead::NotHeld;
+        };
+        if !provider.remote() {
+            return Ahead::NotHeld;
+        }
+        if self.dek_cache.contains(&header.file_id, &slot.wrapped) {
+            return Ahead::Cached;
+        }
+        let Some(_claim) = self.dek_cache.claim(&header.file_id) else {
+            return Ahead::Cached;
+        };
+        // Opened since we looked: nothing to do.
+        if self.dek_cache.contains(&header.file_id, &slot.wrapped) {
+            return Ahead::Cached;
+        }
+        let ctx = KeyContext::file(self.config.vault_id, header.file_id);
+        match provider.unwrap(slot, &ctx) {
+            Ok(dek) => {
+                self.dek_cache
+                    .insert_ahead(&header.file_id, &slot.wrapped, &dek);
+                Ahead::Unwrapped
+            }
+            Err(_) => Ahead::Failed,
+        }
+    }
+
     /// The providers this host holds (that can unwrap).
     pub fn held_providers(&self) -> &[Arc<dyn KeyProvider>] {
         &self.providers
@@ -692,10 +744,22 @@ impl Vault {
         let mut failure = None;
         for provider in &self.providers {
             for slot in header.slots.iter().filter(|s| provider.recognises(s)) {
-                let cached = provider
-                    .remote()
-                    .then(|| self.dek_cache.get(&header.file_id, &slot.wrapped))
-                    .flatten();
+                // Claimed while this open unwraps it, so unwrap-ahead does not call too;
+                // claimed by unwrap-ahead, waited for rather than called a second time.
+                let (cached, _claim) = if provider.remote() {
+                    match self.dek_cache.get(&header.file_id, &slot.wrapped) {
+                        Some(dek) => (Some(dek), None),
+                        None => {
+                            let claim = self.dek_cache.claim(&header.file_id);
+                            if claim.is_none() {
+                                self.dek_cache.wait_unclaimed(&header.file_id, AHEAD_WAIT);
+                            }
+                            (self.dek_cache.get(&header.file_id, &slot.wrapped), claim)
+                        }
+                    }
+                } else {
+                    (None, None)
+                };
                 let unwrapped = match cached {
                     Some(dek) => Ok(dek),
                     None => provider.unwrap(slot, &ctx).inspect(|dek| {
@@ -735,6 +799,25 @@ impl Vault {
             ))
         }))
     }
+}
+
+/// How long an open waits for an unwrap-ahead call of the same DEK before making its own:
+/// longer than a key-service call takes (the SDK gives up on one well before this).
+const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What `Vault::unwrap_ahead` did with one header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+    /// One key-service call; the DEK is cached.
+    Unwrapped,
+    /// Already cached, or being unwrapped by another call: no call.
+    Cached,
+    /// No key service holds it (a local key unwraps faster than a cache lookup pays off).
+    NotHeld,
+    /// Not an envfs file header (a client's own file, a damaged header): no call.
+    NotAFile,
+    /// The call failed; the open will make its own and report what it says.
+    Failed,
 }
 
 /// Whether removing the key of `removed` removes `slot` too: the slot itself, and the two

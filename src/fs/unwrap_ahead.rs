@@ -1,0 +1,297 @@
+//! Unwrap ahead: when a program opens the files of a directory one after another (`grep -r`,
+//! a backup, `cp -r` out of the mount) and their DEKs sit behind a key service, start the
+//! unwrap calls for the files it will open next, concurrently, instead of one round trip
+//! after another as each open finds the DEK cache empty (after a remount, say).
+//!
+//! Like the kernel's readahead it follows what the reader does rather than guessing from a
+//! listing: each open of an existing file in a directory after the first lets the window of
+//! files unwrapped ahead, in the directory's own order from the file just opened, grow by
+//! one, up to the mount's `unwrap_ahead` (its worker count). So a file opened alone costs
+//! one call as before, and the calls made ahead never outnumber the other opens in that
+//! directory: a program reading every file makes exactly one call per file, only earlier;
+//! one that stops early has paid at most one extra call per file it opened after the
+//! first, and never more than `unwrap_ahead` extra per directory. A job is dropped, uncalled, when its DEK is cached by then (the file was
+//! opened first), when it has waited `STALE`, or when the directory's window was replaced;
+//! an open that finds its DEK being unwrapped ahead waits for that call rather than making
+//! a second (keys::cache::DekCache::claim).
+
+use crate::backing::Dir;
+use crate::vault::{Ahead, Vault};
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A job that has waited this long is dropped: the reader has moved on.
+const STALE: Duration = Duration::from_secs(10);
+
+/// Directories whose reading is followed at once; the least recently opened is forgotten.
+const MAX_DIRS: usize = 64;
+
+/// The directory's entries as listed at the first open, and how far ahead of the reader
+/// the jobs reach.
+struct Window {
+    dir: Arc<Dir>,
+    names: Vec<OsString>,
+    /// Where each name is in `names`.
+    index: HashMap<OsString, usize>,
+    /// What has happened to each name.
+    state: Vec<Seen>,
+    /// Files of this directory opened so far (each once): the most that may be queued
+    /// ahead of the reader at a time.
+    opened: usize,
+    /// Files queued and not opened yet.
+    ahead: usize,
+    generation: u64,
+    used_at: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Untouched,
+    Queued,
+    Opened,
+}
+
+struct Job {
+    dir: Arc<Dir>,
+    name: OsString,
+    /// The directory window it belongs to, and its generation then.
+    rel: PathBuf,
+    generation: u64,
+    queued_at: Instant,
+}
+
+/// What unwrap-ahead did, for `envfs status`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AheadReport {
+    pub workers: usize,
+    /// Files queued to be unwrapped ahead.
+    pub queued: u64,
+    /// Key-service calls made ahead of an open.
+    pub unwrapped: u64,
+    /// Jobs dropped without a call (cached by then, stale, window replaced, not a file).
+    pub skipped: u64,
+    /// Calls that failed (the open then makes its own and reports).
+    pub failed: u64,
+}
+
+struct Shared {
+    vault: Arc<Vault>,
+    header_size: usize,
+    workers: usize,
+    windows: Mutex<HashMap<PathBuf, Window>>,
+    queue: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    generations: AtomicU64,
+    queued: AtomicU64,
+    unwrapped: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+}
+
+pub struct UnwrapAhead {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UnwrapAhead {
+    /// `workers` concurrent unwrap calls at most, and as many files ahead per directory.
+    pub fn start(vault: Arc<Vault>, workers: usize) -> UnwrapAhead {
+        let header_size = vault.config.header_size as usize;
+        let shared = Arc::new(Shared {
+            vault,
+            header_size,
+            workers,
+            windows: Mutex::new(HashMap::new()),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            generations: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            unwrapped: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let threads = (0..workers)
+            .filter_map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("envfs-ahead-{i}"))
+                    .spawn(move || shared.work())
+                    .ok()
+            })
+            .collect();
+        UnwrapAhead { shared, threads }
+    }
+
+    /// An existing file `name` of backing directory `dir` was opened: move its directory's
+    /// window on.
+    pub fn opened(&self, dir: &Arc<Dir>, name: &OsString) {
+        let s = &self.shared;
+        let rel = dir.rel().to_path_buf();
+        let mut windows = s.windows.lock().unwrap();
+        let fresh = match windows.get(&rel) {
+            Some(w) => !Arc::ptr_eq(&w.dir, dir) || w.used_at.elapsed() > STALE,
+            None => true,
+        };
+        if fresh {
+            let Ok(entries) = dir.entries() else {
+                return;
+            };
+            if windows.len() >= MAX_DIRS {
+                let oldest = windows
+                    .iter()
+                    .min_by_key(|(_, w)| w.used_at)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    windows.remove(&k);
+                }
+            }
+            let names: Vec<OsString> = entries
+                .into_iter()
+                .filter(|e| e.kind == libc::S_IFREG || e.kind == 0)
+                .map(|e| e.name)
+                .collect();
+            let index = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect();
+            let state = vec![Seen::Untouched; names.len()];
+            windows.insert(
+                rel.clone(),
+                Window {
+                    dir: dir.clone(),
+                    names,
+                    index,
+                    state,
+                    opened: 0,
+                    ahead: 0,
+                    generation: s.generations.fetch_add(1, Ordering::Relaxed),
+                    used_at: Instant::now(),
+                },
+            );
+        }
+        let w = windows.get_mut(&rel).expect("inserted");
+        w.used_at = Instant::now();
+        // Only a first open counts: reopening a file, or one made since the listing, earns
+        // no calls ahead.
+        let Some(&at) = w.index.get(name) else {
+            return;
+        };
+        match w.state[at] {
+            Seen::Opened => return,
+            Seen::Queued => w.ahead -= 1,
+            Seen::Untouched => {}
+        }
+        w.state[at] = Seen::Opened;
+        w.opened += 1;
+        // On from the file just opened, in the directory's order (a reader in another
+        // order restarts the window wherever it opens).
+        // The first open in a directory earns nothing: one file read alone costs one call.
+        let room = (w.opened - 1).min(s.workers).saturating_sub(w.ahead);
+        let mut jobs = Vec::new();
+        let mut i = at + 1;
+        while jobs.len() < room && i < w.names.len() {
+            if w.state[i] == Seen::Untouched {
+                w.state[i] = Seen::Queued;
+                w.ahead += 1;
+                jobs.push(Job {
+                    dir: w.dir.clone(),
+                    name: w.names[i].clone(),
+                    rel: rel.clone(),
+                    generation: w.generation,
+                    queued_at: Instant::now(),
+                });
+            }
+            i += 1;
+        }
+        drop(windows);
+        if !jobs.is_empty() {
+            s.queued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            s.queue.lock().unwrap().extend(jobs);
+            s.wake.notify_all();
+        }
+    }
+
+    pub fn report(&self) -> AheadReport {
+        let s = &self.shared;
+        AheadReport {
+            workers: s.workers,
+            queued: s.queued.load(Ordering::Relaxed),
+            unwrapped: s.unwrapped.load(Ordering::Relaxed),
+            skipped: s.skipped.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for UnwrapAhead {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap();
+                loop {
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Some(job) = queue.pop_front() {
+                        break job;
+                    }
+                    // Bounded wait: the stop flag is looked at again at least this often.
+                    queue = self
+                        .wake
+                        .wait_timeout(queue, Duration::from_millis(500))
+                        .unwrap()
+                        .0;
+                }
+            };
+            let counter = match self.run(&job) {
+                Some(Ahead::Unwrapped) => &self.unwrapped,
+                Some(Ahead::Failed) => &self.failed,
+                _ => &self.skipped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `None`: dropped before reading the file.
+    fn run(&self, job: &Job) -> Option<Ahead> {
+        if job.queued_at.elapsed() > STALE {
+            return None;
+        }
+        let current = self
+            .windows
+            .lock()
+            .unwrap()
+            .get(&job.rel)
+            .is_some_and(|w| w.generation == job.generation);
+        if !current {
+            return None;
+        }
+        // O_NONBLOCK: a FIFO put in a file's place must not hang a worker.
+        let file = job
+            .dir
+            .open_file(&job.name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            .ok()?;
+        let mut header = vec![0u8; self.header_size];
+        file.read_exact_at(&mut header, 0).ok()?;
+        Some(self.vault.unwrap_ahead(&header))
+    }
+}
