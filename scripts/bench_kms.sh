@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Files created per second through an envfs mount whose DEKs come from a KMS-compatible
-# server (moto) with injected latency, with and without DEK prefetch; and the local-key
-# baseline. Writes its table into docs/BENCHMARKS.md between the kms markers.
+# server (moto) with injected latency, with and without DEK prefetch, and read back per
+# second after a remount, with and without unwrap ahead; KMS calls per file; and the
+# local-key baseline. Writes its table into docs/BENCHMARKS.md between the kms markers.
 #
 #   bash scripts/bench_kms.sh [--files N] [--latency-ms MS] [--runs N]
 set -euo pipefail
@@ -37,7 +38,10 @@ import boto3
 k=boto3.client('kms',endpoint_url='http://127.0.0.1:$UP',region_name='us-east-1')
 key=k.create_key()['KeyMetadata']; k.create_alias(AliasName='alias/envfs-bench',TargetKeyId=key['KeyId'])"
 
-create_rate() {  # mount-options label -> files/s
+# One case: create $FILES small files through a fresh mount, then remount (the DEK cache
+# starts empty) and read them all back in directory order. Prints: files/s created, files/s
+# read back, GenerateDataKey calls per file created, Decrypt calls per file read.
+run_case() {  # label mount-options local|kms
   local label=$1 opts=$2 kind=$3 b=$W/$1-backing m=$W/$1-mnt
   mkdir -p "$b" "$m"
   if [ ! -f "$b/envfs.conf" ]; then
@@ -48,23 +52,47 @@ create_rate() {  # mount-options label -> files/s
   "$ENVFS" mount "$b" "$m" "${keyopt[@]}" -o "$opts"
   sleep 2  # let a prefetch pool fill, as it would on a mount in use
   mkdir -p "$m/run"
-  local t0 t1
+  local t0 t1 t2 t3 gdk dec
+  local calls0; calls0=$(kms_calls "$m" GenerateDataKey)
   t0=$(date +%s.%N)
   for i in $(seq "$FILES"); do printf 'file %s\n' "$i" > "$m/run/f$i"; done
   t1=$(date +%s.%N)
+  gdk=$(( $(kms_calls "$m" GenerateDataKey) - calls0 ))
+  fusermount3 -u "$m"
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  "$ENVFS" mount "$b" "$m" "${keyopt[@]}" -o "$opts"
+  calls0=$(kms_calls "$m" Decrypt)
+  t2=$(date +%s.%N)
+  find "$m/run" -type f -exec cat {} + > /dev/null
+  t3=$(date +%s.%N)
+  dec=$(( $(kms_calls "$m" Decrypt) - calls0 ))
   rm -rf "$m/run"
   fusermount3 -u "$m"
-  echo "$FILES / ($t1 - $t0)" | bc -l
+  echo "$(echo "$FILES / ($t1 - $t0)" | bc -l) $(echo "$FILES / ($t3 - $t2)" | bc -l) $(echo "$gdk / $FILES" | bc -l) $(echo "$dec / $FILES" | bc -l)"
+}
+
+# Calls of one KMS operation the mount's daemon has made so far (0 for a local key).
+kms_calls() {  # mountpoint operation
+  "$ENVFS" status "$1" --json | python3 -c 'import json,sys; k=json.load(sys.stdin)["mounts"][0]["keys"][0]; print(k.get("calls",{}).get(sys.argv[1],0))' "$2"
 }
 
 declare -A results
+CASES=(local noprefetch prefetch noahead)
 for run in $(seq "$RUNS"); do
-  results[local]+="$(create_rate local 'prefetch=0' local) "
-  results[noprefetch]+="$(create_rate kms-noprefetch 'prefetch=0' kms) "
-  results[prefetch]+="$(create_rate kms-prefetch 'prefetch=32' kms) "
+  results[local]+="$(run_case local 'prefetch=0' local);"
+  results[noprefetch]+="$(run_case kms-noprefetch 'prefetch=0' kms);"
+  results[prefetch]+="$(run_case kms-prefetch 'prefetch=32' kms);"
+  results[noahead]+="$(run_case kms-noahead 'prefetch=32,unwrap_ahead=0' kms);"
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-L=$(echo "${results[local]}" | median); N=$(echo "${results[noprefetch]}" | median); P=$(echo "${results[prefetch]}" | median)
+# The median over runs of field N (1-4) of a case's results.
+median() {  # case field
+  echo "${results[$1]}" | tr ';' '\n' | grep -v '^$' | awk -v f="$2" '{print $f}' | sort -g \
+    | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+for c in "${CASES[@]}"; do
+  for f in 1 2 3 4; do printf -v "M_${c}_$f" '%s' "$(median "$c" "$f")"; done
+done
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 TABLE=$(cat <<MD
 <!-- kms:begin -->
 ## Creating files with a key service ${LATENCY} ms away
@@ -72,17 +100,22 @@ TABLE=$(cat <<MD
 \`bash scripts/bench_kms.sh --files $FILES --latency-ms $LATENCY --runs $RUNS\` on $(date -I): each
 new file with content needs a DEK from KMS \`GenerateDataKey\` (moto on loopback behind
 \`scripts/kms_proxy.py\`, which adds ${LATENCY} ms to every request). Median of $RUNS runs of
-creating $FILES small files with a shell loop.
+creating $FILES small files with a shell loop, then reading them back after a remount.
 
-| envfs configuration | files/s |
-|---|---:|
-| local key file (no key service) | $(printf '%.0f' "$L") |
-| KMS, ${LATENCY} ms, no prefetch (\`-o prefetch=0\`) | $(printf '%.0f' "$N") |
-| KMS, ${LATENCY} ms, prefetch 32 DEKs (default) | $(printf '%.0f' "$P") |
+| envfs configuration | create (files/s) | vs local | read back after remount (files/s) | vs local | GenerateDataKey per file | Decrypt per file read |
+|---|---:|---:|---:|---:|---:|---:|
+| local key file (no key service) | $(printf '%.0f' "$M_local_1") | 1.00 | $(printf '%.0f' "$M_local_2") | 1.00 | – | – |
+| KMS, no prefetch (\`-o prefetch=0\`) | $(printf '%.0f' "$M_noprefetch_1") | $(ratio "$M_noprefetch_1" "$M_local_1") | $(printf '%.0f' "$M_noprefetch_2") | $(ratio "$M_noprefetch_2" "$M_local_2") | $(printf '%.2f' "$M_noprefetch_3") | $(printf '%.2f' "$M_noprefetch_4") |
+| KMS, defaults (prefetch 32 DEKs, unwrap ahead 16) | $(printf '%.0f' "$M_prefetch_1") | $(ratio "$M_prefetch_1" "$M_local_1") | $(printf '%.0f' "$M_prefetch_2") | $(ratio "$M_prefetch_2" "$M_local_2") | $(printf '%.2f' "$M_prefetch_3") | $(printf '%.2f' "$M_prefetch_4") |
+| KMS, prefetch 32, no unwrap ahead (\`-o unwrap_ahead=0\`) | $(printf '%.0f' "$M_noahead_1") | $(ratio "$M_noahead_1" "$M_local_1") | $(printf '%.0f' "$M_noahead_2") | $(ratio "$M_noahead_2" "$M_local_2") | $(printf '%.2f' "$M_noahead_3") | $(printf '%.2f' "$M_noahead_4") |
 
 Without prefetch every new file waits one KMS round trip; with it, DEKs are generated ahead
 by 16 concurrent workers (\`-o prefetch_workers=\`), so creation runs at up to 16 / round trip
-files per second sustained, and faster in bursts the pool absorbs.
+files per second sustained, and faster in bursts the pool absorbs. Reading back after a
+remount starts with an empty DEK cache: without unwrap ahead each file waits for its own
+\`Decrypt\`; with it (\`-o unwrap_ahead=\`, 16 concurrent calls) the DEKs of the files after
+the one being read are already on their way. Calls are counted by the daemon
+(\`envfs status --json\`); the read-back is \`find run -type f -exec cat {} +\`.
 <!-- kms:end -->
 MD
 )
