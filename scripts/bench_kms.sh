@@ -58,7 +58,7 @@ run_case() {  # label mount-options local|kms
   for i in $(seq "$FILES"); do printf 'file %s\n' "$i" > "$m/run/f$i"; done
   t1=$(date +%s.%N)
   gdk=$(( $(kms_calls "$m" GenerateDataKey) - calls0 ))
-  fusermount3 -u "$m"
+  unmount "$b" "$m"
   sync; echo 3 > /proc/sys/vm/drop_caches
   "$ENVFS" mount "$b" "$m" "${keyopt[@]}" -o "$opts"
   calls0=$(kms_calls "$m" Decrypt)
@@ -67,8 +67,15 @@ run_case() {  # label mount-options local|kms
   t3=$(date +%s.%N)
   dec=$(( $(kms_calls "$m" Decrypt) - calls0 ))
   rm -rf "$m/run"
-  fusermount3 -u "$m"
+  unmount "$b" "$m"
   echo "$(echo "$FILES / ($t1 - $t0)" | bc -l) $(echo "$FILES / ($t3 - $t2)" | bc -l) $(echo "$gdk / $FILES" | bc -l) $(echo "$dec / $FILES" | bc -l)"
+}
+
+# Unmount and wait (bounded) for the daemon to exit: until it has, `envfs status` of the
+# mountpoint can still reach it and report its counts instead of the next mount's.
+unmount() {  # backing mountpoint
+  fusermount3 -u "$2"
+  for _ in $(seq 100); do pgrep -f -- "mount $1 $2( |$)" >/dev/null || return 0; sleep 0.1; done
 }
 
 # Calls of one KMS operation the mount's daemon has made so far (0 for a local key).
