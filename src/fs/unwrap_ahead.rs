@@ -155,7 +155,9 @@ impl UnwrapAhead {
             }
             let names: Vec<OsString> = entries
                 .into_iter()
-                .filter(|e| e.kind == libc::S_IFREG || e.kind == 0)
+                // Regular files only (`entries` stats those the directory records no type
+                // for): opening a device node or FIFO could do more than read a header.
+                .filter(|e| e.kind == libc::S_IFREG)
                 .map(|e| e.name)
                 .collect();
             let index = names
