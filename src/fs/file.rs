@@ -197,6 +197,18 @@ impl OpenFiles {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// This mount has just changed the backing inode `st` describes (a setattr, a new
+    /// entry's owner and mode): like what a write leaves, what it shows now is the mount's
+    /// own doing, and the kernel has it from the reply (`left_by_us`).
+    pub fn note_ours(&self, st: &crate::backing::Stat) {
+        let id = (st.st_dev, st.st_ino);
+        let known = Known::of_stat(st);
+        if let Some(file) = self.get(id) {
+            file.io.write().unwrap().left = Some(known);
+        }
+        self.recent.record(id, known);
+    }
+
     /// Whether backing inode `id` showing `now` is exactly what this mount's last write
     /// through it left (open or recently closed): nobody else has written it since.
     pub fn left_by_us(&self, id: (u64, u64), now: Known) -> bool {

@@ -455,7 +455,9 @@ impl Fs {
         if set.kill_suidgid && set.mode.is_none() {
             self.kill_suidgid(handle)?;
         }
-        self.getattr_handle(handle)
+        let st = handle.file.metadata()?;
+        self.open.note_ours(&st);
+        Ok(self.sizes.attr(&st))
     }
 
     /// Drop setuid/setgid from an open regular file, as a write by an unprivileged
@@ -535,7 +537,9 @@ impl Fs {
                 dir.chmod(&name, perm)?;
             }
         }
-        self.getattr(path)
+        let st = dir.stat(&name)?;
+        self.open.note_ours(&st);
+        Ok(self.sizes.attr(&st))
     }
 
     /// setattr of the mount's root: the backing directory itself, through its descriptor.
@@ -666,6 +670,7 @@ impl Fs {
     ) -> Result<()> {
         let mut st = dir.stat(name)?;
         let is_symlink = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let mut changed = false;
         // Owner first: a chown clears setuid/setgid, which the mode may ask for. A symlink
         // on a store that cannot own one keeps the owner the store gave it (lacks()).
         if let Some(o) = owner
@@ -674,9 +679,15 @@ impl Fs {
         {
             dir.chown(name, Some(o.uid), Some(o.gid))?;
             st = dir.stat(name)?;
+            changed = true;
         }
         if st.st_mode & 0o7777 != mode & 0o7777 && st.st_mode & libc::S_IFMT != libc::S_IFLNK {
             dir.chmod(name, mode & 0o7777)?;
+            changed = true;
+        }
+        // Each change is reported back by the watch: say it was ours.
+        if changed {
+            self.open.note_ours(&dir.stat(name)?);
         }
         Ok(())
     }
@@ -916,6 +927,7 @@ impl Fs {
             sys::fchmod(&fd, mode)?;
             st = sys::fstat(&*fd)?;
         }
+        self.open.note_ours(&st);
         Ok(self.sizes.attr(&st))
     }
 

@@ -5,11 +5,12 @@
 //! (src/fuse/watch.rs): the plaintext names in the directory the change may have altered,
 //! judged by the same `names::judge` as listings (a sync client's conflict copy is shown
 //! under its own name, a long name's sidecar stands for its entry), the backing inode now
-//! at that name, and whether a change of contents is only this mount's own last write.
+//! at that name, and whether a change of contents or attributes is only this mount's own
+//! last write, chmod, chown or utimes.
 //!
-//! That last question is answered by comparing, not by guessing: the backing file's
-//! length and times are those this mount's last write left (`OpenFiles::left_by_us`)
-//! exactly when nobody else has written it since. Anything else counts as someone else's,
+//! That last question is answered by comparing, not by guessing: the backing entry's
+//! length and times (the change time included) are those this mount's last change left
+//! (`OpenFiles::left_by_us`) exactly when nobody else has changed it since. Anything else counts as someone else's,
 //! so a mistake costs an invalidation, never a stale answer.
 
 use super::names::{self, Judged};
@@ -28,7 +29,8 @@ pub struct Change {
     pub names: Vec<OsString>,
     /// Backing (device, inode) of the entry at the event's name now, if there is one.
     pub now: Option<(u64, u64)>,
-    /// For a change of contents: this mount's own last write explains what the file holds.
+    /// For a change of contents or attributes: what the entry shows is exactly what this
+    /// mount's own last write or attribute change left (`OpenFiles::left_by_us`).
     pub ours: bool,
     /// The entry's plaintext name cannot be read (a long name whose sidecar is gone, say):
     /// any name in the directory may be what changed.
@@ -116,7 +118,7 @@ impl Fs {
         };
         let id = (st.st_dev, st.st_ino);
         change.now = Some(id);
-        if event.kind == EventKind::Modified {
+        if matches!(event.kind, EventKind::Modified | EventKind::Attrib) {
             change.ours = self.open.left_by_us(id, Known::of_stat(&st));
         }
         Ok(change)

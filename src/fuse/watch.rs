@@ -361,7 +361,7 @@ impl Invalidator {
                         self.contents(node)?;
                     }
                 }
-                EventKind::Attrib => {
+                EventKind::Attrib if !change.ours => {
                     if let Some(node) = now {
                         self.attributes(node)?;
                     }
