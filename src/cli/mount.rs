@@ -971,10 +971,12 @@ fn serve(
         Ok(session) => {
             apply_readahead(mountpoint, config);
             let socket = status_socket(mountpoint);
-            super::status::serve(&socket, fs, info);
+            let bound = super::status::serve(&socket, fs, info);
             notify_ready(Ok(()));
             let served = run_until_unmounted(session, mountpoint);
-            let _ = std::fs::remove_file(&socket);
+            if let Some(b) = bound {
+                b.remove_if_ours();
+            }
             served
         }
     }
@@ -1072,7 +1074,11 @@ fn run_until_unmounted(session: crate::fuse::session::Session, mountpoint: &Path
         std::process::id()
     );
     let result = session.serve_until_unmounted(mountpoint);
-    let _ = std::fs::remove_file(&pid_path);
+    // Only our own: a new mount on the same mountpoint may have written its pid meanwhile.
+    let ours = format!("{}\n", std::process::id());
+    if std::fs::read_to_string(&pid_path).is_ok_and(|p| p == ours) {
+        let _ = std::fs::remove_file(&pid_path);
+    }
     tracing::info!("unmounted {}", mountpoint.display());
     result
 }

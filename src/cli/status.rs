@@ -58,9 +58,27 @@ struct KeyInUse {
     calls: Option<(Vec<(&'static str, u64)>, u64)>,
 }
 
+/// The status socket this daemon bound, to remove when it stops: only while the path is
+/// still that socket. A new mount on the same mountpoint (a quick remount, a restarted
+/// unit) binds the same path while the old daemon may still be shutting down, and must
+/// not lose its socket to the old daemon's cleanup.
+pub struct BoundSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl BoundSocket {
+    pub fn remove_if_ours(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Serve status requests for the daemon's whole life on `socket` (replacing a stale one).
 /// Failing to serve is logged, never fatal: the mount matters more than its status.
-pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
+pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) -> Option<BoundSocket> {
     let dir = socket.parent().expect("has a parent");
     let _ = std::fs::create_dir_all(dir);
     // Only in a directory that is ours and that nobody else can write to: in the
@@ -68,18 +86,22 @@ pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
     // could then swap the socket for a symlink or a socket of their own.
     if let Err(why) = private_dir(dir) {
         tracing::warn!(dir = %dir.display(), "no status socket: {why}");
-        return;
+        return None;
     }
     let _ = std::fs::remove_file(socket);
     let listener = match UnixListener::bind(socket) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(socket = %socket.display(), "no status socket: {e}");
-            return;
+            return None;
         }
     };
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
+    let bound = std::fs::symlink_metadata(socket).ok().map(|m| BoundSocket {
+        path: socket.to_path_buf(),
+        id: (m.dev(), m.ino()),
+    });
     let started = (Instant::now(), SystemTime::now());
     std::thread::Builder::new()
         .name("status".into())
@@ -103,6 +125,7 @@ pub fn serve(socket: &Path, fs: Arc<Fs>, info: DaemonInfo) {
             }
         })
         .expect("spawn the status thread");
+    bound
 }
 
 /// Whether `dir` is a real directory owned by this user that no one else may write to.
