@@ -471,6 +471,57 @@ fn a_watched_mounts_own_attribute_changes_are_not_invalidated_back() {
     assert_eq!(fs::metadata(m.p("d/f7")).unwrap().mode() & 0o777, 0o640);
 }
 
+/// A mountpoint unmounted and mounted again at once (a script, a restarted unit) while the
+/// old daemon is still shutting down: the old daemon's cleanup must not take the new one's
+/// status socket or pid file with it. (It removed both by path: `envfs status` then found no
+/// socket for the new mount.)
+#[test]
+fn a_daemon_shutting_down_leaves_the_next_mounts_status_socket_alone() {
+    let v = TestVault::new(&[]);
+    let a = v.mount("mnt", &[]);
+    let pid_of = |m: &Mount| {
+        let out = run(v.cmd().arg("status").arg(&m.path).arg("--json"));
+        assert!(out.status.success(), "status: {}", stderr_text(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["mounts"][0]["pid"].as_u64().unwrap() as i32
+    };
+    let old = pid_of(&a);
+    /// Resumes (and, if the test failed first, kills) the stopped old daemon.
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            // SAFETY: signals to a child process of this test by pid.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(old, libc::SIGSTOP) };
+    let resume = Resume(old);
+    // The kernel detaches the mount without the (stopped) daemon. Nothing may look at the
+    // path before that: a stat would wait for the stopped daemon (hence umount -c, which
+    // does not resolve the path).
+    ok(run(std::process::Command::new("umount")
+        .arg("-c")
+        .arg(&a.path)));
+    std::mem::forget(a);
+    assert!(!is_mounted(&v.mountpoint("mnt")));
+    let b = v.mount("mnt", &[]);
+    let new = pid_of(&b);
+    assert_ne!(new, old);
+    drop(resume);
+    assert!(
+        wait_until(Duration::from_secs(20), || !Path::new(&format!(
+            "/proc/{old}"
+        ))
+        .exists()
+            || fs::read_to_string(format!("/proc/{old}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))),
+        "the old daemon did not exit"
+    );
+    assert_eq!(pid_of(&b), new, "the new mount's status socket is gone");
+    fs::write(b.p("still"), b"served").unwrap();
+}
+
 /// Past `-o watch_limit` the mount gives up long timeouts: one warning in its log, `envfs
 /// status` says why, replies carry the short timeouts, and changes in the directory it
 /// could not watch still show within them.
