@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 pub const ROOT: u64 = 1;
 
@@ -25,6 +25,31 @@ pub struct Inodes {
     root_dev: u64,
     root_ino: u64,
     nodes: RwLock<Table>,
+    /// Links this mount is making, removing or renaming right now, and how many requests
+    /// are at each: the watch reports the backing change before the reply has told the
+    /// kernel, and must not invalidate what the reply is about to say (fuse/watch.rs).
+    changing: Mutex<HashMap<(u64, OsString), usize>>,
+}
+
+/// A link being changed by a request (`Inodes::changing`); done when dropped, which must
+/// come after the inode table is updated.
+pub struct Changing<'a> {
+    inodes: &'a Inodes,
+    links: Vec<(u64, OsString)>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let mut changing = self.inodes.changing.lock().unwrap();
+        for link in &self.links {
+            if let Some(n) = changing.get_mut(link) {
+                *n -= 1;
+                if *n == 0 {
+                    changing.remove(link);
+                }
+            }
+        }
+    }
 }
 
 struct Table {
@@ -81,7 +106,31 @@ impl Inodes {
                 foreign: HashMap::new(),
                 next_foreign: 1 << 63,
             }),
+            changing: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Mark links `parent/name` as being changed by this mount until the guard drops.
+    pub fn changing(&self, links: &[(u64, &OsStr)]) -> Changing<'_> {
+        let links: Vec<(u64, OsString)> =
+            links.iter().map(|(p, n)| (*p, n.to_os_string())).collect();
+        let mut changing = self.changing.lock().unwrap();
+        for link in &links {
+            *changing.entry(link.clone()).or_default() += 1;
+        }
+        drop(changing);
+        Changing {
+            inodes: self,
+            links,
+        }
+    }
+
+    /// Whether a request of this mount is changing link `parent/name` right now.
+    pub fn is_changing(&self, parent: u64, name: &OsStr) -> bool {
+        self.changing
+            .lock()
+            .unwrap()
+            .contains_key(&(parent, name.to_os_string()))
     }
 
     /// The node id for a backing inode (without registering it).

@@ -613,6 +613,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEntry,
     ) {
         let _op = self.begin(Kind::Mknod, parent, &[name]);
+        let _changing = self.inodes.changing(&[(parent.0, name)]);
         let path = try_reply!(self, reply, self.child(parent, name));
         let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         let attr = try_reply!(
@@ -633,6 +634,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEntry,
     ) {
         let _op = self.begin(Kind::Mkdir, parent, &[name]);
+        let _changing = self.inodes.changing(&[(parent.0, name)]);
         let path = try_reply!(self, reply, self.child(parent, name));
         let attr = try_reply!(
             self,
@@ -645,6 +647,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = self.begin(Kind::Unlink, parent, &[name]);
+        let _changing = self.inodes.changing(&[(parent.0, name)]);
         let path = try_reply!(self, reply, self.child(parent, name));
         try_reply!(self, reply, self.fs.unlink(&path));
         self.inodes.unlinked(parent.0, name);
@@ -653,6 +656,7 @@ impl fuser::Filesystem for EnvFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = self.begin(Kind::Rmdir, parent, &[name]);
+        let _changing = self.inodes.changing(&[(parent.0, name)]);
         let path = try_reply!(self, reply, self.child(parent, name));
         try_reply!(self, reply, self.fs.rmdir(&path));
         self.inodes.unlinked(parent.0, name);
@@ -668,6 +672,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEntry,
     ) {
         let _op = self.begin(Kind::Symlink, parent, &[link_name]);
+        let _changing = self.inodes.changing(&[(parent.0, link_name)]);
         let path = try_reply!(self, reply, self.child(parent, link_name));
         let attr = try_reply!(
             self,
@@ -688,6 +693,9 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEmpty,
     ) {
         let _op = self.begin(Kind::Rename, parent, &[name, newname]);
+        let _changing = self
+            .inodes
+            .changing(&[(parent.0, name), (newparent.0, newname)]);
         let from = try_reply!(self, reply, self.child(parent, name));
         let to = try_reply!(self, reply, self.child(newparent, newname));
         try_reply!(self, reply, self.fs.rename(&from, &to, flags.bits()));
@@ -709,6 +717,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyEntry,
     ) {
         let _op = self.begin(Kind::Link, ino, &[newname]);
+        let _changing = self.inodes.changing(&[(newparent.0, newname)]);
         let existing = try_reply!(self, reply, self.path(ino));
         let new = try_reply!(self, reply, self.child(newparent, newname));
         let attr = try_reply!(self, reply, self.fs.link(&existing, &new));
@@ -1020,6 +1029,7 @@ impl fuser::Filesystem for EnvFs {
         reply: ReplyCreate,
     ) {
         let _op = self.begin(Kind::Create, parent, &[name]);
+        let _changing = self.inodes.changing(&[(parent.0, name)]);
         let path = try_reply!(self, reply, self.child(parent, name));
         let (handle, attr) = try_reply!(
             self,

@@ -341,6 +341,12 @@ impl Invalidator {
         for name in &change.names {
             match event.kind {
                 EventKind::Appeared | EventKind::Gone => {
+                    // A request of this mount is making or removing this very name: its
+                    // reply tells the kernel. Looked at before the inode table, which the
+                    // request updates before it stops marking the name.
+                    if self.inodes.is_changing(dir, name) {
+                        continue;
+                    }
                     let known = self.inodes.link_target(dir, name);
                     // This mount's own create, rename or unlink: the kernel learned of it
                     // from the reply. Or the name still holds the file the kernel knows.
