@@ -30,7 +30,7 @@ const RECOVERY_SEED: &str = "envfs-x25519-key-v1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc
 pub fn config(data: &[u8]) {
     if let Ok((config, body, _mac)) = VaultConfig::parse(data) {
         assert!(config.validate().is_ok());
-        if config.version == crate::format::config::CONFIG_VERSION {
+        if config.version == config.written_version() {
             assert_eq!(
                 config.encode_body(),
                 body,
@@ -291,6 +291,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             let config = VaultConfig {
                 version: CONFIG_VERSION,
                 generation: 5,
+                key_hierarchy: Some(3600),
                 vault_id: [1; 16],
                 plaintext_names: false,
                 name_encoding: NameEncoding::Base64Url,

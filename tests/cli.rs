@@ -645,7 +645,9 @@ fn version_names_the_commit_the_formats_and_the_crates_doing_the_work() {
         "{long}"
     );
     assert!(
-        long.contains("vault config version 2 (opens 1-2), file header version 1"),
+        long.contains(
+            "vault config version 2 (3 with the key hierarchy; opens 1-3), file header version 1"
+        ),
         "{long}"
     );
     for krate in [

@@ -48,12 +48,13 @@ impl Cli {
 pub fn long_version() -> &'static str {
     static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "{version}\ncommit {commit}\nformat: vault config version {config} (opens {oldest}-{config}), \
+            "{version}\ncommit {commit}\nformat: vault config version {v2} ({config} with the key hierarchy; opens {oldest}-{config}), \
              file header version {header}\nciphers: AES-256-GCM for content (aws-lc-rs) and for local key slots (aes-gcm), \
              AES-SIV for names (aes-siv)\n\
              built with: {deps}",
             version = env!("CARGO_PKG_VERSION"),
             commit = env!("ENVFS_GIT_COMMIT"),
+            v2 = crate::format::config::CONFIG_VERSION_2,
             config = crate::format::config::CONFIG_VERSION,
             oldest = crate::format::config::CONFIG_VERSION_1,
             header = crate::format::header::HEADER_VERSION,
@@ -82,6 +83,39 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// An intermediate key's lifetime: seconds, or a number with `s`, `m`, `h` or `d`.
+fn parse_lifetime(text: &str) -> std::result::Result<u32, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: a lifetime is a number with s, m, h or d (24h)"
+            ));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a lifetime is a number with s, m, h or d (24h)"))?;
+    match n.checked_mul(scale).and_then(|s| u32::try_from(s).ok()) {
+        Some(0) => Err("a lifetime must be at least one second".into()),
+        Some(s) => Ok(s),
+        None => Err(format!("{text:?} is longer than a lifetime can be")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -197,6 +231,31 @@ pub enum KeyCommand {
         /// A passphrase key (asked twice on the terminal, or the first line of stdin).
         #[arg(long)]
         new_passphrase: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Turn the key hierarchy on or off. On: new files' DEKs are wrapped in-process by an
+    /// intermediate key that the vault's KMS key wraps, so creating and opening files costs
+    /// no KMS call (and CloudTrail no longer records each file). Existing files move with
+    /// `envfs rewrap`.
+    Hierarchy {
+        /// The vault's backing directory.
+        backing: PathBuf,
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+        /// How long an intermediate key wraps new files before the next is made (90s, 15m,
+        /// 24h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_lifetime)]
+        lifetime: u32,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Make a new intermediate key now (mounts wrap new files with it within a minute);
+    /// `envfs rewrap` then moves existing files to it.
+    RotateIntermediate {
+        /// The vault's backing directory.
+        backing: PathBuf,
         #[command(flatten)]
         keys: KeyArgs,
     },
@@ -473,6 +532,7 @@ fn init(
     let probe = VaultConfig {
         version: CONFIG_VERSION,
         generation: 1,
+        key_hierarchy: None,
         vault_id: [0; 16],
         plaintext_names: opts.plaintext_names,
         name_encoding: opts.name_encoding,
@@ -876,6 +936,43 @@ fn key_command(action: KeyCommand) -> Result<()> {
             );
             Ok(())
         }
+        KeyCommand::Hierarchy {
+            backing,
+            state,
+            lifetime,
+            keys,
+        } => {
+            let mut vault = open_vault(&backing, &keys)?;
+            let lifetime = (state == OnOff::On).then_some(lifetime);
+            if vault.config.key_hierarchy == lifetime {
+                println!(
+                    "The key hierarchy is already {}.",
+                    describe_hierarchy(lifetime)
+                );
+                return Ok(());
+            }
+            vault.set_key_hierarchy(lifetime)?;
+            remember_change(&backing, &mut vault, &keys);
+            println!(
+                "The key hierarchy is {}. Run `envfs rewrap {}` to move existing files; mounts \
+                 follow when remounted.",
+                describe_hierarchy(lifetime),
+                backing.display()
+            );
+            Ok(())
+        }
+        KeyCommand::RotateIntermediate { backing, keys } => {
+            let vault = open_vault(&backing, &keys)?;
+            let id = vault.rotate_intermediate()?;
+            println!(
+                "Made intermediate key {}: mounts wrap new files with it within {} s. Run \
+                 `envfs rewrap {}` to move existing files to it.",
+                hex::encode(id),
+                crate::keys::hierarchy::RESCAN.as_secs(),
+                backing.display()
+            );
+            Ok(())
+        }
         KeyCommand::Remove {
             backing,
             key_id,
@@ -911,6 +1008,17 @@ fn key_command(action: KeyCommand) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// "on (intermediate keys live 24h)" or "off", for messages.
+pub fn describe_hierarchy(lifetime: Option<u32>) -> String {
+    match lifetime {
+        None => "off".into(),
+        Some(s) if s % 86_400 == 0 => format!("on (intermediate keys live {}d)", s / 86_400),
+        Some(s) if s % 3600 == 0 => format!("on (intermediate keys live {}h)", s / 3600),
+        Some(s) if s % 60 == 0 => format!("on (intermediate keys live {}m)", s / 60),
+        Some(s) => format!("on (intermediate keys live {s}s)"),
     }
 }
 
@@ -956,6 +1064,14 @@ fn rewrap(backing: &Path, jobs: usize, keys: &KeyArgs) -> Result<()> {
         report.recovered,
         report.failed.len()
     );
+    if vault.config.key_hierarchy.is_some()
+        || report.intermediate_rewrapped + report.intermediate_retired > 0
+    {
+        println!(
+            "rewrap: intermediate keys: {} rewrapped for the vault's KMS keys, {} no longer used and removed",
+            report.intermediate_rewrapped, report.intermediate_retired
+        );
+    }
     for (path, why) in &report.failed {
         eprintln!("envfs: {}: {why}", path.display());
     }

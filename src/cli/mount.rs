@@ -1225,6 +1225,7 @@ mod tests {
         let mut vault = crate::format::config::VaultConfig {
             version: 2,
             generation: 1,
+            key_hierarchy: None,
             vault_id: [0; 16],
             plaintext_names: false,
             name_encoding: crate::format::config::NameEncoding::Base64Url,

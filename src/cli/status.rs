@@ -160,6 +160,8 @@ struct Status<'a> {
     dek_cache: (usize, crate::keys::cache::CacheLimits, Option<usize>),
     /// What unwrap-ahead did (`None`: off), and how many of its DEKs an open used.
     ahead: Option<(crate::fs::unwrap_ahead::AheadReport, u64)>,
+    /// The key hierarchy, when the vault uses one (on, or files wrapped by it).
+    hierarchy: Option<crate::keys::hierarchy::HierarchyReport>,
 }
 
 impl<'a> Status<'a> {
@@ -189,6 +191,7 @@ impl<'a> Status<'a> {
             ahead: fs
                 .unwrap_ahead_report()
                 .map(|r| (r, fs.vault().dek_ahead_used())),
+            hierarchy: fs.vault().hierarchy_report(),
         }
     }
 
@@ -286,6 +289,29 @@ impl<'a> Status<'a> {
             None => j.push_str("null"),
         }
         j.push('}');
+        j.push_str(",\"key_hierarchy\":");
+        match &self.hierarchy {
+            Some(h) => {
+                let _ = write!(
+                    j,
+                    "{{\"lifetime_s\":{},\"current\":",
+                    h.lifetime_s.map_or("null".to_string(), |l| l.to_string())
+                );
+                match &h.current {
+                    Some((id, created)) => {
+                        json_str(&mut j, id);
+                        let _ = write!(j, ",\"current_created\":{created}");
+                    }
+                    None => j.push_str("null,\"current_created\":null"),
+                }
+                let _ = write!(
+                    j,
+                    ",\"known\":{},\"unwrapped\":{},\"made\":{},\"wrapped\":{},\"opened\":{}}}",
+                    h.known, h.unwrapped, h.made, h.wrapped, h.opened
+                );
+            }
+            None => j.push_str("null"),
+        }
         j.push_str(",\"watch\":{");
         match &self.info.watch {
             Ok(w) => {
@@ -381,6 +407,20 @@ impl<'a> Status<'a> {
                 "  unwrap-ahead: {} workers; {} DEKs unwrapped ahead, {used} used by an open; \
                  {} skipped, {} failed",
                 r.workers, r.unwrapped, r.skipped, r.failed
+            );
+        }
+        if let Some(h) = &self.hierarchy {
+            let _ = writeln!(
+                text,
+                "  key hierarchy: {}; current intermediate key {}; {} known, {} unwrapped; \
+                 {} made here; {} DEKs wrapped, {} opened with them",
+                crate::cli::describe_hierarchy(h.lifetime_s.map(|l| l as u32)),
+                h.current.as_ref().map_or("none yet", |(id, _)| id.as_str()),
+                h.known,
+                h.unwrapped,
+                h.made,
+                h.wrapped,
+                h.opened
             );
         }
         let ([attr, entry, negative], watched) = self.info.timeouts();

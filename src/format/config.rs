@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! 0   8  magic "ENVFSVLT"
-//! 8   2  format version (2; 1 is still read)
+//! 8   2  format version (2, or 3 with the key hierarchy on; 1 is still read)
 //! 10  2  flags: bit 0 plaintext names, bit 1 base32 names; other bits must be 0
 //! 12 16  vault id
 //! 28  1  cipher suite (1)
@@ -13,13 +13,16 @@
 //! 34  4  header size (bytes of every file header)
 //! 38  2  long-name limit (longest encrypted name stored as is)
 //! 40  8  generation (version 2 only): raised by every change of the config
-//! 48  …  N key slots (see slot.rs), each wrapping the 32-byte vault secret
+//! 48  4  (version 3 only) key hierarchy: lifetime of an intermediate key in seconds (1..)
+//! …   …  N key slots (see slot.rs), each wrapping the 32-byte vault secret
 //! …  32  HMAC-SHA256 over every byte before it
 //! ```
 //!
 //! A version 1 config has no generation field (its slots start at 40) and reads as
 //! generation 0; envfs writes version 2 whenever it writes a config, so the first change of
-//! an old vault upgrades it. The generation lets each host refuse an older config than one it
+//! an old vault upgrades it. Version 3 is written only while the key hierarchy is on
+//! (keys/hierarchy.rs), so an envfs that cannot read hierarchy-wrapped headers refuses the
+//! vault with "newer version" instead of failing file by file; turning it off writes 2 again. The generation lets each host refuse an older config than one it
 //! has seen (a rollback: vault/known.rs).
 //!
 //! Parsing is strict: a newer version, an unknown flag or suite, or trailing bytes refuse to
@@ -30,7 +33,9 @@ use super::slot::KeySlot;
 
 pub const CONFIG_FILE_NAME: &str = "envfs.conf";
 pub const CONFIG_MAGIC: &[u8; 8] = b"ENVFSVLT";
-pub const CONFIG_VERSION: u16 = 2;
+pub const CONFIG_VERSION: u16 = 3;
+/// The version written while the key hierarchy is off.
+pub const CONFIG_VERSION_2: u16 = 2;
 /// The first version, without a generation field; still read.
 pub const CONFIG_VERSION_1: u16 = 1;
 pub const CONFIG_MAC_LEN: usize = 32;
@@ -70,6 +75,10 @@ pub struct VaultConfig {
     pub version: u16,
     /// Raised by one on every change; 0 for a version 1 config.
     pub generation: u64,
+    /// With the key hierarchy on (version 3): how long, in seconds, an intermediate key
+    /// wraps new DEKs before a new one is made. `None`: every DEK is wrapped by the vault's
+    /// keys themselves (one KMS call per file).
+    pub key_hierarchy: Option<u32>,
     pub vault_id: [u8; 16],
     pub plaintext_names: bool,
     pub name_encoding: NameEncoding,
@@ -139,8 +148,14 @@ impl VaultConfig {
                 self.slots.len()
             ));
         }
+        if self.key_hierarchy == Some(0) {
+            return Err("an intermediate key's lifetime must be at least one second".into());
+        }
         for slot in &self.slots {
             slot.check()?;
+            if slot.provider == crate::format::slot::ProviderKind::Intermediate {
+                return Err("an intermediate key cannot be a key of the vault config".into());
+            }
             // A key of a kind this envfs does not know could not be wrapped for: new files
             // would silently lack it. (File headers stay lenient: another slot may open them.)
             if let crate::format::slot::ProviderKind::Unknown(code) = slot.provider {
@@ -150,12 +165,21 @@ impl VaultConfig {
         Ok(())
     }
 
-    /// The authenticated bytes of the config in the current version (whatever version it
-    /// was read in): everything but the trailing MAC.
+    /// The version this config is written in: the oldest that can say everything in it.
+    pub fn written_version(&self) -> u16 {
+        if self.key_hierarchy.is_some() {
+            CONFIG_VERSION
+        } else {
+            CONFIG_VERSION_2
+        }
+    }
+
+    /// The authenticated bytes of the config in the version it is written in
+    /// (`written_version`, whatever version it was read in): everything but the MAC.
     pub fn encode_body(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(CONFIG_MAGIC)
-            .u16(CONFIG_VERSION)
+            .u16(self.written_version())
             .u16(self.flags())
             .bytes(&self.vault_id)
             .u8(SUITE_AES256GCM_SIV)
@@ -164,6 +188,9 @@ impl VaultConfig {
             .u32(self.header_size)
             .u16(self.long_name_limit)
             .u64(self.generation);
+        if let Some(lifetime) = self.key_hierarchy {
+            w.u32(lifetime);
+        }
         for slot in &self.slots {
             slot.encode(&mut w);
         }
@@ -210,6 +237,10 @@ impl VaultConfig {
             CONFIG_VERSION_1 => 0,
             _ => r.u64().ok_or_else(short)?,
         };
+        let key_hierarchy = match version {
+            CONFIG_VERSION => Some(r.u32().ok_or_else(short)?),
+            _ => None,
+        };
         let mut slots = Vec::with_capacity(slot_count);
         for _ in 0..slot_count {
             slots.push(KeySlot::decode(&mut r).ok_or_else(|| Corrupt("bad key slot".into()))?);
@@ -222,6 +253,7 @@ impl VaultConfig {
         let config = VaultConfig {
             version,
             generation,
+            key_hierarchy,
             vault_id,
             plaintext_names: flags & FLAG_PLAINTEXT_NAMES != 0,
             name_encoding: if flags & FLAG_BASE32_NAMES != 0 {
@@ -246,8 +278,9 @@ mod tests {
 
     fn sample() -> VaultConfig {
         VaultConfig {
-            version: CONFIG_VERSION,
+            version: CONFIG_VERSION_2,
             generation: 3,
+            key_hierarchy: None,
             vault_id: [7; 16],
             plaintext_names: false,
             name_encoding: NameEncoding::Base32,
@@ -280,6 +313,7 @@ mod tests {
         bytes.extend_from_slice(&[0; 32]);
         let mut newer = bytes.clone();
         newer[9] = CONFIG_VERSION as u8 + 1;
+        assert!(CONFIG_VERSION_2 < CONFIG_VERSION);
         assert!(matches!(
             VaultConfig::parse(&newer),
             Err(ConfigParseError::Unsupported(_))
@@ -318,5 +352,35 @@ mod tests {
         let rewritten = parsed.encode_body();
         assert_eq!(u16::from_be_bytes([rewritten[8], rewritten[9]]), 2);
         assert_eq!(&rewritten[40..48], &[0; 8]);
+    }
+
+    #[test]
+    fn the_key_hierarchy_is_version_3_and_off_writes_version_2_again() {
+        let mut c = sample();
+        c.key_hierarchy = Some(86_400);
+        let mut bytes = c.encode_body();
+        assert_eq!(u16::from_be_bytes([bytes[8], bytes[9]]), 3);
+        assert_eq!(&bytes[48..52], &86_400u32.to_be_bytes());
+        bytes.extend_from_slice(&[0; 32]);
+        let (parsed, _, _) = VaultConfig::parse(&bytes).unwrap();
+        assert_eq!(parsed.key_hierarchy, Some(86_400));
+        assert_eq!(parsed.slots, c.slots);
+        let mut off = parsed.clone();
+        off.key_hierarchy = None;
+        assert_eq!(
+            u16::from_be_bytes([off.encode_body()[8], off.encode_body()[9]]),
+            2
+        );
+        // A zero lifetime is not a config envfs writes.
+        let mut zero = bytes.clone();
+        zero[48..52].copy_from_slice(&[0; 4]);
+        assert!(matches!(
+            VaultConfig::parse(&zero),
+            Err(ConfigParseError::Corrupt(_))
+        ));
+        // Nor is an intermediate key among the vault's keys.
+        let mut slotted = c.clone();
+        slotted.slots[0].provider = ProviderKind::Intermediate;
+        assert!(slotted.validate().is_err());
     }
 }

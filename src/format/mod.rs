@@ -6,6 +6,7 @@ pub mod bytes;
 pub mod config;
 pub mod geometry;
 pub mod header;
+pub mod intermediate;
 pub mod names;
 pub mod slot;
 pub mod sync_names;

@@ -21,6 +21,11 @@ pub enum ProviderKind {
     /// under a passphrase (keys/passphrase.rs). Only in the vault config: headers carry the
     /// X25519 key's own slots.
     Passphrase,
+    /// A file's DEK wrapped locally under one of the vault's intermediate keys (the key
+    /// hierarchy: keys/hierarchy.rs); the key id is `ik:<32 hex digits of its id>`. Only in
+    /// file headers: the intermediate keys themselves are wrapped by the vault's KMS keys in
+    /// their own files (format/intermediate.rs).
+    Intermediate,
     /// A provider this version does not know; kept so that such a slot is not an error when
     /// another slot can open the file.
     Unknown(u8),
@@ -33,6 +38,7 @@ impl ProviderKind {
             ProviderKind::AwsKms => 2,
             ProviderKind::X25519 => 3,
             ProviderKind::Passphrase => 4,
+            ProviderKind::Intermediate => 5,
             ProviderKind::Unknown(c) => c,
         }
     }
@@ -43,6 +49,7 @@ impl ProviderKind {
             2 => ProviderKind::AwsKms,
             3 => ProviderKind::X25519,
             4 => ProviderKind::Passphrase,
+            5 => ProviderKind::Intermediate,
             c => ProviderKind::Unknown(c),
         }
     }
@@ -53,6 +60,7 @@ impl ProviderKind {
             ProviderKind::AwsKms => "aws-kms".into(),
             ProviderKind::X25519 => "x25519".into(),
             ProviderKind::Passphrase => "passphrase".into(),
+            ProviderKind::Intermediate => "intermediate".into(),
             ProviderKind::Unknown(c) => format!("unknown-{c}"),
         }
     }

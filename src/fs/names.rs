@@ -397,7 +397,9 @@ impl NameDamage {
 /// envfs' own file, a foreign one, a user entry and its plaintext name, or a user entry
 /// whose name is lost. Reads the sidecar of a long name; nothing else touches the disk.
 pub fn judge(vault: &Vault, dir: &Dir, name: &OsStr, at_root: bool) -> Judged {
-    if at_root && name == CONFIG_FILE_NAME {
+    if at_root
+        && (name == CONFIG_FILE_NAME || name == crate::format::intermediate::INTERMEDIATE_DIR)
+    {
         return Judged::Config;
     }
     // Before any spelling: no encrypted name starts with a dot.

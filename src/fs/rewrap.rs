@@ -2,6 +2,12 @@
 //! add wrapped copies for added keys, drop copies for removed ones — without touching a
 //! single content chunk.
 //!
+//! With the key hierarchy (keys/hierarchy.rs), "the vault's key set" means: the KMS keys
+//! wrap the intermediate keys (whose files are brought in line first, one KMS call per key
+//! rather than per file), and every header gets a slot of the current intermediate key in
+//! their place; with it off, headers get the KMS keys' own slots back. Intermediate keys no
+//! header uses any more are removed once past their lifetime (`RETIRE_AFTER`).
+//!
 //! Safe to interrupt and rerun: files already in line are skipped, and each header is
 //! replaced through a journal (the new header is written and fsynced to
 //! `.envfs-rewrap-<hash>` beside the file before it overwrites the old one in place), so a
@@ -15,10 +21,12 @@ use crate::backing::{BackingRoot, Dir};
 use crate::crypto::random;
 use crate::error::{Error, IntegrityKind, Result};
 use crate::format::config::CONFIG_FILE_NAME;
+use crate::format::intermediate::{INTERMEDIATE_DIR, IntermediateKeyFile};
 use crate::format::names::{BackingName, RESERVED_PREFIX, classify};
-use crate::format::{FileHeader, KeySlot};
+use crate::format::{FileHeader, KeySlot, ProviderKind};
 use crate::keys::KeyContext;
 use crate::vault::Vault;
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -38,6 +46,10 @@ pub struct RewrapReport {
     pub recovered: usize,
     /// Files that could not be brought in line: backing path and why.
     pub failed: Vec<(PathBuf, String)>,
+    /// Intermediate-key files whose slots were brought in line with the vault's KMS keys.
+    pub intermediate_rewrapped: usize,
+    /// Intermediate keys removed: no header uses them and their lifetime is long over.
+    pub intermediate_retired: usize,
 }
 
 /// Whether a backing file's name says it is not one of envfs' encrypted files (in an
@@ -78,7 +90,11 @@ fn walk(vault: &Vault, root: &BackingRoot) -> Result<(Vec<BackingFile>, Vec<Back
                 name: entry.name.clone(),
             };
             if entry.kind == libc::S_IFDIR {
-                stack.push(rel.join(&entry.name));
+                // `.envfs-keys/` holds intermediate keys, not files (names cannot start
+                // with the reserved prefix).
+                if !text.starts_with(RESERVED_PREFIX) {
+                    stack.push(rel.join(&entry.name));
+                }
             } else if text.starts_with(JOURNAL_PREFIX) {
                 journals.push(file);
             } else if entry.kind == libc::S_IFREG
@@ -192,8 +208,22 @@ fn same_key(a: &KeySlot, b: &KeySlot) -> bool {
     a.provider == b.provider && a.key_id == b.key_id
 }
 
-/// Bring one file's header in line. Returns whether it changed.
-fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bool> {
+/// Bring one file's header in line with `wanted` (`Vault::wanted_header_keys`). Returns
+/// whether it changed. Notes in `in_use` the intermediate keys its header ends up with.
+fn rewrap_file(
+    vault: &Vault,
+    root: &BackingRoot,
+    at: &BackingFile,
+    wanted: &[KeySlot],
+    in_use: &Mutex<HashSet<[u8; 16]>>,
+) -> Result<bool> {
+    let note = |slots: &[KeySlot]| {
+        let ids = slots
+            .iter()
+            .filter(|s| s.provider == ProviderKind::Intermediate)
+            .filter_map(|s| IntermediateKeyFile::id_of_slot_key(&s.key_id));
+        in_use.lock().unwrap().extend(ids);
+    };
     let h = vault.geometry.header_size as usize;
     let path = &at.shown(vault);
     let dir = root.dir(&at.dir)?;
@@ -219,14 +249,14 @@ fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bo
         // Not a file envfs wrote (a sync client's own file, say): nothing to rewrap.
         return Ok(false);
     }
-    let wanted: Vec<&KeySlot> = vault.config.header_slots().collect();
-    if let Ok((parsed, _)) = FileHeader::parse(&bytes)
+    let parsed = FileHeader::parse(&bytes).ok();
+    if let Some((parsed, _)) = &parsed {
+        // Kept for now whatever happens below; replaced by the new header's if it changes.
+        note(&parsed.slots);
+    }
+    if let Some((parsed, _)) = &parsed
         && parsed.slots.len() == wanted.len()
-        && parsed
-            .slots
-            .iter()
-            .zip(&wanted)
-            .all(|(a, b)| same_key(a, b))
+        && parsed.slots.iter().zip(wanted).all(|(a, b)| same_key(a, b))
     {
         return Ok(false);
     }
@@ -234,7 +264,7 @@ fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bo
     let ctx = KeyContext::file(*vault.vault_id(), header.file_id);
     let wrappers = vault.wrappers();
     let mut slots = Vec::with_capacity(wanted.len());
-    for &want in &wanted {
+    for want in wanted {
         if let Some(existing) = header.slots.iter().find(|s| same_key(s, want)) {
             slots.push(existing.clone());
             continue;
@@ -262,6 +292,7 @@ fn rewrap_file(vault: &Vault, root: &BackingRoot, at: &BackingFile) -> Result<bo
             None => wrapper.wrap(&dek, &ctx)?,
         });
     }
+    note(&slots);
     let new_header = FileHeader { slots, ..header };
     let new_bytes = vault.seal_header(&new_header, &keys)?;
     let journal = journal_for(&at.name);
@@ -294,8 +325,34 @@ pub fn rewrap(
                 .push((j.shown(vault), format!("journal kept: {e}"))),
         }
     }
-    // Build the wrappers (which may connect to KMS) once, before the workers start.
+    // Build the wrappers (which may connect to KMS) once, before the workers start, and
+    // bring the intermediate keys' own slots in line before any header is moved to one.
     vault.wrappers();
+    let hierarchy_used = vault.config.key_hierarchy.is_some()
+        || root
+            .root()
+            .and_then(|r| r.stat(OsStr::new(INTERMEDIATE_DIR)))
+            .is_ok();
+    if hierarchy_used {
+        let kms: Vec<_> = vault.hierarchy().services().to_vec();
+        let wanted_kms = vault
+            .config
+            .header_slots()
+            .filter(|s| s.provider == ProviderKind::AwsKms)
+            .count();
+        if kms.len() == wanted_kms {
+            report.intermediate_rewrapped =
+                vault.hierarchy().bring_in_line(&kms, &mut report.failed)?;
+        } else {
+            report.failed.push((
+                vault.root().join(INTERMEDIATE_DIR),
+                "intermediate keys not brought in line: not every KMS key of the vault is                  reachable from this host"
+                    .into(),
+            ));
+        }
+    }
+    let wanted = vault.wanted_header_keys()?;
+    let in_use = Mutex::new(HashSet::new());
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let rewrapped = AtomicUsize::new(0);
@@ -306,7 +363,7 @@ pub fn rewrap(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(file) = files.get(i) else { break };
-                    match rewrap_file(vault, &root, file) {
+                    match rewrap_file(vault, &root, file, &wanted, &in_use) {
                         Ok(true) => {
                             rewrapped.fetch_add(1, Ordering::Relaxed);
                         }
@@ -325,7 +382,15 @@ pub fn rewrap(
     report.rewrapped = rewrapped.into_inner();
     let failed = failed.into_inner().unwrap();
     report.already_current = report.files - report.rewrapped - failed.len();
+    let complete = failed.is_empty() && report.failed.is_empty();
     report.failed.extend(failed);
+    // Only a walk that read every header knows which intermediate keys are unused.
+    if hierarchy_used && complete {
+        report.intermediate_retired = vault
+            .hierarchy()
+            .retire_unused(&in_use.into_inner().unwrap())?
+            .len();
+    }
     Ok(report)
 }
 
@@ -348,6 +413,7 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
         .filter(|s| !crate::vault::goes_with(removed, s))
         .collect();
     let root = BackingRoot::open(vault.root())?;
+    let openable = intermediate_keys_opened_by(&root, &remaining);
     let (files, _) = walk(vault, &root)?;
     let mut stranded = Vec::new();
     for at in files {
@@ -361,14 +427,49 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
         if file.read_exact_at(&mut bytes, 0).is_err() {
             continue;
         }
+        // An intermediate key's slot opens the file while a remaining key opens the
+        // intermediate key.
         if let Ok((header, _)) = FileHeader::parse(&bytes)
-            && !header
-                .slots
-                .iter()
-                .any(|s| remaining.iter().any(|r| same_key(s, r)))
+            && !header.slots.iter().any(|s| {
+                remaining.iter().any(|r| same_key(s, r))
+                    || IntermediateKeyFile::id_of_slot_key(&s.key_id).is_some_and(|id| {
+                        s.provider == ProviderKind::Intermediate && openable.contains(&id)
+                    })
+            })
         {
             stranded.push(at.shown(vault));
         }
     }
     Ok(stranded)
+}
+
+/// The intermediate keys whose files carry a slot of one of `keys` (read without checking
+/// their MACs: this only decides whether a removal would strand files).
+fn intermediate_keys_opened_by(root: &BackingRoot, keys: &[&KeySlot]) -> HashSet<[u8; 16]> {
+    use std::io::Read;
+    let Ok(dir) = root
+        .root()
+        .and_then(|r| r.subdir(OsStr::new(INTERMEDIATE_DIR)))
+    else {
+        return HashSet::new();
+    };
+    let mut out = HashSet::new();
+    for name in dir.list().unwrap_or_default() {
+        let mut bytes = Vec::new();
+        let read = dir
+            .open_file(&name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            .and_then(|f| f.take(1 << 16).read_to_end(&mut bytes));
+        if read.is_err() {
+            continue;
+        }
+        if let Ok((file, _, _)) = IntermediateKeyFile::parse(&bytes)
+            && file
+                .slots
+                .iter()
+                .any(|s| keys.iter().any(|k| same_key(s, k)))
+        {
+            out.insert(file.key_id);
+        }
+    }
+    out
 }

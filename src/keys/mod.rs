@@ -6,6 +6,7 @@
 //! provider is present, and `info` can describe slots without any key material.
 
 pub mod cache;
+pub mod hierarchy;
 pub mod keyfile;
 pub mod kms;
 pub mod local;
@@ -24,8 +25,10 @@ use crate::format::{KeySlot, ProviderKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyContext {
     pub vault_id: [u8; 16],
-    /// `None` for the vault secret, `Some` for a file's DEK.
+    /// `None` for the vault secret and intermediate keys, `Some` for a file's DEK.
     pub file_id: Option<[u8; 16]>,
+    /// `Some` for one of the vault's intermediate keys (keys/hierarchy.rs), by its id.
+    pub intermediate: Option<[u8; 16]>,
 }
 
 impl KeyContext {
@@ -33,6 +36,15 @@ impl KeyContext {
         KeyContext {
             vault_id,
             file_id: None,
+            intermediate: None,
+        }
+    }
+
+    pub fn intermediate_key(vault_id: [u8; 16], key_id: [u8; 16]) -> KeyContext {
+        KeyContext {
+            vault_id,
+            file_id: None,
+            intermediate: Some(key_id),
         }
     }
 
@@ -40,12 +52,19 @@ impl KeyContext {
         KeyContext {
             vault_id,
             file_id: Some(file_id),
+            intermediate: None,
         }
     }
 
     /// Associated data for providers that wrap with an AEAD.
     pub fn aad(&self) -> Vec<u8> {
         let mut aad = Vec::with_capacity(48);
+        if let Some(key_id) = self.intermediate {
+            aad.extend_from_slice(b"envfs/v1/intermediate-key");
+            aad.extend_from_slice(&self.vault_id);
+            aad.extend_from_slice(&key_id);
+            return aad;
+        }
         match self.file_id {
             None => {
                 aad.extend_from_slice(b"envfs/v1/vault-secret");
@@ -64,6 +83,11 @@ impl KeyContext {
     /// logged by the service (CloudTrail), so they carry ids only.
     pub fn encryption_context(&self) -> Vec<(&'static str, String)> {
         let mut ctx = vec![("envfs:vault", hex::encode(self.vault_id))];
+        if let Some(key_id) = self.intermediate {
+            ctx.push(("envfs:purpose", "intermediate-key".into()));
+            ctx.push(("envfs:intermediate", hex::encode(key_id)));
+            return ctx;
+        }
         match self.file_id {
             None => ctx.push(("envfs:purpose", "vault-secret".into())),
             Some(id) => ctx.push(("envfs:file", hex::encode(id))),

@@ -13,6 +13,7 @@ use crate::format::config::{CONFIG_FILE_NAME, ConfigParseError};
 use crate::format::header::HeaderParseError;
 use crate::format::{FileHeader, Geometry, KeySlot, NameEncoding, ProviderKind, VaultConfig};
 use crate::keys::cache::{CacheLimits, DekCache};
+use crate::keys::hierarchy::Hierarchy;
 use crate::keys::kms::KmsKeyProvider;
 use crate::keys::prefetch::{Prefetcher, Prepared};
 use crate::keys::x25519::X25519KeyProvider;
@@ -81,6 +82,9 @@ pub struct Vault {
     /// One wrapper per config key that new DEKs can be wrapped for (built on first use:
     /// it may connect to a key service).
     wrappers: OnceLock<Vec<Arc<dyn KeyProvider>>>,
+    /// The vault's intermediate keys (keys/hierarchy.rs), built when first needed: to wrap
+    /// new DEKs with the key hierarchy on, or to open a header one of them wraps.
+    hierarchy: OnceLock<Arc<Hierarchy>>,
     /// Kept for key management (adding a key wraps it; the config MAC is keyed from it).
     secret: Secret32,
     /// The public name of `secret`, which hosts remember (vault/known.rs).
@@ -193,8 +197,9 @@ impl Vault {
         let secret = Secret32::random();
         let slot = provider.wrap(&secret, &KeyContext::vault_secret(vault_id))?;
         let config = VaultConfig {
-            version: crate::format::config::CONFIG_VERSION,
+            version: crate::format::config::CONFIG_VERSION_2,
             generation: 1,
+            key_hierarchy: None,
             vault_id,
             plaintext_names: opts.plaintext_names,
             name_encoding: opts.name_encoding,
@@ -325,6 +330,7 @@ impl Vault {
             dek_cache: DekCache::new(CacheLimits::default()),
             prefetch: OnceLock::new(),
             wrappers: OnceLock::new(),
+            hierarchy: OnceLock::new(),
             fingerprint: Fingerprint::of(secret, &config_vault_id),
             secret: secret.clone(),
             secret_vouched: true,
@@ -365,19 +371,149 @@ impl Vault {
     /// Replace the DEK cache limits (from mount options).
     pub fn set_cache_limits(&mut self, limits: CacheLimits) {
         self.dek_cache = DekCache::new(limits);
+        // Intermediate keys are kept as long as DEKs are.
+        self.hierarchy = OnceLock::new();
+        self.wrappers = OnceLock::new();
+    }
+
+    /// The vault's intermediate keys. Their KMS keys are the config's: held ones as given,
+    /// the others reached with the standard AWS chain (as `wrappers` does).
+    pub fn hierarchy(&self) -> &Arc<Hierarchy> {
+        self.hierarchy.get_or_init(|| {
+            let mut services: Vec<Arc<dyn KeyProvider>> = Vec::new();
+            for slot in self
+                .config
+                .header_slots()
+                .filter(|s| s.provider == ProviderKind::AwsKms)
+            {
+                if let Some(p) = self.providers.iter().find(|p| p.recognises(slot)) {
+                    services.push(p.clone());
+                    continue;
+                }
+                match KmsKeyProvider::connect(&slot.key_id) {
+                    Ok(k) => services.push(Arc::new(k)),
+                    Err(e) => tracing::warn!(
+                        "intermediate keys cannot be made or opened with KMS key {}: {e}",
+                        slot.key_id
+                    ),
+                }
+            }
+            Arc::new(Hierarchy::new(
+                &self.root,
+                self.config.vault_id,
+                &self.secret,
+                self.config
+                    .key_hierarchy
+                    .map(|s| std::time::Duration::from_secs(s.into())),
+                self.dek_cache.limits().ttl,
+                services,
+            ))
+        })
+    }
+
+    /// Whether new DEKs are wrapped by an intermediate key (the hierarchy is on and this
+    /// host reaches a KMS key of the vault to make and open one).
+    fn hierarchy_wraps(&self) -> bool {
+        self.config.key_hierarchy.is_some() && self.hierarchy().can_make()
+    }
+
+    /// Who makes new files' DEKs: the hierarchy while it wraps them, else the first key.
+    fn primary(&self) -> Option<Arc<dyn KeyProvider>> {
+        if self.hierarchy_wraps() {
+            return Some(self.hierarchy().clone());
+        }
+        self.providers.first().cloned()
+    }
+
+    /// Turn the key hierarchy on (with this intermediate-key lifetime, seconds) or off.
+    /// On needs a KMS key in the vault, and makes the first intermediate key right away, so
+    /// that a KMS key this host cannot use is found now rather than at the first new file.
+    /// Existing files keep their wrapped keys until `envfs rewrap`.
+    pub fn set_key_hierarchy(&mut self, lifetime: Option<u32>) -> Result<()> {
+        if let Some(l) = lifetime {
+            if l == 0 {
+                return Err(Error::Invalid(
+                    "an intermediate key's lifetime must be at least one second".into(),
+                ));
+            }
+            if !self
+                .config
+                .header_slots()
+                .any(|s| s.provider == ProviderKind::AwsKms)
+            {
+                return Err(Error::Invalid(
+                    "the key hierarchy wraps intermediate keys with the vault's KMS key, and                      this vault has none (envfs key add --new-kms-key KEY)"
+                        .into(),
+                ));
+            }
+        }
+        let mut config = self.config.clone();
+        config.key_hierarchy = lifetime;
+        config.validate().map_err(Error::Invalid)?;
+        if lifetime.is_some() {
+            let probe = Hierarchy::new(
+                &self.root,
+                self.config.vault_id,
+                &self.secret,
+                lifetime.map(|s| std::time::Duration::from_secs(s.into())),
+                self.dek_cache.limits().ttl,
+                self.hierarchy().services().to_vec(),
+            );
+            probe.current_slot_key()?;
+        }
+        self.commit_config(config)?;
+        self.hierarchy = OnceLock::new();
+        Ok(())
+    }
+
+    /// Make a new intermediate key now (`envfs key rotate-intermediate`); returns its id.
+    pub fn rotate_intermediate(&self) -> Result<[u8; 16]> {
+        if self.config.key_hierarchy.is_none() {
+            return Err(Error::Invalid(
+                "the key hierarchy is off for this vault (envfs key hierarchy on)".into(),
+            ));
+        }
+        self.hierarchy().rotate()
+    }
+
+    /// The keys every file header should be wrapped by now, as slots without wrapped bytes
+    /// (`envfs rewrap` compares headers with them): the config's header keys, with the
+    /// vault's KMS keys standing, while the hierarchy wraps, for the current intermediate
+    /// key.
+    pub fn wanted_header_keys(&self) -> Result<Vec<KeySlot>> {
+        let hierarchy = self.hierarchy_wraps();
+        let mut wanted = Vec::new();
+        let mut intermediate_added = false;
+        for slot in self.config.header_slots() {
+            if hierarchy && slot.provider == ProviderKind::AwsKms {
+                if !intermediate_added {
+                    wanted.push(KeySlot {
+                        provider: ProviderKind::Intermediate,
+                        key_id: self.hierarchy().current_slot_key()?,
+                        wrapped: Vec::new(),
+                    });
+                    intermediate_added = true;
+                }
+                continue;
+            }
+            wanted.push(KeySlot {
+                wrapped: Vec::new(),
+                ..slot.clone()
+            });
+        }
+        Ok(wanted)
     }
 
     /// Keep `target` new-file DEKs ready with `concurrency` workers, when the primary key
     /// is a key service. Does nothing for local keys (generation is free) or when called
     /// twice.
     pub fn enable_prefetch(&self, target: usize, concurrency: usize) {
-        let Some(primary) = self.providers.first() else {
+        let Some(primary) = self.primary() else {
             return;
         };
         if !primary.remote() || target == 0 || concurrency == 0 {
             return;
         }
-        let primary = primary.clone();
         let wrappers = self.wrappers().to_vec();
         let vault_id = self.config.vault_id;
         let _ = self.prefetch.set(Prefetcher::start(
@@ -436,7 +572,16 @@ impl Vault {
     pub fn wrappers(&self) -> &[Arc<dyn KeyProvider>] {
         self.wrappers.get_or_init(|| {
             let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
+            let hierarchy = self.hierarchy_wraps();
             for slot in self.config.header_slots() {
+                // With the hierarchy on, the KMS keys wrap intermediate keys, and one of
+                // those wraps the DEK (once, for all of them).
+                if hierarchy && slot.provider == ProviderKind::AwsKms {
+                    if !out.iter().any(|w| w.kind() == ProviderKind::Intermediate) {
+                        out.push(self.hierarchy().clone());
+                    }
+                    continue;
+                }
                 if let Some(p) = self.providers.iter().find(|p| p.recognises(slot)) {
                     out.push(p.clone());
                     continue;
@@ -475,11 +620,12 @@ impl Vault {
     /// Replace the config with `config` as the next generation: every change goes through
     /// here, so every change raises the generation hosts compare (vault/known.rs).
     fn commit_config(&mut self, mut config: VaultConfig) -> Result<()> {
-        config.version = crate::format::config::CONFIG_VERSION;
+        config.version = config.written_version();
         config.generation = self.config.generation.max(self.generation_floor) + 1;
         self.config_digest = self.write_config(&config, true)?;
         self.config = config;
         self.wrappers = OnceLock::new();
+        self.hierarchy = OnceLock::new();
         Ok(())
     }
 
@@ -593,6 +739,15 @@ impl Vault {
         )
     }
 
+    /// What `envfs status` shows of the key hierarchy: `None` unless it is on or this
+    /// process has opened a file one of its keys wraps.
+    pub fn hierarchy_report(&self) -> Option<crate::keys::hierarchy::HierarchyReport> {
+        if self.config.key_hierarchy.is_none() && self.hierarchy.get().is_none() {
+            return None;
+        }
+        Some(self.hierarchy().report())
+    }
+
     /// Whether a DEK of this vault can need a key-service call to unwrap.
     pub fn has_remote_key(&self) -> bool {
         self.providers.iter().any(|p| p.remote())
@@ -675,10 +830,9 @@ impl Vault {
             Some(p) => p,
             None => {
                 let primary = self
-                    .providers
-                    .first()
+                    .primary()
                     .ok_or_else(|| Error::WrongKey("no key of this vault is available".into()))?;
-                prepare_file_keys(primary, self.wrappers(), self.config.vault_id)?
+                prepare_file_keys(&primary, self.wrappers(), self.config.vault_id)?
             }
         };
         let Prepared {
@@ -742,7 +896,14 @@ impl Vault {
         let body = &header_bytes[..header_bytes.len() - 32];
         let ctx = KeyContext::file(self.config.vault_id, header.file_id);
         let mut failure = None;
-        for provider in &self.providers {
+        // A header an intermediate key wraps is opened by the hierarchy too, after the keys
+        // this host holds (a local key needs no key file read).
+        let hierarchy: Option<Arc<dyn KeyProvider>> = header
+            .slots
+            .iter()
+            .any(|s| s.provider == ProviderKind::Intermediate)
+            .then(|| self.hierarchy().clone() as Arc<dyn KeyProvider>);
+        for provider in self.providers.iter().chain(hierarchy.iter()) {
             for slot in header.slots.iter().filter(|s| provider.recognises(s)) {
                 // Claimed while this open unwraps it, so unwrap-ahead does not call too;
                 // claimed by unwrap-ahead, waited for rather than called a second time.
