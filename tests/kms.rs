@@ -560,3 +560,378 @@ fn missing_region_or_credentials_fail_fast_with_a_clear_message() {
     assert!(stderr_text(&out).contains("credentials"));
     assert!(!is_mounted(&mnt));
 }
+
+/// Every header's slots as (provider, key id), by backing path: what `envfs rewrap` and the
+/// key hierarchy decide, read straight from the backing store.
+fn header_keys(backing: &Path) -> Vec<(PathBuf, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    for p in walk(backing) {
+        let rel = p.strip_prefix(backing).unwrap();
+        if !p.is_file() || rel.starts_with(".envfs-keys") || rel == Path::new("envfs.conf") {
+            continue;
+        }
+        let bytes = fs::read(&p).unwrap();
+        if bytes.is_empty() {
+            continue;
+        }
+        let (h, _) = envfs::format::FileHeader::parse(&bytes[..1024]).unwrap();
+        let slots = h
+            .slots
+            .iter()
+            .map(|s| (s.provider.name(), s.key_id.clone()))
+            .collect();
+        out.push((p, slots));
+    }
+    out
+}
+
+/// The intermediate-key files in the vault, by name (their ids).
+fn intermediate_keys(backing: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(backing.join(".envfs-keys"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn hierarchy_status(v: &KmsVault, kms: &Kms, m: &Mount) -> serde_json::Value {
+    let out = run(v.cmd(kms).arg("status").arg(&m.path).arg("--json"));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["mounts"][0]["key_hierarchy"].clone()
+}
+
+/// With the key hierarchy on, one GenerateDataKey makes the intermediate key; creating
+/// files then costs no KMS call, and reading them back after a remount costs one Decrypt
+/// (the intermediate key's), not one per file. Files from before keep their KMS slots.
+#[test]
+fn the_key_hierarchy_creates_and_reopens_files_without_a_kms_call_per_file() {
+    let kms = Kms::start();
+    let arn = kms.create_key("alias/envfs-hierarchy");
+    let v = KmsVault::new(&kms, "alias/envfs-hierarchy");
+    {
+        let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+        fs::create_dir(m.p("old")).unwrap();
+        for f in 0..3 {
+            fs::write(m.p(&format!("old/f{f}")), format!("old {f}")).unwrap();
+        }
+    }
+    kms.reset_counts();
+    let out = ok(run(v
+        .cmd(&kms)
+        .args(["key", "hierarchy"])
+        .arg(&v.backing)
+        .args(["on", "--lifetime", "1h"])));
+    assert!(out.contains("on (intermediate keys live 1h)"), "{out}");
+    assert_eq!(
+        kms.count("GenerateDataKey"),
+        1,
+        "the first intermediate key"
+    );
+    let keys = intermediate_keys(&v.backing);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let info = ok(run(v.cmd(&kms).arg("info").arg(&v.backing)));
+    assert!(
+        info.contains("key hierarchy:  on (intermediate keys live 1h)"),
+        "{info}"
+    );
+
+    let data: Vec<u8> = MARKER.iter().copied().cycle().take(10_000).collect();
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        kms.reset_counts();
+        fs::create_dir(m.p("new")).unwrap();
+        for f in 0..60 {
+            fs::write(m.p(&format!("new/f{f:02}")), &data).unwrap();
+        }
+        for f in 0..60 {
+            assert_eq!(fs::read(m.p(&format!("new/f{f:02}"))).unwrap(), data);
+        }
+        assert_eq!(kms.count("GenerateDataKey"), 0, "no KMS call per new file");
+        assert_eq!(kms.count("Decrypt"), 1, "the intermediate key, once");
+        let h = hierarchy_status(&v, &kms, &m);
+        assert_eq!(h["current"], keys[0].as_str(), "{h}");
+        assert_eq!(h["made"], 0, "{h}");
+        assert!(h["wrapped"].as_u64().unwrap() >= 60, "{h}");
+    }
+    assert_eq!(backing_contains(&v.backing, MARKER), None);
+    let ik_slot = format!("ik:{}", keys[0]);
+    for (path, slots) in header_keys(&v.backing) {
+        let old = path.to_string_lossy().contains("old") || slots.iter().any(|s| s.1 == arn);
+        if old {
+            continue;
+        }
+        assert_eq!(
+            slots,
+            vec![("intermediate".to_string(), ik_slot.clone())],
+            "{path:?}"
+        );
+    }
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        kms.reset_counts();
+        for f in 0..60 {
+            assert_eq!(fs::read(m.p(&format!("new/f{f:02}"))).unwrap(), data);
+        }
+        assert_eq!(
+            kms.count("Decrypt"),
+            1,
+            "after a remount: one call for 60 files"
+        );
+        for f in 0..3 {
+            assert_eq!(
+                fs::read_to_string(m.p(&format!("old/f{f}"))).unwrap(),
+                format!("old {f}")
+            );
+        }
+        // While the intermediate key is held, KMS going away does not stop new files.
+        kms.set(Fault::Drop);
+        fs::write(m.p("new/while-kms-is-down"), b"still written").unwrap();
+        assert_eq!(
+            fs::read(m.p("new/while-kms-is-down")).unwrap(),
+            b"still written"
+        );
+        kms.set(Fault::Pass);
+    }
+    let info = ok(run(v.cmd(&kms).arg("info").arg(&v.backing).arg("new/f00")));
+    assert!(info.contains(&ik_slot), "{info}");
+}
+
+/// An intermediate key replaces itself once past its lifetime, and on demand; rewrap moves
+/// every header to the current one, follows a change of the vault's KMS keys in the
+/// intermediate keys' own files only, and with the hierarchy off puts per-file KMS slots
+/// back and removes the intermediate keys nothing uses.
+#[test]
+fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
+    let kms = Kms::start();
+    let first = kms.create_key("alias/envfs-rotate-a");
+    let second = kms.create_key("alias/envfs-rotate-b");
+    let v = KmsVault::new(&kms, "alias/envfs-rotate-a");
+    {
+        let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+        fs::write(m.p("before"), b"from before").unwrap();
+    }
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "hierarchy"])
+        .arg(&v.backing)
+        .args(["on", "--lifetime", "2s"])));
+    {
+        let m = v.mount(&kms, "mnt", &["-o", "prefetch=0"]);
+        fs::write(m.p("early"), b"early").unwrap();
+        let early = hierarchy_status(&v, &kms, &m)["current"].clone();
+        std::thread::sleep(Duration::from_millis(2500));
+        fs::write(m.p("late"), b"late").unwrap();
+        let late = hierarchy_status(&v, &kms, &m)["current"].clone();
+        assert_ne!(early, late, "a key past its lifetime is replaced");
+        assert_eq!(hierarchy_status(&v, &kms, &m)["made"], 1);
+    }
+    // Longer-lived from now on, and one more key on demand.
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "hierarchy"])
+        .arg(&v.backing)
+        .args(["on", "--lifetime", "1h"])));
+    let out = ok(run(v
+        .cmd(&kms)
+        .args(["key", "rotate-intermediate"])
+        .arg(&v.backing)));
+    // Two from the mount, maybe one from `on` (if the second had expired by then), and
+    // the one made on demand.
+    let current = intermediate_keys(&v.backing);
+    assert!((3..=4).contains(&current.len()), "{current:?}");
+    let ik_count = current.len();
+    let made = out
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    assert!(current.contains(&made), "{out}");
+    let out = ok(run(v.cmd(&kms).arg("rewrap").arg(&v.backing)));
+    assert!(out.contains("3 files: 3 rewrapped"), "{out}");
+    let wanted = vec![("intermediate".to_string(), format!("ik:{made}"))];
+    for (path, slots) in header_keys(&v.backing) {
+        assert_eq!(slots, wanted, "{path:?}");
+    }
+    // Unused, but not expired a day ago: kept (a mount may still wrap with one).
+    assert!(out.contains("0 no longer used and removed"), "{out}");
+    assert_eq!(intermediate_keys(&v.backing).len(), ik_count);
+
+    // A second KMS key, then the first removed: only the intermediate keys are rewrapped.
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "add"])
+        .arg(&v.backing)
+        .args(["--new-kms-key", "alias/envfs-rotate-b"])));
+    kms.reset_counts();
+    let out = ok(run(v.cmd(&kms).arg("rewrap").arg(&v.backing)));
+    assert!(
+        out.contains("3 files: 0 rewrapped, 3 already current"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("intermediate keys: {ik_count} rewrapped")),
+        "{out}"
+    );
+    let list = ok(run(v.cmd(&kms).args(["key", "list"]).arg(&v.backing)));
+    let first_short = list
+        .lines()
+        .find(|l| l.contains(&first))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(&first_short)));
+    // The vault's key changed on purpose: say so (this host pinned the first).
+    let out = ok(run(v
+        .cmd(&kms)
+        .arg("rewrap")
+        .arg(&v.backing)
+        .args(["--kms-key", "alias/envfs-rotate-b"])));
+    assert!(
+        out.contains(&format!("intermediate keys: {ik_count} rewrapped")),
+        "{out}"
+    );
+    for name in intermediate_keys(&v.backing) {
+        let bytes = fs::read(v.backing.join(".envfs-keys").join(&name)).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&first), "{name}");
+    }
+    for (file, want) in [
+        ("before", "from before"),
+        ("early", "early"),
+        ("late", "late"),
+    ] {
+        let out = run(v
+            .cmd(&kms)
+            .arg("cat")
+            .arg(&v.backing)
+            .arg(file)
+            .arg("--kms-key")
+            .arg("alias/envfs-rotate-b"));
+        assert_eq!(stdout_text(&out), want, "{}", stderr_text(&out));
+    }
+
+    // Off: per-file KMS slots again. The intermediate keys stay until a day after they
+    // expired (a mount started with the hierarchy on may still be wrapping with one; the
+    // unit tests of keys/hierarchy.rs show them removed after that).
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "hierarchy"])
+        .arg(&v.backing)
+        .arg("off")
+        .args(["--kms-key", "alias/envfs-rotate-b"])));
+    let out = ok(run(v
+        .cmd(&kms)
+        .arg("rewrap")
+        .arg(&v.backing)
+        .args(["--kms-key", "alias/envfs-rotate-b"])));
+    assert!(out.contains("3 files: 3 rewrapped"), "{out}");
+    assert!(out.contains("0 no longer used and removed"), "{out}");
+    assert_eq!(intermediate_keys(&v.backing).len(), ik_count);
+    for (path, slots) in header_keys(&v.backing) {
+        assert_eq!(
+            slots,
+            vec![("aws-kms".to_string(), second.clone())],
+            "{path:?}"
+        );
+    }
+    let config = fs::read(v.backing.join("envfs.conf")).unwrap();
+    assert_eq!(&config[8..10], &[0, 2], "off writes config version 2 again");
+    let out = run(v
+        .cmd(&kms)
+        .arg("cat")
+        .arg(&v.backing)
+        .arg("late")
+        .args(["--kms-key", "alias/envfs-rotate-b"]));
+    assert_eq!(stdout_text(&out), "late", "{}", stderr_text(&out));
+}
+
+/// A modified or missing intermediate key fails the files it wraps with a message that
+/// says so, and nothing else; put back, they open again. The hierarchy is refused for a
+/// vault without a KMS key, leaving its config as it was.
+#[test]
+fn a_modified_or_missing_intermediate_key_is_reported_and_nothing_is_lost() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-ik-damage");
+    let v = KmsVault::new(&kms, "alias/envfs-ik-damage");
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "hierarchy"])
+        .arg(&v.backing)
+        .arg("on")));
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        fs::write(m.p("kept"), b"kept safe").unwrap();
+    }
+    let name = intermediate_keys(&v.backing).remove(0);
+    let path = v.backing.join(".envfs-keys").join(&name);
+    let good = fs::read(&path).unwrap();
+    let cat = || run(v.cmd(&kms).arg("cat").arg(&v.backing).arg("kept"));
+    let mut bad = good.clone();
+    bad[60] ^= 1;
+    fs::write(&path, &bad).unwrap();
+    let out = cat();
+    assert!(!out.status.success());
+    assert!(
+        stderr_text(&out).contains("authentication failed: the file was modified"),
+        "{}",
+        stderr_text(&out)
+    );
+    fs::remove_file(&path).unwrap();
+    let out = cat();
+    assert!(!out.status.success());
+    assert!(
+        stderr_text(&out).contains("is not on the backing store"),
+        "{}",
+        stderr_text(&out)
+    );
+    fs::write(&path, &good).unwrap();
+    assert_eq!(cat().stdout, b"kept safe");
+    // fsck and a mount do not show the key directory as a file or a problem.
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        let listed: Vec<_> = fs::read_dir(&m.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(listed, vec![std::ffi::OsString::from("kept")]);
+    }
+    let out = run(v.cmd(&kms).arg("fsck").arg(&v.backing));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout_text(&out),
+        stderr_text(&out)
+    );
+
+    // No KMS key in the vault: refused, config untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    let local = |c: &mut Command| {
+        c.env("XDG_CONFIG_HOME", dir.path().join("cfg"))
+            .env("XDG_STATE_HOME", dir.path().join("cfg"));
+    };
+    let mut init = Command::new(envfs_bin());
+    local(&mut init);
+    ok(run(init.arg("init").arg(&backing)));
+    let before = fs::read(backing.join("envfs.conf")).unwrap();
+    let mut on = Command::new(envfs_bin());
+    local(&mut on);
+    let out = run(on.args(["key", "hierarchy"]).arg(&backing).arg("on"));
+    assert!(!out.status.success());
+    assert!(
+        stderr_text(&out).contains("this vault has none"),
+        "{}",
+        stderr_text(&out)
+    );
+    assert_eq!(fs::read(backing.join("envfs.conf")).unwrap(), before);
+    assert!(!backing.join(".envfs-keys").exists());
+}

@@ -145,6 +145,11 @@ impl Report<'_> {
             )
         };
         let _ = writeln!(out, "names:          {names}");
+        let _ = writeln!(
+            out,
+            "key hierarchy:  {}",
+            crate::cli::describe_hierarchy(c.key_hierarchy)
+        );
         let _ = writeln!(out, "keys:");
         for (i, (kind, id)) in c.slots.iter().map(slot_row).enumerate() {
             let _ = writeln!(out, "  {}  {kind:<8} {id}", i + 1);
@@ -220,7 +225,13 @@ impl Report<'_> {
         } else {
             json_str(&mut j, encoding(c));
         }
-        let _ = write!(j, ",\"long_name_limit\":{}}},\"keys\":", c.long_name_limit);
+        let _ = write!(
+            j,
+            ",\"long_name_limit\":{}}},\"key_hierarchy_lifetime_s\":{},\"keys\":",
+            c.long_name_limit,
+            c.key_hierarchy
+                .map_or("null".to_string(), |l| l.to_string())
+        );
         key_rows_json(&mut j, &c.slots);
         let _ = write!(j, ",\"authenticated\":{}", self.authenticated.is_some());
         match &self.authenticated {

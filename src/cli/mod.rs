@@ -1064,9 +1064,7 @@ fn rewrap(backing: &Path, jobs: usize, keys: &KeyArgs) -> Result<()> {
         report.recovered,
         report.failed.len()
     );
-    if vault.config.key_hierarchy.is_some()
-        || report.intermediate_rewrapped + report.intermediate_retired > 0
-    {
+    if report.intermediate_keys {
         println!(
             "rewrap: intermediate keys: {} rewrapped for the vault's KMS keys, {} no longer used and removed",
             report.intermediate_rewrapped, report.intermediate_retired

@@ -10,10 +10,12 @@
 //! 10  2  reserved, 0
 //! 12 16  vault id
 //! 28 16  intermediate key id (random; also the file's name and part of every KMS context)
-//! 44  8  created, Unix seconds (the key wraps new DEKs until created + the vault's lifetime)
-//! 52 32  key commitment: HKDF(key, key id, "envfs/v1/intermediate-commit")
-//! 84  1  number of key slots N (1..=32)
-//! 85  …  N key slots (slot.rs), each wrapping the 32-byte intermediate key
+//! 44  8  created, Unix seconds
+//! 52  8  expires, Unix seconds: created + the vault's lifetime when it was made; no mount
+//!        wraps a new DEK with it from then on (nor after created + the current lifetime)
+//! 60 32  key commitment: HKDF(key, key id, "envfs/v1/intermediate-commit")
+//! 92  1  number of key slots N (1..=32)
+//! 93  …  N key slots (slot.rs), each wrapping the 32-byte intermediate key
 //! …  32  HMAC-SHA256(HKDF(vault secret, vault id, "envfs/v1/intermediate-mac"), bytes before)
 //! ```
 //!
@@ -38,6 +40,9 @@ pub struct IntermediateKeyFile {
     pub key_id: [u8; 16],
     /// Unix seconds.
     pub created: u64,
+    /// Unix seconds: the last moment any mount may wrap a new DEK with it, whatever
+    /// lifetime its config says (so a key no header uses can be removed safely after it).
+    pub expires: u64,
     pub commitment: [u8; 32],
     pub slots: Vec<KeySlot>,
 }
@@ -84,6 +89,7 @@ impl IntermediateKeyFile {
             .bytes(&self.vault_id)
             .bytes(&self.key_id)
             .u64(self.created)
+            .u64(self.expires)
             .bytes(&self.commitment)
             .u8(self.slots.len() as u8);
         for slot in &self.slots {
@@ -113,6 +119,10 @@ impl IntermediateKeyFile {
         let vault_id = r.array::<16>().ok_or_else(short)?;
         let key_id = r.array::<16>().ok_or_else(short)?;
         let created = r.u64().ok_or_else(short)?;
+        let expires = r.u64().ok_or_else(short)?;
+        if expires < created {
+            return Err("expires before it was created".into());
+        }
         let commitment = r.array::<32>().ok_or_else(short)?;
         let count = r.u8().ok_or_else(short)? as usize;
         if count == 0 || count > MAX_SLOTS {
@@ -132,6 +142,7 @@ impl IntermediateKeyFile {
                 vault_id,
                 key_id,
                 created,
+                expires,
                 commitment,
                 slots,
             },
@@ -151,6 +162,7 @@ mod tests {
             vault_id: [1; 16],
             key_id: [0xab; 16],
             created: 1_700_000_000,
+            expires: 1_700_086_400,
             commitment: [3; 32],
             slots: vec![KeySlot {
                 provider: ProviderKind::AwsKms,

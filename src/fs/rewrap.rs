@@ -46,6 +46,8 @@ pub struct RewrapReport {
     pub recovered: usize,
     /// Files that could not be brought in line: backing path and why.
     pub failed: Vec<(PathBuf, String)>,
+    /// Whether the vault has intermediate keys (the hierarchy is on, or was).
+    pub intermediate_keys: bool,
     /// Intermediate-key files whose slots were brought in line with the vault's KMS keys.
     pub intermediate_rewrapped: usize,
     /// Intermediate keys removed: no header uses them and their lifetime is long over.
@@ -249,15 +251,12 @@ fn rewrap_file(
         // Not a file envfs wrote (a sync client's own file, say): nothing to rewrap.
         return Ok(false);
     }
-    let parsed = FileHeader::parse(&bytes).ok();
-    if let Some((parsed, _)) = &parsed {
-        // Kept for now whatever happens below; replaced by the new header's if it changes.
-        note(&parsed.slots);
-    }
-    if let Some((parsed, _)) = &parsed
+    // (A file that fails below leaves the walk incomplete, and then no key is retired.)
+    if let Ok((parsed, _)) = FileHeader::parse(&bytes)
         && parsed.slots.len() == wanted.len()
         && parsed.slots.iter().zip(wanted).all(|(a, b)| same_key(a, b))
     {
+        note(&parsed.slots);
         return Ok(false);
     }
     let (header, dek, keys) = vault.open_header(&bytes, path)?;
@@ -333,6 +332,7 @@ pub fn rewrap(
             .root()
             .and_then(|r| r.stat(OsStr::new(INTERMEDIATE_DIR)))
             .is_ok();
+    report.intermediate_keys = hierarchy_used;
     if hierarchy_used {
         let kms: Vec<_> = vault.hierarchy().services().to_vec();
         let wanted_kms = vault

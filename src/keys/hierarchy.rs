@@ -205,8 +205,9 @@ impl Hierarchy {
         }
         let name = IntermediateKeyFile::file_name(key_id);
         let bytes = self.dir().and_then(|d| self.read(&d, &name)).map_err(|e| {
+            // Not `WrongKey`: that would read as a damaged header.
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::WrongKey(format!(
+                Error::KeyFile(format!(
                     "intermediate key {} is not on the backing store (not synced yet, or \
                          removed): files it wraps cannot be opened by it",
                     self.shown(&name)
@@ -259,7 +260,7 @@ impl Hierarchy {
             }
         }
         Err(failure.unwrap_or_else(|| {
-            Error::WrongKey(format!(
+            Error::KeyService(format!(
                 "intermediate key {} is wrapped only by {}, none of which this host reaches",
                 self.shown(&IntermediateKeyFile::file_name(key_id)),
                 file.slots
@@ -306,10 +307,11 @@ impl Hierarchy {
         Ok(())
     }
 
-    /// Whether `file` may still wrap new DEKs.
+    /// Whether `file` may still wrap new DEKs: before its own expiry and within the
+    /// lifetime the config says now (a shortened lifetime takes effect at once).
     fn in_lifetime(&self, file: &IntermediateKeyFile, now: u64) -> bool {
         self.lifetime
-            .is_some_and(|l| now < file.created.saturating_add(l.as_secs()))
+            .is_some_and(|l| now < file.expires && now < file.created.saturating_add(l.as_secs()))
     }
 
     /// The key new DEKs are wrapped with: the newest one in its lifetime, or a new one.
@@ -378,10 +380,13 @@ impl Hierarchy {
         for other in &self.services[1..] {
             slots.push(other.wrap(&secret, &ctx)?);
         }
+        let created = now_unix();
+        let lifetime = self.lifetime.map_or(0, |l| l.as_secs());
         let file = IntermediateKeyFile {
             vault_id: self.vault_id,
             key_id,
-            created: now_unix(),
+            created,
+            expires: created.saturating_add(lifetime),
             commitment: commitment(&secret, &key_id),
             slots,
         };
@@ -520,24 +525,16 @@ impl Hierarchy {
     }
 
     /// Remove the intermediate keys that no header uses (`in_use`, from a complete walk of
-    /// the vault), that are not the current one and whose lifetime ended more than
-    /// `RETIRE_AFTER` ago. Returns the ids removed.
+    /// the vault), that are not the current one and that expired more than `RETIRE_AFTER`
+    /// ago: by then no mount, whatever config it was started with, still wraps with one
+    /// (the margin is for clocks that disagree). Returns the ids removed.
     pub fn retire_unused(&self, in_use: &HashSet<[u8; 16]>) -> Result<Vec<[u8; 16]>> {
-        let Some(lifetime) = self.lifetime else {
-            // Off: nothing makes new keys, so nothing can start using one; every unused key
-            // can go at once.
-            return self.remove_where(in_use, |_| true);
-        };
-        let now = now_unix();
-        let cutoff = lifetime.as_secs().saturating_add(RETIRE_AFTER.as_secs());
-        self.remove_where(in_use, |f| now > f.created.saturating_add(cutoff))
+        self.retire_unused_at(in_use, now_unix())
     }
 
-    fn remove_where(
-        &self,
-        in_use: &HashSet<[u8; 16]>,
-        expired: impl Fn(&IntermediateKeyFile) -> bool,
-    ) -> Result<Vec<[u8; 16]>> {
+    fn retire_unused_at(&self, in_use: &HashSet<[u8; 16]>, now: u64) -> Result<Vec<[u8; 16]>> {
+        let expired =
+            |f: &IntermediateKeyFile| now > f.expires.saturating_add(RETIRE_AFTER.as_secs());
         let mut st = self.state.lock().unwrap();
         self.rescan(&mut st)?;
         let current = st.current;
@@ -786,12 +783,21 @@ mod tests {
                 .unwrap(&slot, &ctx)
                 .is_err()
         );
-        // In use, or within its lifetime: kept. Unused with the hierarchy off: removed.
+        // In use, or not long expired: kept. Unused a day after its expiry: removed.
         let id = IntermediateKeyFile::id_of_slot_key(&slot.key_id).unwrap();
+        let later = now_unix() + 3600 + RETIRE_AFTER.as_secs() + 10;
         assert!(fresh.retire_unused(&HashSet::new()).unwrap().is_empty());
         let off = hierarchy(dir.path(), None, vec![service(8)]);
-        assert!(off.retire_unused(&HashSet::from([id])).unwrap().is_empty());
-        assert_eq!(off.retire_unused(&HashSet::new()).unwrap(), vec![id]);
+        assert!(off.retire_unused(&HashSet::new()).unwrap().is_empty());
+        assert!(
+            off.retire_unused_at(&HashSet::from([id]), later)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            off.retire_unused_at(&HashSet::new(), later).unwrap(),
+            vec![id]
+        );
         assert!(off.wrap(&dek, &ctx).is_err(), "off: no key wraps new files");
     }
 }
