@@ -313,7 +313,7 @@ mod tests {
         bytes.extend_from_slice(&[0; 32]);
         let mut newer = bytes.clone();
         newer[9] = CONFIG_VERSION as u8 + 1;
-        assert!(CONFIG_VERSION_2 < CONFIG_VERSION);
+        const { assert!(CONFIG_VERSION_2 < CONFIG_VERSION) };
         assert!(matches!(
             VaultConfig::parse(&newer),
             Err(ConfigParseError::Unsupported(_))
