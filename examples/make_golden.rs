@@ -12,6 +12,15 @@
 //! copies. Never regenerate a `tests/golden/vN/`: a format change must keep reading it. A
 //! new format version gets a new `tests/golden/vN/`.
 //!
+//! ```text
+//! cargo run --example make_golden -- --hierarchy OUTDIR
+//! ```
+//!
+//! writes the key-hierarchy vault of `tests/golden/v3/` (config version 3) instead:
+//! `golden.key` (a local key, the first), `golden-kms.key` (the local key behind a stand-in
+//! for a KMS key, tests/support/golden_kms.rs, the second), the hierarchy on, and the same
+//! files, whose headers carry a local slot and an intermediate-key slot.
+//!
 //! The plaintext is deterministic: the table in tests/support/golden_table.rs, which
 //! tests/golden.rs checks against.
 
@@ -26,12 +35,19 @@ use std::sync::Arc;
 #[path = "../tests/support/golden_table.rs"]
 mod golden_table;
 use golden_table::{DIR, LINK, LINK_TARGET, content, golden_plain_files};
+#[path = "../tests/support/golden_kms.rs"]
+mod golden_kms;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    let hierarchy = args.first().is_some_and(|a| a == "--hierarchy");
+    if hierarchy {
+        args.remove(0);
+    }
     let out = PathBuf::from(
-        std::env::args_os()
-            .nth(1)
-            .ok_or("usage: make_golden OUTDIR")?,
+        args.into_iter()
+            .next()
+            .ok_or("usage: make_golden [--hierarchy] OUTDIR")?,
     );
     let root = out.join("vault");
     let key_path = out.join("golden.key");
@@ -51,8 +67,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     assert_eq!((opts.chunk_size, opts.header_size), (4096, 1024));
     let mut vault = Vault::init(&root, Arc::new(provider), &opts)?;
-    let recovery = X25519KeyProvider::create(&out.join("recovery.key"))?;
-    vault.add_key(&recovery)?;
+    if hierarchy {
+        let kms_path = out.join("golden-kms.key");
+        LocalKeyProvider::create(&kms_path, &hex::encode(vault_id))?;
+        vault.add_key(&golden_kms::GoldenKms::load(&kms_path))?;
+        let local: Arc<dyn envfs::keys::KeyProvider> = Arc::new(LocalKeyProvider::load(&key_path)?);
+        let kms: Arc<dyn envfs::keys::KeyProvider> =
+            Arc::new(golden_kms::GoldenKms::load(&kms_path));
+        vault = Vault::open(&root, vec![local, kms])?;
+        vault.set_key_hierarchy(Some(86_400))?;
+    } else {
+        let recovery = X25519KeyProvider::create(&out.join("recovery.key"))?;
+        vault.add_key(&recovery)?;
+    }
     let fs = Fs::new(Arc::new(vault));
 
     // Root files first, then the directory and the files in it, then the symlink.

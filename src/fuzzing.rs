@@ -51,6 +51,16 @@ pub fn header(data: &[u8]) {
     }
 }
 
+/// An intermediate-key file (`.envfs-keys/<id>`): parse; what parses re-encodes to the
+/// authenticated bytes and MAC it was read from.
+pub fn intermediate_key(data: &[u8]) {
+    if let Ok((file, body, mac)) = crate::format::intermediate::IntermediateKeyFile::parse(data) {
+        assert!(file.expires >= file.created);
+        assert_eq!(file.encode_body().expect("a parsed file re-encodes"), body);
+        assert_eq!(&mac[..], &data[data.len() - 32..]);
+    }
+}
+
 /// One key slot, and the providers' unwrap of it: refused unless authentic, never a panic.
 pub fn slot(data: &[u8]) {
     let mut r = crate::format::bytes::Reader::new(data);
@@ -248,6 +258,7 @@ pub type EntryPoint = fn(&[u8]);
 pub const ENTRY_POINTS: &[(&str, EntryPoint)] = &[
     ("config", config),
     ("header", header),
+    ("intermediate_key", intermediate_key),
     ("slot", slot),
     ("chunk", chunk),
     ("geometry", geometry),
@@ -300,12 +311,18 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 long_name_limit: 220,
                 slots,
             };
-            let mut v2 = config.encode_body();
+            let mut v3 = config.encode_body();
+            v3.extend_from_slice(&[0xcc; 32]);
+            let mut v2 = VaultConfig {
+                key_hierarchy: None,
+                ..config
+            }
+            .encode_body();
             v2.extend_from_slice(&[0xcc; 32]);
             let mut v1 = v2[..40].to_vec();
             v1[9] = 1;
             v1.extend_from_slice(&v2[48..]);
-            vec![v2, v1]
+            vec![v3, v2, v1]
         }
         "header" => {
             let header = FileHeader {
@@ -321,6 +338,19 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     bytes
                 })
                 .collect()
+        }
+        "intermediate_key" => {
+            let file = crate::format::intermediate::IntermediateKeyFile {
+                vault_id: [1; 16],
+                key_id: [6; 16],
+                created: 1_700_000_000_000,
+                expires: 1_700_086_400_000,
+                commitment: [7; 32],
+                slots: slots[..2].to_vec(),
+            };
+            let mut bytes = file.encode_body().expect("encodes");
+            bytes.extend_from_slice(&[0xee; 32]);
+            vec![bytes]
         }
         "slot" => slots
             .iter()

@@ -985,7 +985,7 @@ fn cat_on_a_newer_vault_version_exits_5() {
     let vault = golden_copy(&env);
     let conf = vault.join("envfs.conf");
     let original = std::fs::read(&conf).unwrap();
-    for (what, offset, value) in [("version", 9, 3u8), ("unknown flag", 11, 0x80)] {
+    for (what, offset, value) in [("version", 9, 4u8), ("unknown flag", 11, 0x80)] {
         let mut bytes = original.clone();
         bytes[offset] = value;
         std::fs::write(&conf, &bytes).unwrap();

@@ -348,15 +348,15 @@ fn bumped_config_version_is_refused() {
 
     let conf = root.join(CONFIG_FILE_NAME);
     let mut bytes = std::fs::read(&conf).unwrap();
-    bytes[8..10].copy_from_slice(&3u16.to_be_bytes());
+    bytes[8..10].copy_from_slice(&4u16.to_be_bytes());
     std::fs::write(&conf, &bytes).unwrap();
     match Vault::open(&root, vec![golden_key()]) {
         Err(Error::UnsupportedVersion(msg)) => {
-            assert!(msg.contains("version 3"), "{msg}");
+            assert!(msg.contains("version 4"), "{msg}");
             assert!(msg.contains("upgrade"), "{msg}");
         }
         Err(other) => panic!("expected UnsupportedVersion, got {other:?}"),
-        Ok(_) => panic!("a version 3 vault must not open"),
+        Ok(_) => panic!("a version 4 vault must not open"),
     }
 }
 
@@ -506,5 +506,143 @@ fn a_frozen_passphrase_slot_unseals_to_its_x25519_key() {
         envfs::keys::passphrase::unseal(&slot, b"envfs golden passphrasE", &vault_id)
             .unwrap()
             .is_none()
+    );
+}
+
+// Format version 3: the key hierarchy (FORMAT.md §6.2), written by
+// `cargo run --example make_golden -- --hierarchy`: a local key, a stand-in for a KMS key
+// (tests/support/golden_kms.rs) that wraps the one intermediate key, and the same files,
+// each header with a local slot and an intermediate-key slot.
+
+const V3_VAULT_ID: &str = "44cd255dc8bac06d046b2c11330c6820";
+const V3_FINGERPRINT: &str = "c0d89c55a359b34e3fcd263d9df30a00";
+const V3_INTERMEDIATE: &str = "03226beb863e4d764495308253b64689";
+
+fn golden_v3_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v3")
+}
+
+fn v3_local() -> Arc<dyn KeyProvider> {
+    Arc::new(LocalKeyProvider::load(&golden_v3_dir().join("golden.key")).expect("fixture key"))
+}
+
+fn v3_kms() -> Arc<dyn KeyProvider> {
+    Arc::new(support::golden_kms::GoldenKms::load(
+        &golden_v3_dir().join("golden-kms.key"),
+    ))
+}
+
+#[test]
+fn v3_config_and_intermediate_key_bytes_are_frozen() {
+    let root = golden_v3_dir().join("vault");
+    let bytes = std::fs::read(root.join(CONFIG_FILE_NAME)).unwrap();
+    assert_eq!(&bytes[8..10], &[0, 3], "format version 3");
+    assert_eq!(hex::encode(&bytes[12..28]), V3_VAULT_ID);
+    assert_eq!(&bytes[48..52], &86_400u32.to_be_bytes(), "lifetime");
+    let (config, _, _) = VaultConfig::parse(&bytes).unwrap();
+    assert_eq!((config.version, config.key_hierarchy), (3, Some(86_400)));
+    assert_eq!(
+        config.slots.iter().map(|s| s.provider).collect::<Vec<_>>(),
+        [ProviderKind::Local, ProviderKind::AwsKms]
+    );
+    let ik = std::fs::read(root.join(".envfs-keys").join(V3_INTERMEDIATE)).unwrap();
+    let (file, _, _) = envfs::format::intermediate::IntermediateKeyFile::parse(&ik).unwrap();
+    assert_eq!(hex::encode(file.key_id), V3_INTERMEDIATE);
+    assert_eq!(hex::encode(file.vault_id), V3_VAULT_ID);
+    assert_eq!(file.expires - file.created, 86_400_000, "milliseconds");
+    assert_eq!(file.slots.len(), 1);
+    assert_eq!(file.slots[0].key_id, support::golden_kms::GOLDEN_KMS_ARN);
+    // Every non-empty file: its local slot, then the intermediate key's (config order).
+    for f in golden_files() {
+        let fs = Fs::new(Arc::new(Vault::open(&root, vec![v3_local()]).unwrap()));
+        let info = fs.entry_info(Path::new(&f.path)).unwrap();
+        let Some(header) = info.header else {
+            assert_eq!(f.len, 0, "{}", f.path);
+            continue;
+        };
+        let kinds: Vec<_> = header
+            .slots
+            .iter()
+            .map(|s| (s.provider, s.key_id.clone()))
+            .collect();
+        assert_eq!(kinds.len(), 2, "{}", f.path);
+        assert_eq!(kinds[0].0, ProviderKind::Local);
+        assert_eq!(
+            kinds[1],
+            (ProviderKind::Intermediate, format!("ik:{V3_INTERMEDIATE}")),
+            "{}",
+            f.path
+        );
+    }
+}
+
+/// Through the intermediate key alone (the KMS stand-in opens the config and the
+/// intermediate key; no local slot is used) and through the local key alone: same vault,
+/// same bytes.
+#[test]
+fn v3_reads_every_file_through_the_intermediate_key_and_through_the_local_key() {
+    let root = golden_v3_dir().join("vault");
+    let before = snapshot(&root);
+    for key in [v3_kms(), v3_local()] {
+        let described = key.describe();
+        let vault = Vault::open(&root, vec![key]).expect("golden v3 opens");
+        assert_eq!(
+            vault.fingerprint().to_string(),
+            V3_FINGERPRINT,
+            "{described}"
+        );
+        let fs = Fs::new(Arc::new(vault));
+        for f in golden_files() {
+            assert!(
+                read_all(&fs, Path::new(&f.path), 4096) == content(f.seed, f.len),
+                "{described}: {}",
+                f.path
+            );
+        }
+        assert_eq!(fs.readlink(Path::new(LINK)).unwrap(), LINK_TARGET);
+        let report = fs.vault().hierarchy_report();
+        if described.contains("golden-vector") {
+            let report = report.expect("the hierarchy opened the files");
+            assert!(report.opened >= 4, "{report:?}");
+            assert_eq!(report.made, 0, "reading makes no key");
+        }
+    }
+    assert!(
+        before == snapshot(&root),
+        "reading modified the golden vault"
+    );
+}
+
+/// A v3 vault turned off and rewrapped becomes a version 2 vault whose headers carry the
+/// KMS key's own slots (the upgrade path back).
+#[test]
+fn v3_turned_off_and_rewrapped_is_version_2_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("vault");
+    copy_tree(&golden_v3_dir().join("vault"), &root);
+    let mut vault = Vault::open(&root, vec![v3_local(), v3_kms()]).unwrap();
+    vault.set_key_hierarchy(None).unwrap();
+    let report = envfs::fs::rewrap::rewrap(&vault, 2, &|_, _| {}).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.rewrapped, 5, "{report:?}");
+    let bytes = std::fs::read(root.join(CONFIG_FILE_NAME)).unwrap();
+    assert_eq!(&bytes[8..10], &[0, 2]);
+    let fs = Fs::new(Arc::new(Vault::open(&root, vec![v3_kms()]).unwrap()));
+    for f in golden_files() {
+        if let Some(header) = fs.entry_info(Path::new(&f.path)).unwrap().header {
+            assert!(
+                header
+                    .slots
+                    .iter()
+                    .all(|s| s.provider != ProviderKind::Intermediate),
+                "{}",
+                f.path
+            );
+        }
+        assert!(read_all(&fs, Path::new(&f.path), 4096) == content(f.seed, f.len));
+    }
+    assert!(
+        fs.vault().hierarchy_report().is_none(),
+        "no intermediate key was needed"
     );
 }

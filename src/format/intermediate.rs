@@ -10,8 +10,8 @@
 //! 10  2  reserved, 0
 //! 12 16  vault id
 //! 28 16  intermediate key id (random; also the file's name and part of every KMS context)
-//! 44  8  created, Unix seconds
-//! 52  8  expires, Unix seconds: created + the vault's lifetime when it was made; no mount
+//! 44  8  created, Unix milliseconds
+//! 52  8  expires, Unix milliseconds: created + the vault's lifetime when it was made; no mount
 //!        wraps a new DEK with it from then on (nor after created + the current lifetime)
 //! 60 32  key commitment: HKDF(key, key id, "envfs/v1/intermediate-commit")
 //! 92  1  number of key slots N (1..=32)
@@ -38,9 +38,9 @@ const MAC_LEN: usize = 32;
 pub struct IntermediateKeyFile {
     pub vault_id: [u8; 16],
     pub key_id: [u8; 16],
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created: u64,
-    /// Unix seconds: the last moment any mount may wrap a new DEK with it, whatever
+    /// Unix milliseconds: the last moment any mount may wrap a new DEK with it, whatever
     /// lifetime its config says (so a key no header uses can be removed safely after it).
     pub expires: u64,
     pub commitment: [u8; 32],
@@ -161,8 +161,8 @@ mod tests {
         IntermediateKeyFile {
             vault_id: [1; 16],
             key_id: [0xab; 16],
-            created: 1_700_000_000,
-            expires: 1_700_086_400,
+            created: 1_700_000_000_000,
+            expires: 1_700_086_400_000,
             commitment: [3; 32],
             slots: vec![KeySlot {
                 provider: ProviderKind::AwsKms,

@@ -98,10 +98,12 @@ pub struct Hierarchy {
     opened: AtomicU64,
 }
 
-fn now_unix() -> u64 {
+/// Unix milliseconds: the unit of an intermediate key's times (a key made on demand must be
+/// newer than one made in the same second).
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn wrap_cipher(secret: &Secret32, key_id: &[u8; 16]) -> Aes256Gcm {
@@ -310,8 +312,9 @@ impl Hierarchy {
     /// Whether `file` may still wrap new DEKs: before its own expiry and within the
     /// lifetime the config says now (a shortened lifetime takes effect at once).
     fn in_lifetime(&self, file: &IntermediateKeyFile, now: u64) -> bool {
-        self.lifetime
-            .is_some_and(|l| now < file.expires && now < file.created.saturating_add(l.as_secs()))
+        self.lifetime.is_some_and(|l| {
+            now < file.expires && now < file.created.saturating_add(l.as_millis() as u64)
+        })
     }
 
     /// The key new DEKs are wrapped with: the newest one in its lifetime, or a new one.
@@ -323,7 +326,7 @@ impl Hierarchy {
             ));
         }
         let mut st = self.state.lock().unwrap();
-        let now = now_unix();
+        let now = now_ms();
         let fresh = st.scanned.is_some_and(|at| at.elapsed() < RESCAN);
         if let Some(id) = st.current
             && fresh
@@ -380,8 +383,8 @@ impl Hierarchy {
         for other in &self.services[1..] {
             slots.push(other.wrap(&secret, &ctx)?);
         }
-        let created = now_unix();
-        let lifetime = self.lifetime.map_or(0, |l| l.as_secs());
+        let created = now_ms();
+        let lifetime = self.lifetime.map_or(0, |l| l.as_millis() as u64);
         let file = IntermediateKeyFile {
             vault_id: self.vault_id,
             key_id,
@@ -529,12 +532,13 @@ impl Hierarchy {
     /// ago: by then no mount, whatever config it was started with, still wraps with one
     /// (the margin is for clocks that disagree). Returns the ids removed.
     pub fn retire_unused(&self, in_use: &HashSet<[u8; 16]>) -> Result<Vec<[u8; 16]>> {
-        self.retire_unused_at(in_use, now_unix())
+        self.retire_unused_at(in_use, now_ms())
     }
 
     fn retire_unused_at(&self, in_use: &HashSet<[u8; 16]>, now: u64) -> Result<Vec<[u8; 16]>> {
-        let expired =
-            |f: &IntermediateKeyFile| now > f.expires.saturating_add(RETIRE_AFTER.as_secs());
+        let expired = |f: &IntermediateKeyFile| {
+            now > f.expires.saturating_add(RETIRE_AFTER.as_millis() as u64)
+        };
         let mut st = self.state.lock().unwrap();
         self.rescan(&mut st)?;
         let current = st.current;
@@ -568,7 +572,7 @@ impl Hierarchy {
             current: st.current.and_then(|id| {
                 st.files
                     .get(&id)
-                    .map(|f| (IntermediateKeyFile::file_name(&id), f.created))
+                    .map(|f| (IntermediateKeyFile::file_name(&id), f.created / 1000))
             }),
             known: st.files.len(),
             unwrapped: st
@@ -785,7 +789,7 @@ mod tests {
         );
         // In use, or not long expired: kept. Unused a day after its expiry: removed.
         let id = IntermediateKeyFile::id_of_slot_key(&slot.key_id).unwrap();
-        let later = now_unix() + 3600 + RETIRE_AFTER.as_secs() + 10;
+        let later = now_ms() + (3600 + RETIRE_AFTER.as_secs() + 10) * 1000;
         assert!(fresh.retire_unused(&HashSet::new()).unwrap().is_empty());
         let off = hierarchy(dir.path(), None, vec![service(8)]);
         assert!(off.retire_unused(&HashSet::new()).unwrap().is_empty());

@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod fs_core;
+pub mod golden_kms;
 pub mod golden_table;
 pub mod kms;
 pub mod nas;
