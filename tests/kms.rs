@@ -820,7 +820,7 @@ fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
 
     // Off: per-file KMS slots again. The intermediate keys stay until a day after they
     // expired (a mount started with the hierarchy on may still be wrapping with one; the
-    // unit tests of keys/hierarchy.rs show them removed after that).
+    // unit tests of vault/hierarchy.rs show them removed after that).
     ok(run(v
         .cmd(&kms)
         .args(["key", "hierarchy"])

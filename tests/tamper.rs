@@ -672,10 +672,13 @@ fn config_edits_refuse_to_open() {
         ("magic", flip(0, 0), Corrupt),
         ("magic", flip(7, 7), Corrupt),
         (
-            "version 3",
-            set(8, 3u16.to_be_bytes().to_vec()),
+            "version 4",
+            set(8, 4u16.to_be_bytes().to_vec()),
             Unsupported,
         ),
+        // Read as version 3 (a lifetime field before the slots), the bytes do not parse or
+        // authenticate: the key hierarchy cannot be switched on by an edit.
+        ("version 3", set(8, 3u16.to_be_bytes().to_vec()), Corrupt),
         ("version 258", flip(8, 0), Unsupported),
         ("version 0", flip(9, 1), Corrupt),
         // Read as version 1 (no generation field), the bytes no longer authenticate: the

@@ -968,7 +968,7 @@ fn key_command(action: KeyCommand) -> Result<()> {
                 "Made intermediate key {}: mounts wrap new files with it within {} s. Run \
                  `envfs rewrap {}` to move existing files to it.",
                 hex::encode(id),
-                crate::keys::hierarchy::RESCAN.as_secs(),
+                crate::vault::hierarchy::RESCAN.as_secs(),
                 backing.display()
             );
             Ok(())

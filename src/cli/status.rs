@@ -161,7 +161,7 @@ struct Status<'a> {
     /// What unwrap-ahead did (`None`: off), and how many of its DEKs an open used.
     ahead: Option<(crate::fs::unwrap_ahead::AheadReport, u64)>,
     /// The key hierarchy, when the vault uses one (on, or files wrapped by it).
-    hierarchy: Option<crate::keys::hierarchy::HierarchyReport>,
+    hierarchy: Option<crate::vault::hierarchy::HierarchyReport>,
 }
 
 impl<'a> Status<'a> {

@@ -25,7 +25,7 @@ pub mod label {
     /// The AES-256-GCM key that seals a passphrase key's X25519 private key, from the
     /// Argon2id output (keys/passphrase.rs); also the start of that seal's associated data.
     pub const PASSPHRASE_SEAL: &[u8] = b"envfs/v1/passphrase-seal";
-    /// Key hierarchy (keys/hierarchy.rs, format/intermediate.rs): the MAC of an
+    /// Key hierarchy (vault/hierarchy.rs, format/intermediate.rs): the MAC of an
     /// intermediate-key file (from the vault secret), the AES-256-GCM key that wraps DEKs
     /// and the commitment (both from the intermediate key).
     pub const INTERMEDIATE_MAC: &[u8] = b"envfs/v1/intermediate-mac";

@@ -21,7 +21,7 @@
 //! A version 1 config has no generation field (its slots start at 40) and reads as
 //! generation 0; envfs writes version 2 whenever it writes a config, so the first change of
 //! an old vault upgrades it. Version 3 is written only while the key hierarchy is on
-//! (keys/hierarchy.rs), so an envfs that cannot read hierarchy-wrapped headers refuses the
+//! (vault/hierarchy.rs), so an envfs that cannot read hierarchy-wrapped headers refuses the
 //! vault with "newer version" instead of failing file by file; turning it off writes 2 again. The generation lets each host refuse an older config than one it
 //! has seen (a rollback: vault/known.rs).
 //!

@@ -1,4 +1,4 @@
-//! An intermediate-key file: one key of the vault's key hierarchy (keys/hierarchy.rs),
+//! An intermediate-key file: one key of the vault's key hierarchy (vault/hierarchy.rs),
 //! wrapped by the vault's KMS keys, in `.envfs-keys/<32 hex digits of its id>` at the
 //! backing root.
 //!

@@ -22,7 +22,7 @@ pub enum ProviderKind {
     /// X25519 key's own slots.
     Passphrase,
     /// A file's DEK wrapped locally under one of the vault's intermediate keys (the key
-    /// hierarchy: keys/hierarchy.rs); the key id is `ik:<32 hex digits of its id>`. Only in
+    /// hierarchy: vault/hierarchy.rs); the key id is `ik:<32 hex digits of its id>`. Only in
     /// file headers: the intermediate keys themselves are wrapped by the vault's KMS keys in
     /// their own files (format/intermediate.rs).
     Intermediate,

@@ -2,7 +2,7 @@
 //! add wrapped copies for added keys, drop copies for removed ones — without touching a
 //! single content chunk.
 //!
-//! With the key hierarchy (keys/hierarchy.rs), "the vault's key set" means: the KMS keys
+//! With the key hierarchy (vault/hierarchy.rs), "the vault's key set" means: the KMS keys
 //! wrap the intermediate keys (whose files are brought in line first, one KMS call per key
 //! rather than per file), and every header gets a slot of the current intermediate key in
 //! their place; with it off, headers get the KMS keys' own slots back. Intermediate keys no

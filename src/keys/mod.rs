@@ -6,7 +6,6 @@
 //! provider is present, and `info` can describe slots without any key material.
 
 pub mod cache;
-pub mod hierarchy;
 pub mod keyfile;
 pub mod kms;
 pub mod local;
@@ -27,7 +26,7 @@ pub struct KeyContext {
     pub vault_id: [u8; 16],
     /// `None` for the vault secret and intermediate keys, `Some` for a file's DEK.
     pub file_id: Option<[u8; 16]>,
-    /// `Some` for one of the vault's intermediate keys (keys/hierarchy.rs), by its id.
+    /// `Some` for one of the vault's intermediate keys (vault/hierarchy.rs), by its id.
     pub intermediate: Option<[u8; 16]>,
 }
 

@@ -13,16 +13,17 @@ use crate::format::config::{CONFIG_FILE_NAME, ConfigParseError};
 use crate::format::header::HeaderParseError;
 use crate::format::{FileHeader, Geometry, KeySlot, NameEncoding, ProviderKind, VaultConfig};
 use crate::keys::cache::{CacheLimits, DekCache};
-use crate::keys::hierarchy::Hierarchy;
 use crate::keys::kms::KmsKeyProvider;
 use crate::keys::prefetch::{Prefetcher, Prepared};
 use crate::keys::x25519::X25519KeyProvider;
 use crate::keys::{KeyContext, KeyProvider};
+use crate::vault::hierarchy::Hierarchy;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
+pub mod hierarchy;
 pub mod host_state;
 pub mod keysource;
 pub mod known;
@@ -82,7 +83,7 @@ pub struct Vault {
     /// One wrapper per config key that new DEKs can be wrapped for (built on first use:
     /// it may connect to a key service).
     wrappers: OnceLock<Vec<Arc<dyn KeyProvider>>>,
-    /// The vault's intermediate keys (keys/hierarchy.rs), built when first needed: to wrap
+    /// The vault's intermediate keys (vault/hierarchy.rs), built when first needed: to wrap
     /// new DEKs with the key hierarchy on, or to open a header one of them wraps.
     hierarchy: OnceLock<Arc<Hierarchy>>,
     /// Kept for key management (adding a key wraps it; the config MAC is keyed from it).
@@ -741,7 +742,7 @@ impl Vault {
 
     /// What `envfs status` shows of the key hierarchy: `None` unless it is on or this
     /// process has opened a file one of its keys wraps.
-    pub fn hierarchy_report(&self) -> Option<crate::keys::hierarchy::HierarchyReport> {
+    pub fn hierarchy_report(&self) -> Option<crate::vault::hierarchy::HierarchyReport> {
         if self.config.key_hierarchy.is_none() && self.hierarchy.get().is_none() {
             return None;
         }

@@ -16,7 +16,6 @@
 //! What this gives up, and SECURITY.md says so: CloudTrail records one Decrypt per
 //! intermediate key and mount, not one per file opened.
 
-use super::{KeyContext, KeyProvider};
 use crate::backing::{BackingRoot, Dir};
 use crate::crypto::file_keys::hmac32;
 use crate::crypto::kdf::{derive32, label};
@@ -24,6 +23,7 @@ use crate::crypto::{Secret32, random};
 use crate::error::{Error, Result};
 use crate::format::intermediate::{INTERMEDIATE_DIR, IntermediateKeyFile};
 use crate::format::{KeySlot, ProviderKind};
+use crate::keys::{KeyContext, KeyProvider};
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use std::collections::{HashMap, HashSet};
