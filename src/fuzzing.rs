@@ -51,7 +51,7 @@ pub fn header(data: &[u8]) {
     }
 }
 
-/// An intermediate-key file (`.envfs-keys/<id>`): parse; what parses re-encodes to the
+/// An intermediate-key file (`envfs.keys/<id>`): parse; what parses re-encodes to the
 /// authenticated bytes and MAC it was read from.
 pub fn intermediate_key(data: &[u8]) {
     if let Ok((file, body, mac)) = crate::format::intermediate::IntermediateKeyFile::parse(data) {

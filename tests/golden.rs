@@ -545,7 +545,7 @@ fn v3_config_and_intermediate_key_bytes_are_frozen() {
         config.slots.iter().map(|s| s.provider).collect::<Vec<_>>(),
         [ProviderKind::Local, ProviderKind::AwsKms]
     );
-    let ik = std::fs::read(root.join(".envfs-keys").join(V3_INTERMEDIATE)).unwrap();
+    let ik = std::fs::read(root.join("envfs.keys").join(V3_INTERMEDIATE)).unwrap();
     let (file, _, _) = envfs::format::intermediate::IntermediateKeyFile::parse(&ik).unwrap();
     assert_eq!(hex::encode(file.key_id), V3_INTERMEDIATE);
     assert_eq!(hex::encode(file.vault_id), V3_VAULT_ID);

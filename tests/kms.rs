@@ -567,7 +567,7 @@ fn header_keys(backing: &Path) -> Vec<(PathBuf, Vec<(String, String)>)> {
     let mut out = Vec::new();
     for p in walk(backing) {
         let rel = p.strip_prefix(backing).unwrap();
-        if !p.is_file() || rel.starts_with(".envfs-keys") || rel == Path::new("envfs.conf") {
+        if !p.is_file() || rel.starts_with("envfs.keys") || rel == Path::new("envfs.conf") {
             continue;
         }
         let bytes = fs::read(&p).unwrap();
@@ -587,7 +587,7 @@ fn header_keys(backing: &Path) -> Vec<(PathBuf, Vec<(String, String)>)> {
 
 /// The intermediate-key files in the vault, by name (their ids).
 fn intermediate_keys(backing: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(backing.join(".envfs-keys"))
+    let mut names: Vec<String> = fs::read_dir(backing.join("envfs.keys"))
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect()
@@ -800,7 +800,7 @@ fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
         "{out}"
     );
     for name in intermediate_keys(&v.backing) {
-        let bytes = fs::read(v.backing.join(".envfs-keys").join(&name)).unwrap();
+        let bytes = fs::read(v.backing.join("envfs.keys").join(&name)).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains(&first), "{name}");
     }
     for (file, want) in [
@@ -871,7 +871,7 @@ fn a_modified_or_missing_intermediate_key_is_reported_and_nothing_is_lost() {
         fs::write(m.p("kept"), b"kept safe").unwrap();
     }
     let name = intermediate_keys(&v.backing).remove(0);
-    let path = v.backing.join(".envfs-keys").join(&name);
+    let path = v.backing.join("envfs.keys").join(&name);
     let good = fs::read(&path).unwrap();
     let cat = || run(v.cmd(&kms).arg("cat").arg(&v.backing).arg("kept"));
     let mut bad = good.clone();
@@ -933,5 +933,5 @@ fn a_modified_or_missing_intermediate_key_is_reported_and_nothing_is_lost() {
         stderr_text(&out)
     );
     assert_eq!(fs::read(backing.join("envfs.conf")).unwrap(), before);
-    assert!(!backing.join(".envfs-keys").exists());
+    assert!(!backing.join("envfs.keys").exists());
 }

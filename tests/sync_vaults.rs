@@ -17,6 +17,7 @@ use support::syncthing::{Node, SyncPair, tree};
 use support::{Mount, TestVault, is_mounted, pattern, run, stderr_text, stdout_text, wait_until};
 
 /// Generous bounds: a sync of a few files takes about a second on loopback.
+use envfs::format::intermediate::INTERMEDIATE_DIR;
 const SYNC: Duration = Duration::from_secs(60);
 /// How long a mount may take to show what reached its backing store (its caches live 1 s).
 const SETTLE: Duration = Duration::from_secs(10);
@@ -30,22 +31,36 @@ struct Host {
     log: PathBuf,
     /// The host's own records (`XDG_CONFIG_HOME`).
     config: PathBuf,
+    /// How its commands are given the key, and their environment (a KMS endpoint).
+    key_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Host {
     fn mount(v: &TestVault, backing: &Path, name: &str) -> Host {
+        let key_args = vec!["--key-file".to_string(), v.key.display().to_string()];
+        Host::mount_with(v, backing, name, key_args, Vec::new())
+    }
+
+    fn mount_with(
+        v: &TestVault,
+        backing: &Path,
+        name: &str,
+        key_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Host {
         let mnt = v.mountpoint(&format!("mnt-{name}"));
         let log = v.dir.path().join(format!("{name}.log"));
         let config = v.dir.path().join(format!("config-{name}"));
         let daemon = Command::new(support::envfs_bin())
             .env("XDG_CONFIG_HOME", &config)
             .env("XDG_STATE_HOME", &config)
+            .envs(env.iter().cloned())
             .arg("mount")
             .arg("-f")
             .arg(backing)
             .arg(&mnt)
-            .arg("--key-file")
-            .arg(&v.key)
+            .args(&key_args)
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -61,6 +76,8 @@ impl Host {
             daemon,
             log,
             config,
+            key_args,
+            env,
         }
     }
 
@@ -68,15 +85,17 @@ impl Host {
         self.mount.p(rel)
     }
 
-    fn envfs(&self, v: &TestVault, args: &[&str]) -> std::process::Output {
+    /// `envfs COMMAND BACKING ARGS… KEY-ARGS` (`key` commands take two words).
+    fn envfs(&self, _v: &TestVault, args: &[&str]) -> std::process::Output {
+        let words = if args[0] == "key" { 2 } else { 1 };
         run(Command::new(support::envfs_bin())
             .env("XDG_CONFIG_HOME", &self.config)
             .env("XDG_STATE_HOME", &self.config)
-            .arg(args[0])
+            .envs(self.env.iter().cloned())
+            .args(&args[..words])
             .arg(&self.backing)
-            .args(&args[1..])
-            .arg("--key-file")
-            .arg(&v.key))
+            .args(&args[words..])
+            .args(&self.key_args))
     }
 
     /// Unmount, and the daemon's log: it must hold no integrity failure.
@@ -430,4 +449,115 @@ fn versions_syncthing_keeps_are_reachable_through_the_mount_and_envfs_cat() {
     assert_eq!(bytes(&t, "docs/report.docx"), b"version one");
     a.finish();
     b.finish();
+}
+
+/// The key hierarchy in a synced folder, the vault's only key a KMS key: each host's files
+/// open on the other through intermediate keys that travel as files of their own
+/// (`envfs.keys/`, not ignored by the shipped lines); a key one host makes on demand reaches
+/// the other, and both hosts' headers and key directories end up the same.
+#[test]
+fn the_key_hierarchy_syncs_its_intermediate_keys_and_each_host_reads_the_others_files() {
+    let kms = support::kms::Kms::start();
+    kms.create_key("alias/envfs-sync");
+    let v = TestVault::new(&[]);
+    let admin = |words: &[&str], rest: &[&str]| {
+        let mut c = Command::new(support::envfs_bin());
+        c.env("XDG_CONFIG_HOME", v.dir.path().join("config"))
+            .env("XDG_STATE_HOME", v.dir.path().join("config"));
+        kms.env(&mut c);
+        let out = run(c
+            .args(words)
+            .arg(&v.backing)
+            .args(rest)
+            .arg("--key-file")
+            .arg(&v.key));
+        assert!(out.status.success(), "{words:?}: {}", stderr_text(&out));
+        stdout_text(&out)
+    };
+    // A KMS key, the hierarchy on, then the local key removed: every header of this vault
+    // is wrapped by an intermediate key only.
+    admin(&["key", "add"], &["--new-kms-key", "alias/envfs-sync"]);
+    admin(&["key", "hierarchy"], &["on"]);
+    let list = admin(&["key", "list"], &[]);
+    let local = list
+        .lines()
+        .find(|l| l.contains("local:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let mut c = Command::new(support::envfs_bin());
+    c.env("XDG_CONFIG_HOME", v.dir.path().join("config"))
+        .env("XDG_STATE_HOME", v.dir.path().join("config"));
+    kms.env(&mut c);
+    let out = run(c
+        .args(["key", "remove"])
+        .arg(&v.backing)
+        .arg(&local)
+        .args(["--kms-key", "alias/envfs-sync"]));
+    assert!(out.status.success(), "{}", stderr_text(&out));
+
+    let b_dir = v.dir.path().join("backing-b");
+    fs::create_dir(&b_dir).unwrap();
+    let ignore = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/stignore")).unwrap();
+    for dir in [&v.backing, &b_dir] {
+        fs::write(dir.join(".stignore"), &ignore).unwrap();
+    }
+    let pair = SyncPair::start(&v.backing, &b_dir);
+    assert!(pair.wait_in_sync(SYNC), "the vault did not reach B");
+    let keys_of = |backing: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(backing.join(INTERMEDIATE_DIR))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        keys_of(&b_dir).len(),
+        1,
+        "the intermediate key travels with the vault"
+    );
+    let kms_args = vec!["--kms-key".to_string(), "alias/envfs-sync".to_string()];
+    let a = Host::mount_with(&v, &v.backing.clone(), "a", kms_args.clone(), kms.vars());
+    let b = Host::mount_with(&v, &b_dir, "b", kms_args, kms.vars());
+    fs::write(a.p("from-a"), b"written on A").unwrap();
+    fs::write(b.p("from-b"), b"written on B").unwrap();
+    let t = converged(&pair, &a, &b);
+    assert_eq!(bytes(&t, "from-a"), b"written on A");
+    assert_eq!(bytes(&t, "from-b"), b"written on B");
+
+    // A new key made on B's side: A's mount opens B's next file with it.
+    let out = b.envfs(&v, &["key", "rotate-intermediate"]);
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let made = stdout_text(&out)
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    // A fresh mount on B wraps with the newest key at once (a running one within a minute).
+    let b = {
+        b.finish();
+        Host::mount_with(
+            &v,
+            &b_dir,
+            "b2",
+            vec!["--kms-key".into(), "alias/envfs-sync".into()],
+            kms.vars(),
+        )
+    };
+    fs::write(b.p("after-rotation"), b"under the new key").unwrap();
+    let t = converged(&pair, &a, &b);
+    assert_eq!(bytes(&t, "after-rotation"), b"under the new key");
+    assert_eq!(keys_of(&v.backing), keys_of(&b_dir));
+    assert!(keys_of(&v.backing).contains(&made));
+    let info = b.envfs(&v, &["info", "after-rotation"]);
+    assert!(
+        stdout_text(&info).contains(&format!("ik:{made}")),
+        "{}",
+        stdout_text(&info)
+    );
+    finish_clean(&v, a, b);
 }

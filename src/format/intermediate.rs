@@ -1,5 +1,5 @@
 //! An intermediate-key file: one key of the vault's key hierarchy (vault/hierarchy.rs),
-//! wrapped by the vault's KMS keys, in `.envfs-keys/<32 hex digits of its id>` at the
+//! wrapped by the vault's KMS keys, in `envfs.keys/<32 hex digits of its id>` at the
 //! backing root.
 //!
 //! Layout (big-endian; docs/FORMAT.md is normative):
@@ -28,9 +28,14 @@ use super::slot::KeySlot;
 
 pub const INTERMEDIATE_MAGIC: &[u8; 8] = b"ENVFSIKY";
 pub const INTERMEDIATE_VERSION: u16 = 1;
-/// The directory at the backing root that holds the intermediate-key files (its name has
-/// the reserved prefix, so the mount never shows it).
-pub const INTERMEDIATE_DIR: &str = ".envfs-keys";
+/// The directory at the backing root that holds the intermediate-key files. Like
+/// `envfs.conf`, a name no encrypted name can take (those have no dot), reserved in
+/// plaintext-names vaults, never shown by the mount, and synced: not `.envfs-*`, which sync
+/// clients are told to ignore (docs/stignore).
+pub const INTERMEDIATE_DIR: &str = "envfs.keys";
+/// The prefix of a key file being written inside it (ignored by sync clients, like every
+/// `.envfs-*` name).
+pub const INTERMEDIATE_TMP_PREFIX: &str = ".envfs-tmp-";
 const MAX_SLOTS: usize = 32;
 const MAC_LEN: usize = 32;
 

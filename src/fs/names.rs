@@ -612,8 +612,11 @@ pub fn open_link_target(
     (!plain.is_empty() && !plain.contains(&0)).then(|| OsString::from_vec(plain))
 }
 
-/// Names a plaintext-names vault keeps for itself: the config at the root, and envfs'
-/// temporary files anywhere.
+/// Names a plaintext-names vault keeps for itself: the config and the intermediate keys at
+/// the root, and envfs' temporary files anywhere.
 fn is_reserved_plain(name: &[u8], at_root: bool) -> bool {
-    (at_root && name == CONFIG_FILE_NAME.as_bytes()) || name.starts_with(RESERVED_PREFIX.as_bytes())
+    (at_root
+        && (name == CONFIG_FILE_NAME.as_bytes()
+            || name == crate::format::intermediate::INTERMEDIATE_DIR.as_bytes()))
+        || name.starts_with(RESERVED_PREFIX.as_bytes())
 }

@@ -92,9 +92,10 @@ fn walk(vault: &Vault, root: &BackingRoot) -> Result<(Vec<BackingFile>, Vec<Back
                 name: entry.name.clone(),
             };
             if entry.kind == libc::S_IFDIR {
-                // `.envfs-keys/` holds intermediate keys, not files (names cannot start
-                // with the reserved prefix).
-                if !text.starts_with(RESERVED_PREFIX) {
+                // `envfs.keys/` holds intermediate keys, not files; no user directory
+                // has the reserved prefix.
+                let keys = rel.as_os_str().is_empty() && text == INTERMEDIATE_DIR;
+                if !keys && !text.starts_with(RESERVED_PREFIX) {
                     stack.push(rel.join(&entry.name));
                 }
             } else if text.starts_with(JOURNAL_PREFIX) {

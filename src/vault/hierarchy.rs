@@ -4,7 +4,7 @@
 //! In the style of the AWS Encryption SDK's hierarchical keyring: an intermediate key is a
 //! random 32-byte key that KMS generates (GenerateDataKey, under its own encryption context
 //! `envfs:purpose=intermediate-key`, `envfs:intermediate=<id>`) and that lives, wrapped by the
-//! vault's KMS keys, in its own file under `.envfs-keys/` (format/intermediate.rs). A mount
+//! vault's KMS keys, in its own file under `envfs.keys/` (format/intermediate.rs). A mount
 //! unwraps it once (one Decrypt), keeps it as long as a DEK is cached (`dek_cache_ttl`), and
 //! wraps and unwraps DEKs with it in-process: creating or opening files costs no KMS call.
 //!
@@ -56,7 +56,7 @@ struct State {
     files: HashMap<[u8; 16], IntermediateKeyFile>,
     /// Unwrapped keys, until `cache_ttl` after their unwrap.
     unwrapped: HashMap<[u8; 16], Unwrapped>,
-    /// The key new DEKs are wrapped with, and when `.envfs-keys/` was last listed.
+    /// The key new DEKs are wrapped with, and when `envfs.keys/` was last listed.
     current: Option<[u8; 16]>,
     scanned: Option<Instant>,
     /// Names already reported as not authentic (reported once, not on every listing).
@@ -274,7 +274,7 @@ impl Hierarchy {
         }))
     }
 
-    /// List `.envfs-keys/` and learn the authentic keys not known yet. A file that is not
+    /// List `envfs.keys/` and learn the authentic keys not known yet. A file that is not
     /// authentic is reported once and never used.
     fn rescan(&self, st: &mut State) -> Result<()> {
         st.scanned = Some(Instant::now());
@@ -424,7 +424,11 @@ impl Hierarchy {
             Err(e) => return Err(e.into()),
         }
         let dir = root.subdir(OsStr::new(INTERMEDIATE_DIR))?;
-        let tmp = format!(".tmp-{}", hex::encode(random::array::<8>()));
+        let tmp = format!(
+            "{}{}",
+            crate::format::intermediate::INTERMEDIATE_TMP_PREFIX,
+            hex::encode(random::array::<8>())
+        );
         let result = (|| -> std::io::Result<()> {
             use std::io::Write;
             let mut f = dir.open_file(

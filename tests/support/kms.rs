@@ -124,16 +124,26 @@ impl Kms {
 
     /// Environment for envfs: fake credentials, the proxy as the KMS endpoint.
     pub fn env(&self, cmd: &mut Command) {
-        cmd.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env(
-                "AWS_ENDPOINT_URL_KMS",
-                format!("http://127.0.0.1:{}", self.proxy),
-            )
+        cmd.envs(self.vars())
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_ENDPOINT_URL");
+    }
+
+    /// The variables `env` sets.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+            (
+                "AWS_ENDPOINT_URL_KMS",
+                format!("http://127.0.0.1:{}", self.proxy),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// Create a KMS key with an alias (directly at the server), returning its ARN.
