@@ -585,18 +585,6 @@ fn header_keys(backing: &Path) -> Vec<(PathBuf, Vec<(String, String)>)> {
     out
 }
 
-/// The intermediate-key files in the vault, by name (their ids).
-fn intermediate_keys(backing: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(backing.join("envfs.keys"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn hierarchy_status(v: &KmsVault, kms: &Kms, m: &Mount) -> serde_json::Value {
     let out = run(v.cmd(kms).arg("status").arg(&m.path).arg("--json"));
     assert!(out.status.success(), "{}", stderr_text(&out));

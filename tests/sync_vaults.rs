@@ -17,7 +17,6 @@ use support::syncthing::{Node, SyncPair, tree};
 use support::{Mount, TestVault, is_mounted, pattern, run, stderr_text, stdout_text, wait_until};
 
 /// Generous bounds: a sync of a few files takes about a second on loopback.
-use envfs::format::intermediate::INTERMEDIATE_DIR;
 const SYNC: Duration = Duration::from_secs(60);
 /// How long a mount may take to show what reached its backing store (its caches live 1 s).
 const SETTLE: Duration = Duration::from_secs(10);
@@ -504,18 +503,8 @@ fn the_key_hierarchy_syncs_its_intermediate_keys_and_each_host_reads_the_others_
     }
     let pair = SyncPair::start(&v.backing, &b_dir);
     assert!(pair.wait_in_sync(SYNC), "the vault did not reach B");
-    let keys_of = |backing: &Path| -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(backing.join(INTERMEDIATE_DIR))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    };
     assert_eq!(
-        keys_of(&b_dir).len(),
+        support::intermediate_keys(&b_dir).len(),
         1,
         "the intermediate key travels with the vault"
     );
@@ -551,8 +540,11 @@ fn the_key_hierarchy_syncs_its_intermediate_keys_and_each_host_reads_the_others_
     fs::write(b.p("after-rotation"), b"under the new key").unwrap();
     let t = converged(&pair, &a, &b);
     assert_eq!(bytes(&t, "after-rotation"), b"under the new key");
-    assert_eq!(keys_of(&v.backing), keys_of(&b_dir));
-    assert!(keys_of(&v.backing).contains(&made));
+    assert_eq!(
+        support::intermediate_keys(&v.backing),
+        support::intermediate_keys(&b_dir)
+    );
+    assert!(support::intermediate_keys(&v.backing).contains(&made));
     let info = b.envfs(&v, &["info", "after-rotation"]);
     assert!(
         stdout_text(&info).contains(&format!("ik:{made}")),

@@ -235,43 +235,16 @@ impl Hierarchy {
             return Ok(u.cipher.clone());
         }
         let file = self.file_of(st, key_id)?;
-        let ctx = KeyContext::intermediate_key(self.vault_id, *key_id);
-        let mut failure = None;
-        for service in &self.services {
-            for slot in file.slots.iter().filter(|s| service.recognises(s)) {
-                match service.unwrap(slot, &ctx) {
-                    Ok(secret) => {
-                        if !bool::from(commitment(&secret, key_id).ct_eq(&file.commitment)) {
-                            return Err(Error::CorruptConfig(format!(
-                                "intermediate key {}: a key slot does not match its commitment",
-                                self.shown(&IntermediateKeyFile::file_name(key_id))
-                            )));
-                        }
-                        let cipher = Arc::new(wrap_cipher(&secret, key_id));
-                        st.unwrapped.insert(
-                            *key_id,
-                            Unwrapped {
-                                cipher: cipher.clone(),
-                                at: Instant::now(),
-                            },
-                        );
-                        return Ok(cipher);
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            }
-        }
-        Err(failure.unwrap_or_else(|| {
-            Error::KeyService(format!(
-                "intermediate key {} is wrapped only by {}, none of which this host reaches",
-                self.shown(&IntermediateKeyFile::file_name(key_id)),
-                file.slots
-                    .iter()
-                    .map(|s| format!("{} {}", s.provider.name(), s.key_id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        }))
+        let secret = self.unwrap_secret(&file)?;
+        let cipher = Arc::new(wrap_cipher(&secret, key_id));
+        st.unwrapped.insert(
+            *key_id,
+            Unwrapped {
+                cipher: cipher.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(cipher)
     }
 
     /// List `envfs.keys/` and learn the authentic keys not known yet. A file that is not
@@ -511,8 +484,10 @@ impl Hierarchy {
         Ok(rewritten)
     }
 
-    /// The intermediate key itself (only to wrap it for another KMS key).
+    /// The intermediate key of `file`, unwrapped by the first KMS key of the vault that
+    /// opens one of its slots (one call), and checked against its commitment.
     fn unwrap_secret(&self, file: &IntermediateKeyFile) -> Result<Secret32> {
+        let shown = || self.shown(&IntermediateKeyFile::file_name(&file.key_id));
         let ctx = KeyContext::intermediate_key(self.vault_id, file.key_id);
         let mut failure = None;
         for service in &self.services {
@@ -521,13 +496,27 @@ impl Hierarchy {
                     Ok(s) if bool::from(commitment(&s, &file.key_id).ct_eq(&file.commitment)) => {
                         return Ok(s);
                     }
-                    Ok(_) => failure = Some(Error::CorruptConfig("commitment mismatch".into())),
+                    Ok(_) => {
+                        return Err(Error::CorruptConfig(format!(
+                            "intermediate key {}: a key slot does not match its commitment",
+                            shown()
+                        )));
+                    }
                     Err(e) => failure = Some(e),
                 }
             }
         }
+        // Not `WrongKey` when no slot is ours: that would read as a damaged header.
         Err(failure.unwrap_or_else(|| {
-            Error::WrongKey("no KMS key this host reaches unwraps the intermediate key".into())
+            Error::KeyService(format!(
+                "intermediate key {} is wrapped only by {}, none of which this host reaches",
+                shown(),
+                file.slots
+                    .iter()
+                    .map(|s| format!("{} {}", s.provider.name(), s.key_id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
         }))
     }
 

@@ -382,3 +382,17 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03);
     (0..len).map(|_| (rng.next() >> 24) as u8).collect()
 }
+
+/// The intermediate-key files of a vault's key hierarchy (`envfs.keys/`), by name (their
+/// ids), sorted; none when the vault has none.
+pub fn intermediate_keys(backing: &Path) -> Vec<String> {
+    let dir = backing.join(envfs::format::intermediate::INTERMEDIATE_DIR);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
