@@ -914,7 +914,7 @@ fn a_modified_or_missing_intermediate_key_is_reported_and_nothing_is_lost() {
     let mut on = Command::new(envfs_bin());
     local(&mut on);
     let out = run(on.args(["key", "hierarchy"]).arg(&backing).arg("on"));
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
         stderr_text(&out).contains("this vault has none"),
         "{}",
