@@ -923,3 +923,54 @@ fn a_modified_or_missing_intermediate_key_is_reported_and_nothing_is_lost() {
     assert_eq!(fs::read(backing.join("envfs.conf")).unwrap(), before);
     assert!(!backing.join("envfs.keys").exists());
 }
+
+/// `init --kms-key K --key-hierarchy[=LIFETIME]` makes a vault with the hierarchy on and its
+/// first intermediate key; without a KMS key the flag is a usage error that creates nothing.
+#[test]
+fn init_can_turn_the_key_hierarchy_on() {
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-init-hierarchy");
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = || {
+        let mut c = Command::new(envfs_bin());
+        c.env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_STATE_HOME", dir.path().join("config"));
+        kms.env(&mut c);
+        c
+    };
+    let backing = dir.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    let out = ok(run(cmd().arg("init").arg(&backing).args([
+        "--kms-key",
+        "alias/envfs-init-hierarchy",
+        "--key-hierarchy=2h",
+    ])));
+    assert!(
+        out.contains("The key hierarchy is on (intermediate keys live 2h)"),
+        "{out}"
+    );
+    assert_eq!(intermediate_keys(&backing).len(), 1);
+    let info = ok(run(cmd().arg("info").arg(&backing)));
+    assert!(
+        info.contains("key hierarchy:  on (intermediate keys live 2h)"),
+        "{info}"
+    );
+    assert!(info.contains("format version: 3"), "{info}");
+
+    let plain = dir.path().join("p");
+    fs::create_dir(&plain).unwrap();
+    let out = run(cmd()
+        .arg("init")
+        .arg(&plain)
+        .args(["--key-file"])
+        .arg(dir.path().join("p.key"))
+        .arg("--key-hierarchy"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_text(&out));
+    assert!(
+        stderr_text(&out).contains("--kms-key"),
+        "{}",
+        stderr_text(&out)
+    );
+    assert_eq!(fs::read_dir(&plain).unwrap().count(), 0);
+    assert!(!dir.path().join("p.key").exists());
+}

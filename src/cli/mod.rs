@@ -301,6 +301,17 @@ pub enum Command {
         /// Alphabet of encrypted names: base32 for case-insensitive backends.
         #[arg(long, value_enum, default_value = "base64")]
         name_encoding: EncodingArg,
+        /// With --kms-key: turn the key hierarchy on (`envfs key hierarchy`);
+        /// `--key-hierarchy=7d` sets how long an intermediate key lives (default 24h).
+        #[arg(
+            long,
+            value_name = "LIFETIME",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "24h",
+            value_parser = parse_lifetime
+        )]
+        key_hierarchy: Option<u32>,
     },
     /// Describe a vault, or one file's header.
     Info {
@@ -446,6 +457,7 @@ pub fn run(cli: Cli) -> Result<()> {
             long_name_limit,
             plaintext_names,
             name_encoding,
+            key_hierarchy,
         } => {
             let opts = InitOptions {
                 chunk_size,
@@ -458,6 +470,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 vault_id: None,
             };
+            // Checked here: clap's `requires` does not hold for an optional-value flag.
+            if key_hierarchy.is_some() && kms_key.is_none() {
+                return Err(Error::Invalid(
+                    "--key-hierarchy needs --kms-key: the hierarchy's intermediate keys are \
+                     wrapped by a KMS key"
+                        .into(),
+                ));
+            }
+            let kms_key = kms_key.map(|k| (k, key_hierarchy));
             init(&backing, key_file, kms_key, passphrase, &opts)
         }
         Command::Info {
@@ -521,10 +542,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `kms_key`: the KMS key, and the key hierarchy's lifetime when it is to be on.
 fn init(
     backing: &Path,
     key_file: Option<PathBuf>,
-    kms_key: Option<String>,
+    kms_key: Option<(String, Option<u32>)>,
     passphrase: bool,
     opts: &InitOptions,
 ) -> Result<()> {
@@ -583,10 +605,13 @@ fn init(
         );
         return Ok(());
     }
-    if let Some(key) = kms_key {
+    if let Some((key, hierarchy)) = kms_key {
         let kms = Arc::new(KmsKeyProvider::connect(&key)?);
-        let vault = Vault::init(backing, kms.clone(), &opts)?;
+        let mut vault = Vault::init(backing, kms.clone(), &opts)?;
         let pin = match pin_kms_key(&id, kms.arn()).and_then(|pin| {
+            if hierarchy.is_some() {
+                vault.set_key_hierarchy(hierarchy)?;
+            }
             remember_new_vault(backing, &vault)?;
             Ok(pin)
         }) {
@@ -605,6 +630,13 @@ fn init(
                 "DEKs come from AWS KMS key {}; not pinned on this host (see the warning).",
                 kms.arn()
             ),
+        }
+        if hierarchy.is_some() {
+            println!(
+                "The key hierarchy is {}: new files' keys are wrapped by an intermediate key \
+                 that KMS wraps.",
+                describe_hierarchy(hierarchy)
+            );
         }
         return Ok(());
     }

@@ -222,6 +222,14 @@ impl Vault {
     pub fn abandon_new(self) -> Result<()> {
         let dir = BackingRoot::open(&self.root)?.root()?;
         dir.unlink(std::ffi::OsStr::new(CONFIG_FILE_NAME))?;
+        // And the first intermediate key, when the step that failed came after it.
+        let keys = std::ffi::OsStr::new(crate::format::intermediate::INTERMEDIATE_DIR);
+        if let Ok(keys_dir) = dir.subdir(keys) {
+            for name in keys_dir.list()? {
+                keys_dir.unlink(&name)?;
+            }
+            dir.rmdir(keys)?;
+        }
         dir.sync()?;
         Ok(())
     }
