@@ -14,6 +14,10 @@
 //! opened first), when it has waited `STALE`, or when the directory's window was replaced;
 //! an open that finds its DEK being unwrapped ahead waits for that call rather than making
 //! a second (keys::cache::DekCache::claim).
+//!
+//! The directory is listed by a worker, never by the open that starts its window (on a NAS
+//! a listing is a round trip): opens that come before the listing is in are remembered and
+//! replayed on it.
 
 use crate::backing::Dir;
 use crate::vault::{Ahead, Vault};
@@ -32,10 +36,13 @@ const STALE: Duration = Duration::from_secs(10);
 /// Directories whose reading is followed at once; the least recently opened is forgotten.
 const MAX_DIRS: usize = 64;
 
-/// The directory's entries as listed at the first open, and how far ahead of the reader
+/// The directory's entries as listed after the first open, and how far ahead of the reader
 /// the jobs reach.
 struct Window {
     dir: Arc<Dir>,
+    /// `false` until a worker has listed the directory; opens meanwhile wait in `early`.
+    listed: bool,
+    early: Vec<OsString>,
     names: Vec<OsString>,
     /// Where each name is in `names`.
     index: HashMap<OsString, usize>,
@@ -59,7 +66,8 @@ enum Seen {
 
 struct Job {
     dir: Arc<Dir>,
-    name: OsString,
+    /// The file whose DEK to unwrap; `None`: list the directory for its window.
+    name: Option<OsString>,
     /// The directory window it belongs to, and its generation then.
     rel: PathBuf,
     generation: u64,
@@ -140,10 +148,8 @@ impl UnwrapAhead {
             Some(w) => !Arc::ptr_eq(&w.dir, dir) || w.used_at.elapsed() > STALE,
             None => true,
         };
+        let mut jobs = Vec::new();
         if fresh {
-            let Ok(entries) = dir.entries() else {
-                return;
-            };
             if windows.len() >= MAX_DIRS {
                 let oldest = windows
                     .iter()
@@ -153,73 +159,43 @@ impl UnwrapAhead {
                     windows.remove(&k);
                 }
             }
-            let names: Vec<OsString> = entries
-                .into_iter()
-                // Regular files only (`entries` stats those the directory records no type
-                // for): opening a device node or FIFO could do more than read a header.
-                .filter(|e| e.kind == libc::S_IFREG)
-                .map(|e| e.name)
-                .collect();
-            let index = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.clone(), i))
-                .collect();
-            let state = vec![Seen::Untouched; names.len()];
+            let generation = s.generations.fetch_add(1, Ordering::Relaxed);
             windows.insert(
                 rel.clone(),
                 Window {
                     dir: dir.clone(),
-                    names,
-                    index,
-                    state,
+                    listed: false,
+                    early: Vec::new(),
+                    names: Vec::new(),
+                    index: HashMap::new(),
+                    state: Vec::new(),
                     opened: 0,
                     ahead: 0,
-                    generation: s.generations.fetch_add(1, Ordering::Relaxed),
+                    generation,
                     used_at: Instant::now(),
                 },
             );
+            jobs.push(Job {
+                dir: dir.clone(),
+                name: None,
+                rel: rel.clone(),
+                generation,
+                queued_at: Instant::now(),
+            });
         }
         let w = windows.get_mut(&rel).expect("inserted");
         w.used_at = Instant::now();
-        // Only a first open counts: reopening a file, or one made since the listing, earns
-        // no calls ahead.
-        let Some(&at) = w.index.get(name) else {
-            return;
-        };
-        match w.state[at] {
-            Seen::Opened => return,
-            Seen::Queued => w.ahead -= 1,
-            Seen::Untouched => {}
-        }
-        w.state[at] = Seen::Opened;
-        w.opened += 1;
-        // On from the file just opened, in the directory's order (a reader in another
-        // order restarts the window wherever it opens).
-        // The first open in a directory earns nothing: one file read alone costs one call.
-        let room = (w.opened - 1).min(s.workers).saturating_sub(w.ahead);
-        let mut jobs = Vec::new();
-        let mut i = at + 1;
-        while jobs.len() < room && i < w.names.len() {
-            if w.state[i] == Seen::Untouched {
-                w.state[i] = Seen::Queued;
-                w.ahead += 1;
-                jobs.push(Job {
-                    dir: w.dir.clone(),
-                    name: w.names[i].clone(),
-                    rel: rel.clone(),
-                    generation: w.generation,
-                    queued_at: Instant::now(),
-                });
+        if w.listed {
+            jobs.extend(s.advance(w, &rel, name));
+        } else if !w.early.contains(name) {
+            // Only the last `workers + 1` opens can matter to the window.
+            if w.early.len() > s.workers {
+                w.early.remove(0);
             }
-            i += 1;
+            w.early.push(name.clone());
         }
         drop(windows);
-        if !jobs.is_empty() {
-            s.queued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            s.queue.lock().unwrap().extend(jobs);
-            s.wake.notify_all();
-        }
+        s.enqueue(jobs);
     }
 
     pub fn report(&self) -> AheadReport {
@@ -245,6 +221,105 @@ impl Drop for UnwrapAhead {
 }
 
 impl Shared {
+    /// Queue `jobs` for the workers.
+    fn enqueue(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let unwraps = jobs.iter().filter(|j| j.name.is_some()).count();
+        self.queued.fetch_add(unwraps as u64, Ordering::Relaxed);
+        self.queue.lock().unwrap().extend(jobs);
+        self.wake.notify_all();
+    }
+
+    /// The first open of `name` in a listed window: mark it, and the jobs that move the
+    /// window on from it.
+    fn advance(&self, w: &mut Window, rel: &std::path::Path, name: &OsString) -> Vec<Job> {
+        // Only a first open counts: reopening a file, or one made since the listing, earns
+        // no calls ahead.
+        let Some(&at) = w.index.get(name) else {
+            return Vec::new();
+        };
+        match w.state[at] {
+            Seen::Opened => return Vec::new(),
+            Seen::Queued => w.ahead -= 1,
+            Seen::Untouched => {}
+        }
+        w.state[at] = Seen::Opened;
+        w.opened += 1;
+        // On from the file just opened, in the directory's order (a reader in another
+        // order restarts the window wherever it opens).
+        // The first open in a directory earns nothing: one file read alone costs one call.
+        let room = (w.opened - 1).min(self.workers).saturating_sub(w.ahead);
+        let mut jobs = Vec::new();
+        let mut i = at + 1;
+        while jobs.len() < room && i < w.names.len() {
+            if w.state[i] == Seen::Untouched {
+                w.state[i] = Seen::Queued;
+                w.ahead += 1;
+                jobs.push(Job {
+                    dir: w.dir.clone(),
+                    name: Some(w.names[i].clone()),
+                    rel: rel.to_path_buf(),
+                    generation: w.generation,
+                    queued_at: Instant::now(),
+                });
+            }
+            i += 1;
+        }
+        jobs
+    }
+
+    /// List a window's directory (a worker's job), then replay the opens that came first.
+    fn list(&self, job: &Job) {
+        let entries = job.dir.entries();
+        let mut windows = self.windows.lock().unwrap();
+        let Some(w) = windows
+            .get_mut(&job.rel)
+            .filter(|w| w.generation == job.generation)
+        else {
+            return;
+        };
+        let Ok(entries) = entries else {
+            // Unlistable: the window stays empty (listed, no names), so opens queue nothing.
+            w.listed = true;
+            w.early.clear();
+            return;
+        };
+        w.names = entries
+            .into_iter()
+            // Regular files only (`entries` stats those the directory records no type
+            // for): opening a device node or FIFO could do more than read a header.
+            .filter(|e| e.kind == libc::S_IFREG)
+            .map(|e| e.name)
+            .collect();
+        w.index = w
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        w.state = vec![Seen::Untouched; w.names.len()];
+        w.listed = true;
+        // The opens so far count as opened; the window moves on from the last of them.
+        let mut early = std::mem::take(&mut w.early);
+        let last = early.pop();
+        for name in &early {
+            if let Some(&at) = w.index.get(name)
+                && w.state[at] == Seen::Untouched
+            {
+                w.state[at] = Seen::Opened;
+                w.opened += 1;
+            }
+        }
+        let jobs = match last {
+            Some(name) => self.advance(w, &job.rel, &name),
+            None => Vec::new(),
+        };
+        drop(windows);
+        self.enqueue(jobs);
+    }
+
     fn work(&self) {
         loop {
             let job = {
@@ -264,6 +339,10 @@ impl Shared {
                         .0;
                 }
             };
+            if job.name.is_none() {
+                self.list(&job);
+                continue;
+            }
             let counter = match self.run(&job) {
                 Some(Ahead::Unwrapped) => &self.unwrapped,
                 Some(Ahead::Failed) => &self.failed,
@@ -290,7 +369,7 @@ impl Shared {
         // O_NONBLOCK: a FIFO put in a file's place must not hang a worker.
         let file = job
             .dir
-            .open_file(&job.name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            .open_file(job.name.as_ref()?, libc::O_RDONLY | libc::O_NONBLOCK, 0)
             .ok()?;
         let mut header = vec![0u8; self.header_size];
         file.read_exact_at(&mut header, 0).ok()?;
