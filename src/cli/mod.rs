@@ -1098,8 +1098,11 @@ fn rewrap(backing: &Path, jobs: usize, keys: &KeyArgs) -> Result<()> {
     );
     if report.intermediate_keys {
         println!(
-            "rewrap: intermediate keys: {} rewrapped for the vault's KMS keys, {} no longer used and removed",
-            report.intermediate_rewrapped, report.intermediate_retired
+            "rewrap: intermediate keys: {} rewrapped for the vault's KMS keys, {} expired and used by no header here (kept)",
+            report.intermediate_rewrapped,
+            report
+                .intermediate_unused
+                .map_or("?".to_string(), |n| n.to_string())
         );
     }
     for (path, why) in &report.failed {

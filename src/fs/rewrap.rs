@@ -6,7 +6,7 @@
 //! wrap the intermediate keys (whose files are brought in line first, one KMS call per key
 //! rather than per file), and every header gets a slot of the current intermediate key in
 //! their place; with it off, headers get the KMS keys' own slots back. Intermediate keys no
-//! header uses any more are removed once past their lifetime (`RETIRE_AFTER`).
+//! header uses any more are counted, never removed (vault/hierarchy.rs `unused`).
 //!
 //! Safe to interrupt and rerun: files already in line are skipped, and each header is
 //! replaced through a journal (the new header is written and fsynced to
@@ -50,8 +50,8 @@ pub struct RewrapReport {
     pub intermediate_keys: bool,
     /// Intermediate-key files whose slots were brought in line with the vault's KMS keys.
     pub intermediate_rewrapped: usize,
-    /// Intermediate keys removed: no header uses them and their lifetime is long over.
-    pub intermediate_retired: usize,
+    /// Expired intermediate keys no header uses (kept; `None`: the walk was incomplete).
+    pub intermediate_unused: Option<usize>,
 }
 
 /// Whether a backing file's name says it is not one of envfs' encrypted files (in an
@@ -252,7 +252,7 @@ fn rewrap_file(
         // Not a file envfs wrote (a sync client's own file, say): nothing to rewrap.
         return Ok(false);
     }
-    // (A file that fails below leaves the walk incomplete, and then no key is retired.)
+    // (A file that fails below leaves the walk incomplete: no key is then called unused.)
     if let Ok((parsed, _)) = FileHeader::parse(&bytes)
         && parsed.slots.len() == wanted.len()
         && parsed.slots.iter().zip(wanted).all(|(a, b)| same_key(a, b))
@@ -341,16 +341,18 @@ pub fn rewrap(
             .header_slots()
             .filter(|s| s.provider == ProviderKind::AwsKms)
             .count();
-        if kms.len() == wanted_kms {
-            report.intermediate_rewrapped =
-                vault.hierarchy().bring_in_line(&kms, &mut report.failed)?;
-        } else {
-            report.failed.push((
-                vault.root().join(INTERMEDIATE_DIR),
-                "intermediate keys not brought in line: not every KMS key of the vault is                  reachable from this host"
-                    .into(),
-            ));
+        if kms.len() != wanted_kms {
+            // Moving a header to an intermediate key that lacks a KMS key's slot would lock
+            // out every host that has only that key.
+            return Err(Error::KeyService(format!(
+                "rewrap of a vault with intermediate keys needs every KMS key of the vault, \
+                 and this host reaches {} of {wanted_kms} (see the warnings above); nothing \
+                 was changed",
+                kms.len()
+            )));
         }
+        report.intermediate_rewrapped =
+            vault.hierarchy().bring_in_line(&kms, &mut report.failed)?;
     }
     let wanted = vault.wanted_header_keys()?;
     let in_use = Mutex::new(HashSet::new());
@@ -387,10 +389,12 @@ pub fn rewrap(
     report.failed.extend(failed);
     // Only a walk that read every header knows which intermediate keys are unused.
     if hierarchy_used && complete {
-        report.intermediate_retired = vault
-            .hierarchy()
-            .retire_unused(&in_use.into_inner().unwrap())?
-            .len();
+        report.intermediate_unused = Some(
+            vault
+                .hierarchy()
+                .unused(&in_use.into_inner().unwrap())?
+                .len(),
+        );
     }
     Ok(report)
 }
@@ -414,7 +418,7 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
         .filter(|s| !crate::vault::goes_with(removed, s))
         .collect();
     let root = BackingRoot::open(vault.root())?;
-    let openable = intermediate_keys_opened_by(&root, &remaining);
+    let openable = intermediate_keys_opened_by(vault, &root, &remaining);
     let (files, _) = walk(vault, &root)?;
     let mut stranded = Vec::new();
     for at in files {
@@ -444,9 +448,13 @@ pub fn files_only_wrapped_by(vault: &Vault, removed: &KeySlot) -> Result<Vec<Pat
     Ok(stranded)
 }
 
-/// The intermediate keys whose files carry a slot of one of `keys` (read without checking
-/// their MACs: this only decides whether a removal would strand files).
-fn intermediate_keys_opened_by(root: &BackingRoot, keys: &[&KeySlot]) -> HashSet<[u8; 16]> {
+/// The intermediate keys whose files are authentic (MAC, name) and carry a slot of one of
+/// `keys`: a planted file must not make a removal look safe.
+fn intermediate_keys_opened_by(
+    vault: &Vault,
+    root: &BackingRoot,
+    keys: &[&KeySlot],
+) -> HashSet<[u8; 16]> {
     use std::io::Read;
     let Ok(dir) = root
         .root()
@@ -463,7 +471,7 @@ fn intermediate_keys_opened_by(root: &BackingRoot, keys: &[&KeySlot]) -> HashSet
         if read.is_err() {
             continue;
         }
-        if let Ok((file, _, _)) = IntermediateKeyFile::parse(&bytes)
+        if let Ok(file) = vault.hierarchy().verify(&name.to_string_lossy(), &bytes)
             && file
                 .slots
                 .iter()

@@ -11,7 +11,8 @@
 //! Rotation: an intermediate key wraps new DEKs until it is older than the vault's lifetime;
 //! the first new file after that makes the next key. `envfs key rotate-intermediate` makes one
 //! at once; mounts notice it within `RESCAN`. Old keys keep opening the files they wrapped
-//! until `envfs rewrap` moves those files to the current key (and removes keys nothing uses).
+//! until `envfs rewrap` moves those files to the current key; nothing deletes a key (a host
+//! that has not synced yet may hold files only it wraps).
 //!
 //! What this gives up, and SECURITY.md says so: CloudTrail records one Decrypt per
 //! intermediate key and mount, not one per file opened.
@@ -38,9 +39,6 @@ use zeroize::Zeroizing;
 /// How often a mount looks for intermediate keys other processes made (a rotation on demand,
 /// another host's key): the longest a mount keeps wrapping under a key another one replaced.
 pub const RESCAN: Duration = Duration::from_secs(60);
-/// How long past its lifetime an intermediate key that no header uses is kept before
-/// `envfs rewrap` removes it: mounts whose clocks run behind may still be wrapping with it.
-pub const RETIRE_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// nonce (12) + wrapped DEK (32) + tag (16).
 const WRAPPED_LEN: usize = 60;
 
@@ -177,7 +175,7 @@ impl Hierarchy {
     }
 
     /// Parse and authenticate one intermediate-key file named `name`.
-    fn verify(&self, name: &str, bytes: &[u8]) -> Result<IntermediateKeyFile> {
+    pub(crate) fn verify(&self, name: &str, bytes: &[u8]) -> Result<IntermediateKeyFile> {
         let bad = |why: String| {
             Error::CorruptConfig(format!("intermediate key {}: {why}", self.shown(name)))
         };
@@ -282,6 +280,13 @@ impl Hierarchy {
         Ok(())
     }
 
+    /// Whether one of this host's KMS keys has a slot in `file`.
+    fn opens(&self, file: &IntermediateKeyFile) -> bool {
+        file.slots
+            .iter()
+            .any(|s| self.services.iter().any(|v| v.recognises(s)))
+    }
+
     /// Whether `file` may still wrap new DEKs: before its own expiry and within the
     /// lifetime the config says now (a shortened lifetime takes effect at once).
     fn in_lifetime(&self, file: &IntermediateKeyFile, now: u64) -> bool {
@@ -303,16 +308,21 @@ impl Hierarchy {
         let fresh = st.scanned.is_some_and(|at| at.elapsed() < RESCAN);
         if let Some(id) = st.current
             && fresh
-            && st.files.get(&id).is_some_and(|f| self.in_lifetime(f, now))
+            && st
+                .files
+                .get(&id)
+                .is_some_and(|f| self.in_lifetime(f, now) && self.opens(f))
         {
             let cipher = self.cipher(&mut st, &id)?;
             return Ok((id, cipher));
         }
         self.rescan(&mut st)?;
+        // Only a key this host can open: another host's key wrapped by a KMS key we do not
+        // reach must not stop this one from making files.
         let newest = st
             .files
             .values()
-            .filter(|f| self.in_lifetime(f, now))
+            .filter(|f| self.in_lifetime(f, now) && self.opens(f))
             .max_by_key(|f| (f.created, f.key_id))
             .map(|f| f.key_id);
         let id = match newest {
@@ -520,42 +530,28 @@ impl Hierarchy {
         }))
     }
 
-    /// Remove the intermediate keys that no header uses (`in_use`, from a complete walk of
-    /// the vault), that are not the current one and that expired more than `RETIRE_AFTER`
-    /// ago: by then no mount, whatever config it was started with, still wraps with one
-    /// (the margin is for clocks that disagree). Returns the ids removed.
-    pub fn retire_unused(&self, in_use: &HashSet<[u8; 16]>) -> Result<Vec<[u8; 16]>> {
-        self.retire_unused_at(in_use, now_ms())
+    /// The expired intermediate keys that no header uses (`in_use`, from a complete walk of
+    /// the vault) and that are not the current one. Nothing removes them: in a synced
+    /// folder a host that has not synced yet may hold files wrapped by one, and this host
+    /// cannot see those headers (rewrap reports the count; OPERATIONS.md says when removing
+    /// one by hand is safe).
+    pub fn unused(&self, in_use: &HashSet<[u8; 16]>) -> Result<Vec<[u8; 16]>> {
+        self.unused_at(in_use, now_ms())
     }
 
-    fn retire_unused_at(&self, in_use: &HashSet<[u8; 16]>, now: u64) -> Result<Vec<[u8; 16]>> {
-        let expired = |f: &IntermediateKeyFile| {
-            now > f.expires.saturating_add(RETIRE_AFTER.as_millis() as u64)
-        };
+    fn unused_at(&self, in_use: &HashSet<[u8; 16]>, now: u64) -> Result<Vec<[u8; 16]>> {
         let mut st = self.state.lock().unwrap();
         self.rescan(&mut st)?;
         let current = st.current;
-        let gone: Vec<[u8; 16]> = st
+        let mut unused: Vec<[u8; 16]> = st
             .files
             .values()
-            .filter(|f| !in_use.contains(&f.key_id) && Some(f.key_id) != current && expired(f))
+            .filter(|f| !in_use.contains(&f.key_id) && Some(f.key_id) != current)
+            .filter(|f| now > f.expires)
             .map(|f| f.key_id)
             .collect();
-        if gone.is_empty() {
-            return Ok(gone);
-        }
-        let dir = self.dir()?;
-        for id in &gone {
-            match dir.unlink(OsStr::new(&IntermediateKeyFile::file_name(id))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            st.files.remove(id);
-            st.unwrapped.remove(id);
-        }
-        dir.sync()?;
-        Ok(gone)
+        unused.sort();
+        Ok(unused)
     }
 
     pub fn report(&self) -> HierarchyReport {
@@ -682,6 +678,12 @@ mod tests {
         )
     }
 
+    fn intermediate_files(root: &Path) -> usize {
+        std::fs::read_dir(root.join(INTERMEDIATE_DIR))
+            .unwrap()
+            .count()
+    }
+
     #[test]
     fn deks_wrap_under_the_current_key_and_open_from_a_fresh_process() {
         let dir = tempfile::tempdir().unwrap();
@@ -756,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_follow_the_kms_keys_and_unused_keys_retire() {
+    fn slots_follow_the_kms_keys_and_unused_keys_are_counted_not_removed() {
         let dir = tempfile::tempdir().unwrap();
         let h = hierarchy(dir.path(), Some(3600), vec![service(7)]);
         let ctx = KeyContext::file([1; 16], [3; 16]);
@@ -780,21 +782,21 @@ mod tests {
                 .unwrap(&slot, &ctx)
                 .is_err()
         );
-        // In use, or not long expired: kept. Unused a day after its expiry: removed.
+        // Unused means: expired, and in no header seen. Never removed.
         let id = IntermediateKeyFile::id_of_slot_key(&slot.key_id).unwrap();
-        let later = now_ms() + (3600 + RETIRE_AFTER.as_secs() + 10) * 1000;
-        assert!(fresh.retire_unused(&HashSet::new()).unwrap().is_empty());
-        let off = hierarchy(dir.path(), None, vec![service(8)]);
-        assert!(off.retire_unused(&HashSet::new()).unwrap().is_empty());
+        let later = now_ms() + 3600 * 1000 + 10;
         assert!(
-            off.retire_unused_at(&HashSet::from([id]), later)
+            fresh.unused(&HashSet::new()).unwrap().is_empty(),
+            "not expired"
+        );
+        let off = hierarchy(dir.path(), None, vec![service(8)]);
+        assert!(
+            off.unused_at(&HashSet::from([id]), later)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(
-            off.retire_unused_at(&HashSet::new(), later).unwrap(),
-            vec![id]
-        );
+        assert_eq!(off.unused_at(&HashSet::new(), later).unwrap(), vec![id]);
+        assert_eq!(intermediate_files(dir.path()), 1, "still there");
         assert!(off.wrap(&dek, &ctx).is_err(), "off: no key wraps new files");
     }
 }

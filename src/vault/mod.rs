@@ -451,7 +451,8 @@ impl Vault {
                 .any(|s| s.provider == ProviderKind::AwsKms)
             {
                 return Err(Error::Invalid(
-                    "the key hierarchy wraps intermediate keys with the vault's KMS key, and                      this vault has none (envfs key add --new-kms-key KEY)"
+                    "the key hierarchy wraps intermediate keys with the vault's KMS key, and \
+                     this vault has none (envfs key add --new-kms-key KEY)"
                         .into(),
                 ));
             }
