@@ -129,6 +129,18 @@ fn read_all(fs: &Fs, path: &Path, step: usize) -> Vec<u8> {
     }
 }
 
+/// Every golden plaintext, and the symlink target, through `fs` (opened with `described`).
+fn assert_every_golden_file_reads(fs: &Fs, described: &str) {
+    for f in golden_files() {
+        assert!(
+            read_all(fs, Path::new(&f.path), 4096) == content(f.seed, f.len),
+            "{described}: {}",
+            f.path
+        );
+    }
+    assert_eq!(fs.readlink(Path::new(LINK)).unwrap(), LINK_TARGET);
+}
+
 #[test]
 fn every_plaintext_reads_back_byte_for_byte() {
     let root = golden_root();
@@ -429,14 +441,7 @@ fn v2_opens_with_either_key_to_the_same_vault_and_reads_every_file() {
             "{described}: the slot that opened it proves the secret"
         );
         let fs = Fs::new(Arc::new(vault));
-        for f in golden_files() {
-            assert!(
-                read_all(&fs, Path::new(&f.path), 4096) == content(f.seed, f.len),
-                "{described}: {}",
-                f.path
-            );
-        }
-        assert_eq!(fs.readlink(Path::new(LINK)).unwrap(), LINK_TARGET);
+        assert_every_golden_file_reads(&fs, &described);
     }
     assert!(
         before == snapshot(&root),
@@ -592,14 +597,7 @@ fn v3_reads_every_file_through_the_intermediate_key_and_through_the_local_key() 
             "{described}"
         );
         let fs = Fs::new(Arc::new(vault));
-        for f in golden_files() {
-            assert!(
-                read_all(&fs, Path::new(&f.path), 4096) == content(f.seed, f.len),
-                "{described}: {}",
-                f.path
-            );
-        }
-        assert_eq!(fs.readlink(Path::new(LINK)).unwrap(), LINK_TARGET);
+        assert_every_golden_file_reads(&fs, &described);
         let report = fs.vault().hierarchy_report();
         if described.contains("golden-vector") {
             let report = report.expect("the hierarchy opened the files");

@@ -491,27 +491,37 @@ impl Vault {
     /// vault's KMS keys standing, while the hierarchy wraps, for the current intermediate
     /// key.
     pub fn wanted_header_keys(&self) -> Result<Vec<KeySlot>> {
+        self.header_keys()
+            .into_iter()
+            .map(|key| match key {
+                Some(slot) => Ok(KeySlot {
+                    wrapped: Vec::new(),
+                    ..slot.clone()
+                }),
+                None => Ok(KeySlot {
+                    provider: ProviderKind::Intermediate,
+                    key_id: self.hierarchy().current_slot_key()?,
+                    wrapped: Vec::new(),
+                }),
+            })
+            .collect()
+    }
+
+    /// The keys a header is wrapped by, in config order: the config's header keys, except
+    /// that while the hierarchy wraps, the KMS keys wrap intermediate keys and stand here as
+    /// one entry, `None`, for the current intermediate key. (New files' wrappers and
+    /// rewrap's wanted set both follow it.)
+    fn header_keys(&self) -> Vec<Option<&KeySlot>> {
         let hierarchy = self.hierarchy_wraps();
-        let mut wanted = Vec::new();
-        let mut intermediate_added = false;
+        let mut keys = Vec::new();
         for slot in self.config.header_slots() {
-            if hierarchy && slot.provider == ProviderKind::AwsKms {
-                if !intermediate_added {
-                    wanted.push(KeySlot {
-                        provider: ProviderKind::Intermediate,
-                        key_id: self.hierarchy().current_slot_key()?,
-                        wrapped: Vec::new(),
-                    });
-                    intermediate_added = true;
-                }
-                continue;
+            if !(hierarchy && slot.provider == ProviderKind::AwsKms) {
+                keys.push(Some(slot));
+            } else if !keys.contains(&None) {
+                keys.push(None);
             }
-            wanted.push(KeySlot {
-                wrapped: Vec::new(),
-                ..slot.clone()
-            });
         }
-        Ok(wanted)
+        keys
     }
 
     /// Keep `target` new-file DEKs ready with `concurrency` workers, when the primary key
@@ -582,16 +592,11 @@ impl Vault {
     pub fn wrappers(&self) -> &[Arc<dyn KeyProvider>] {
         self.wrappers.get_or_init(|| {
             let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
-            let hierarchy = self.hierarchy_wraps();
-            for slot in self.config.header_slots() {
-                // With the hierarchy on, the KMS keys wrap intermediate keys, and one of
-                // those wraps the DEK (once, for all of them).
-                if hierarchy && slot.provider == ProviderKind::AwsKms {
-                    if !out.iter().any(|w| w.kind() == ProviderKind::Intermediate) {
-                        out.push(self.hierarchy().clone());
-                    }
+            for key in self.header_keys() {
+                let Some(slot) = key else {
+                    out.push(self.hierarchy().clone());
                     continue;
-                }
+                };
                 if let Some(p) = self.providers.iter().find(|p| p.recognises(slot)) {
                     out.push(p.clone());
                     continue;
