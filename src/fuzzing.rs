@@ -303,6 +303,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 version: CONFIG_VERSION,
                 generation: 5,
                 key_hierarchy: Some(3600),
+                intermediate_slots: true,
                 vault_id: [1; 16],
                 plaintext_names: false,
                 name_encoding: NameEncoding::Base64Url,
@@ -315,6 +316,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             v3.extend_from_slice(&[0xcc; 32]);
             let mut v2 = VaultConfig {
                 key_hierarchy: None,
+                intermediate_slots: false,
                 ..config
             }
             .encode_body();

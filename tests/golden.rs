@@ -620,9 +620,15 @@ fn v3_turned_off_and_rewrapped_is_version_2_again() {
     copy_tree(&golden_v3_dir().join("vault"), &root);
     let mut vault = Vault::open(&root, vec![v3_local(), v3_kms()]).unwrap();
     vault.set_key_hierarchy(None).unwrap();
+    // Off, with headers still under intermediate keys: version 3 (lifetime 0), so an envfs
+    // without the hierarchy still refuses the vault rather than fail file by file.
+    let bytes = std::fs::read(root.join(CONFIG_FILE_NAME)).unwrap();
+    assert_eq!((&bytes[8..10], &bytes[48..52]), (&[0, 3][..], &[0; 4][..]));
     let report = envfs::fs::rewrap::rewrap(&vault, 2, &|_, _| {}).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.rewrapped, 5, "{report:?}");
+    assert_eq!(report.intermediate_in_use, Some(0), "{report:?}");
+    assert!(vault.headers_left_intermediate_keys().unwrap());
     let bytes = std::fs::read(root.join(CONFIG_FILE_NAME)).unwrap();
     assert_eq!(&bytes[8..10], &[0, 2]);
     let fs = Fs::new(Arc::new(Vault::open(&root, vec![v3_kms()]).unwrap()));

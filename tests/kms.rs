@@ -790,11 +790,15 @@ fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
-    ok(run(v
+    // Removing a KMS key retires the intermediate keys it wraps (whoever holds it can
+    // unwrap them from any old copy of their files): new files, and rewrapped ones, get an
+    // intermediate key it never wrapped.
+    let out = ok(run(v
         .cmd(&kms)
         .args(["key", "remove"])
         .arg(&v.backing)
         .arg(&first_short)));
+    assert!(out.contains("Retired "), "{out}");
     // The vault's key changed on purpose: say so (this host pinned the first).
     let out = ok(run(v
         .cmd(&kms)
@@ -805,6 +809,19 @@ fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
         out.contains(&format!("intermediate keys: {ik_count} rewrapped")),
         "{out}"
     );
+    assert!(out.contains("3 files: 3 rewrapped"), "{out}");
+    let after_removal = intermediate_keys(&v.backing);
+    assert_eq!(after_removal.len(), ik_count + 1, "{after_removal:?}");
+    let newest = after_removal
+        .iter()
+        .find(|k| !current.contains(k))
+        .unwrap()
+        .clone();
+    let wanted = vec![("intermediate".to_string(), format!("ik:{newest}"))];
+    for (path, slots) in header_keys(&v.backing) {
+        assert_eq!(slots, wanted, "{path:?}");
+    }
+    let ik_count = ik_count + 1;
     for name in intermediate_keys(&v.backing) {
         let bytes = fs::read(v.backing.join("envfs.keys").join(&name)).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains(&first), "{name}");
@@ -832,13 +849,16 @@ fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
         .arg(&v.backing)
         .arg("off")
         .args(["--kms-key", "alias/envfs-rotate-b"])));
+    let config = fs::read(v.backing.join("envfs.conf")).unwrap();
+    assert_eq!(&config[8..10], &[0, 3], "version 3 while headers need it");
     let out = ok(run(v
         .cmd(&kms)
         .arg("rewrap")
         .arg(&v.backing)
         .args(["--kms-key", "alias/envfs-rotate-b"])));
     assert!(out.contains("3 files: 3 rewrapped"), "{out}");
-    assert!((1..=2).contains(&unused_keys(&out)), "{out}");
+    // Every key but the newest is expired by now (lifetime 2 s, or retired).
+    assert_eq!(unused_keys(&out), ik_count - 1, "{out}");
     assert_eq!(intermediate_keys(&v.backing).len(), ik_count);
     for (path, slots) in header_keys(&v.backing) {
         assert_eq!(
@@ -848,7 +868,12 @@ fn intermediate_keys_rotate_and_rewrap_works_in_both_modes() {
         );
     }
     let config = fs::read(v.backing.join("envfs.conf")).unwrap();
-    assert_eq!(&config[8..10], &[0, 2], "off writes config version 2 again");
+    assert_eq!(
+        &config[8..10],
+        &[0, 2],
+        "rewrapped off: config version 2 again"
+    );
+    assert!(out.contains("version 2 again"), "{out}");
     let out = run(v
         .cmd(&kms)
         .arg("cat")

@@ -555,6 +555,7 @@ fn init(
         version: CONFIG_VERSION,
         generation: 1,
         key_hierarchy: None,
+        intermediate_slots: false,
         vault_id: [0; 16],
         plaintext_names: opts.plaintext_names,
         name_encoding: opts.name_encoding,
@@ -1030,7 +1031,7 @@ fn key_command(action: KeyCommand) -> Result<()> {
                     )));
                 }
             }
-            let removed = vault.remove_key(&key_id)?;
+            let (removed, retired) = vault.remove_key(&key_id)?;
             remember_change(&backing, &mut vault, &keys);
             println!(
                 "Removed {} key {}. Run `envfs rewrap {}` to drop its wrapped copies from every file.",
@@ -1038,6 +1039,13 @@ fn key_command(action: KeyCommand) -> Result<()> {
                 removed.key_id,
                 backing.display()
             );
+            if retired > 0 {
+                println!(
+                    "Retired {retired} intermediate key(s) it wrapped: new files get a new one \
+                     (running mounts follow within {} s).",
+                    crate::vault::hierarchy::RESCAN.as_secs()
+                );
+            }
             Ok(())
         }
     }
@@ -1086,7 +1094,7 @@ fn progress_reporter(what: &'static str) -> impl Fn(usize, usize) + Sync {
 }
 
 fn rewrap(backing: &Path, jobs: usize, keys: &KeyArgs) -> Result<()> {
-    let vault = open_vault(backing, keys)?;
+    let mut vault = open_vault(backing, keys)?;
     let report = crate::fs::rewrap::rewrap(&vault, jobs, &progress_reporter("rewrap"))?;
     println!(
         "rewrap: {} files: {} rewrapped, {} already current, {} restored from an interrupted run, {} failed",
@@ -1103,6 +1111,13 @@ fn rewrap(backing: &Path, jobs: usize, keys: &KeyArgs) -> Result<()> {
             report
                 .intermediate_unused
                 .map_or("?".to_string(), |n| n.to_string())
+        );
+    }
+    if report.intermediate_in_use == Some(0) && vault.headers_left_intermediate_keys()? {
+        remember_change(backing, &mut vault, keys);
+        println!(
+            "rewrap: no header is wrapped by an intermediate key any more: the vault config is \
+             version 2 again"
         );
     }
     for (path, why) in &report.failed {

@@ -1226,6 +1226,7 @@ mod tests {
             version: 2,
             generation: 1,
             key_hierarchy: None,
+            intermediate_slots: false,
             vault_id: [0; 16],
             plaintext_names: false,
             name_encoding: crate::format::config::NameEncoding::Base64Url,

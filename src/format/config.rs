@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! 0   8  magic "ENVFSVLT"
-//! 8   2  format version (2, or 3 with the key hierarchy on; 1 is still read)
+//! 8   2  format version (2, or 3 while headers may hold intermediate-key slots; 1 is read)
 //! 10  2  flags: bit 0 plaintext names, bit 1 base32 names; other bits must be 0
 //! 12 16  vault id
 //! 28  1  cipher suite (1)
@@ -13,17 +13,20 @@
 //! 34  4  header size (bytes of every file header)
 //! 38  2  long-name limit (longest encrypted name stored as is)
 //! 40  8  generation (version 2 only): raised by every change of the config
-//! 48  4  (version 3 only) key hierarchy: lifetime of an intermediate key in seconds (1..)
+//! 48  4  (version 3 only) key hierarchy: lifetime of an intermediate key in seconds, or 0:
+//!        off, but headers may still hold intermediate-key slots
 //! …   …  N key slots (see slot.rs), each wrapping the 32-byte vault secret
 //! …  32  HMAC-SHA256 over every byte before it
 //! ```
 //!
 //! A version 1 config has no generation field (its slots start at 40) and reads as
 //! generation 0; envfs writes version 2 whenever it writes a config, so the first change of
-//! an old vault upgrades it. Version 3 is written only while the key hierarchy is on
-//! (vault/hierarchy.rs), so an envfs that cannot read hierarchy-wrapped headers refuses the
-//! vault with "newer version" instead of failing file by file; turning it off writes 2 again. The generation lets each host refuse an older config than one it
-//! has seen (a rollback: vault/known.rs).
+//! an old vault upgrades it. Version 3 is written while headers may hold intermediate-key
+//! slots (vault/hierarchy.rs): from `envfs key hierarchy on` until, after it is turned off,
+//! an `envfs rewrap` has moved every header back to the KMS keys' own slots. So an envfs that
+//! cannot read such headers refuses the vault with "newer version" instead of failing file
+//! by file. The generation lets each host refuse an older config than one it has seen (a
+//! rollback: vault/known.rs).
 //!
 //! Parsing is strict: a newer version, an unknown flag or suite, or trailing bytes refuse to
 //! open, because silently ignoring a field from the future could weaken the crypto.
@@ -79,6 +82,10 @@ pub struct VaultConfig {
     /// wraps new DEKs before a new one is made. `None`: every DEK is wrapped by the vault's
     /// keys themselves (one KMS call per file).
     pub key_hierarchy: Option<u32>,
+    /// Whether file headers may hold intermediate-key slots: the hierarchy is on, or was
+    /// and no complete rewrap has moved every header off them since. Keeps the config at
+    /// version 3 (with lifetime 0 while off).
+    pub intermediate_slots: bool,
     pub vault_id: [u8; 16],
     pub plaintext_names: bool,
     pub name_encoding: NameEncoding,
@@ -167,7 +174,7 @@ impl VaultConfig {
 
     /// The version this config is written in: the oldest that can say everything in it.
     pub fn written_version(&self) -> u16 {
-        if self.key_hierarchy.is_some() {
+        if self.key_hierarchy.is_some() || self.intermediate_slots {
             CONFIG_VERSION
         } else {
             CONFIG_VERSION_2
@@ -188,8 +195,8 @@ impl VaultConfig {
             .u32(self.header_size)
             .u16(self.long_name_limit)
             .u64(self.generation);
-        if let Some(lifetime) = self.key_hierarchy {
-            w.u32(lifetime);
+        if self.written_version() == CONFIG_VERSION {
+            w.u32(self.key_hierarchy.unwrap_or(0));
         }
         for slot in &self.slots {
             slot.encode(&mut w);
@@ -238,7 +245,7 @@ impl VaultConfig {
             _ => r.u64().ok_or_else(short)?,
         };
         let key_hierarchy = match version {
-            CONFIG_VERSION => Some(r.u32().ok_or_else(short)?),
+            CONFIG_VERSION => Some(r.u32().ok_or_else(short)?).filter(|&l| l != 0),
             _ => None,
         };
         let mut slots = Vec::with_capacity(slot_count);
@@ -254,6 +261,7 @@ impl VaultConfig {
             version,
             generation,
             key_hierarchy,
+            intermediate_slots: version == CONFIG_VERSION,
             vault_id,
             plaintext_names: flags & FLAG_PLAINTEXT_NAMES != 0,
             name_encoding: if flags & FLAG_BASE32_NAMES != 0 {
@@ -281,6 +289,7 @@ mod tests {
             version: CONFIG_VERSION_2,
             generation: 3,
             key_hierarchy: None,
+            intermediate_slots: false,
             vault_id: [7; 16],
             plaintext_names: false,
             name_encoding: NameEncoding::Base32,
@@ -355,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn the_key_hierarchy_is_version_3_and_off_writes_version_2_again() {
+    fn the_key_hierarchy_is_version_3_until_no_header_needs_it() {
         let mut c = sample();
         c.key_hierarchy = Some(86_400);
         let mut bytes = c.encode_body();
@@ -365,19 +374,29 @@ mod tests {
         let (parsed, _, _) = VaultConfig::parse(&bytes).unwrap();
         assert_eq!(parsed.key_hierarchy, Some(86_400));
         assert_eq!(parsed.slots, c.slots);
+        assert!(parsed.intermediate_slots);
+        // Off, while headers may still hold intermediate-key slots: version 3, lifetime 0.
         let mut off = parsed.clone();
         off.key_hierarchy = None;
+        let mut off_bytes = off.encode_body();
+        assert_eq!(u16::from_be_bytes([off_bytes[8], off_bytes[9]]), 3);
+        assert_eq!(&off_bytes[48..52], &[0; 4]);
+        off_bytes.extend_from_slice(&[0; 32]);
+        let (reread, _, _) = VaultConfig::parse(&off_bytes).unwrap();
+        assert_eq!(
+            (reread.key_hierarchy, reread.intermediate_slots),
+            (None, true)
+        );
+        // Once no header does: version 2 again.
+        off.intermediate_slots = false;
         assert_eq!(
             u16::from_be_bytes([off.encode_body()[8], off.encode_body()[9]]),
             2
         );
-        // A zero lifetime is not a config envfs writes.
-        let mut zero = bytes.clone();
-        zero[48..52].copy_from_slice(&[0; 4]);
-        assert!(matches!(
-            VaultConfig::parse(&zero),
-            Err(ConfigParseError::Corrupt(_))
-        ));
+        // A zero lifetime while on is not a config envfs writes.
+        let mut zero = c.clone();
+        zero.key_hierarchy = Some(0);
+        assert!(zero.validate().is_err());
         // Nor is an intermediate key among the vault's keys.
         let mut slotted = c.clone();
         slotted.slots[0].provider = ProviderKind::Intermediate;

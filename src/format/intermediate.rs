@@ -11,7 +11,8 @@
 //! 12 16  vault id
 //! 28 16  intermediate key id (random; also the file's name and part of every KMS context)
 //! 44  8  created, Unix milliseconds
-//! 52  8  expires, Unix milliseconds: created + the vault's lifetime when it was made; no mount
+//! 52  8  expires, Unix milliseconds: created + the vault's lifetime when it was made, or
+//!        earlier once retired (a KMS key that wraps it was removed from the vault); no mount
 //!        wraps a new DEK with it from then on (nor after created + the current lifetime)
 //! 60 32  key commitment: HKDF(key, key id, "envfs/v1/intermediate-commit")
 //! 92  1  number of key slots N (1..=32)
@@ -19,7 +20,8 @@
 //! …  32  HMAC-SHA256(HKDF(vault secret, vault id, "envfs/v1/intermediate-mac"), bytes before)
 //! ```
 //!
-//! One file per key, written once (a KMS key change rewrites its slots, never its key), so
+//! One file per key, written once (a KMS key change rewrites its slots and a removal its
+//! expiry, never its key), so
 //! hosts sharing a synced folder each add their own files and never edit the same one. The
 //! MAC means only a holder of the vault secret can add a key that mounts will use.
 

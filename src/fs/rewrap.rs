@@ -52,6 +52,10 @@ pub struct RewrapReport {
     pub intermediate_rewrapped: usize,
     /// Expired intermediate keys no header uses (kept; `None`: the walk was incomplete).
     pub intermediate_unused: Option<usize>,
+    /// Intermediate keys the headers use after the rewrap (`None`: the walk was
+    /// incomplete). `Some(0)` with the hierarchy off lets the config go back to version 2
+    /// (`Vault::headers_left_intermediate_keys`).
+    pub intermediate_in_use: Option<usize>,
 }
 
 /// Whether a backing file's name says it is not one of envfs' encrypted files (in an
@@ -389,12 +393,9 @@ pub fn rewrap(
     report.failed.extend(failed);
     // Only a walk that read every header knows which intermediate keys are unused.
     if hierarchy_used && complete {
-        report.intermediate_unused = Some(
-            vault
-                .hierarchy()
-                .unused(&in_use.into_inner().unwrap())?
-                .len(),
-        );
+        let in_use = in_use.into_inner().unwrap();
+        report.intermediate_unused = Some(vault.hierarchy().unused(&in_use)?.len());
+        report.intermediate_in_use = Some(in_use.len());
     }
     Ok(report)
 }

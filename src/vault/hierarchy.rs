@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -57,8 +57,10 @@ struct State {
     /// The key new DEKs are wrapped with, and when `envfs.keys/` was last listed.
     current: Option<[u8; 16]>,
     scanned: Option<Instant>,
-    /// Names already reported as not authentic (reported once, not on every listing).
-    rejected: HashSet<String>,
+    /// Files found not authentic, with the bytes read: reported once, not on every listing,
+    /// and checked again once their bytes change (a sync client may have been half-way
+    /// through writing one).
+    rejected: HashMap<String, Vec<u8>>,
 }
 
 /// What `envfs status` shows of the hierarchy.
@@ -90,7 +92,13 @@ pub struct Hierarchy {
     /// intermediate keys, every one wraps them.
     services: Vec<Arc<dyn KeyProvider>>,
     name: String,
+    /// What this mount knows of the keys. Held only to read or update it: never across a
+    /// KMS call or backing-store I/O (a slow KMS must not stall opens of other files).
     state: Mutex<State>,
+    /// Serialises listing `envfs.keys/` and making, retiring or rewriting keys.
+    keys_gate: Mutex<()>,
+    /// One gate per key being unwrapped (see `cipher`).
+    unwrapping: Mutex<HashMap<[u8; 16], Arc<Mutex<()>>>>,
     made: AtomicU64,
     wrapped: AtomicU64,
     opened: AtomicU64,
@@ -102,6 +110,12 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The expiry of `file` retired now: not after its own, and not before its creation (the
+/// format refuses that; another host's clock may be ahead of ours).
+fn retired_at(file: &IntermediateKeyFile) -> u64 {
+    now_ms().clamp(file.created, file.expires.max(file.created))
 }
 
 fn wrap_cipher(secret: &Secret32, key_id: &[u8; 16]) -> Aes256Gcm {
@@ -148,6 +162,8 @@ impl Hierarchy {
             services,
             name,
             state: Mutex::new(State::default()),
+            keys_gate: Mutex::new(()),
+            unwrapping: Mutex::new(HashMap::new()),
             made: AtomicU64::new(0),
             wrapped: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -198,9 +214,9 @@ impl Hierarchy {
     }
 
     /// The authentic file of intermediate key `key_id`, read from the backing store unless
-    /// already known.
-    fn file_of(&self, st: &mut State, key_id: &[u8; 16]) -> Result<IntermediateKeyFile> {
-        if let Some(f) = st.files.get(key_id) {
+    /// already known (the read is made without `state` held).
+    fn file_of(&self, key_id: &[u8; 16]) -> Result<IntermediateKeyFile> {
+        if let Some(f) = self.state.lock().unwrap().files.get(key_id) {
             return Ok(f.clone());
         }
         let name = IntermediateKeyFile::file_name(key_id);
@@ -220,22 +236,42 @@ impl Hierarchy {
             }
         })?;
         let file = self.verify(&name, &bytes)?;
-        st.files.insert(*key_id, file.clone());
-        Ok(file)
+        let mut st = self.state.lock().unwrap();
+        Ok(st.files.entry(*key_id).or_insert(file).clone())
+    }
+
+    /// Intermediate key `key_id` unwrapped, if this mount holds it and it is fresh.
+    fn held(&self, key_id: &[u8; 16]) -> Option<Arc<Aes256Gcm>> {
+        let st = self.state.lock().unwrap();
+        st.unwrapped
+            .get(key_id)
+            .filter(|u| u.at.elapsed() < self.cache_ttl)
+            .map(|u| u.cipher.clone())
     }
 
     /// Intermediate key `key_id`, unwrapped: from memory while fresh, else by one call to
-    /// a KMS key of the vault.
-    fn cipher(&self, st: &mut State, key_id: &[u8; 16]) -> Result<Arc<Aes256Gcm>> {
-        if let Some(u) = st.unwrapped.get(key_id)
-            && u.at.elapsed() < self.cache_ttl
-        {
-            return Ok(u.cipher.clone());
+    /// a KMS key of the vault. The call is made under that key's own gate, not `state`:
+    /// concurrent opens of its files wait for the one call, opens under other keys and new
+    /// files under the current key do not wait at all.
+    fn cipher(&self, key_id: &[u8; 16]) -> Result<Arc<Aes256Gcm>> {
+        if let Some(cipher) = self.held(key_id) {
+            return Ok(cipher);
         }
-        let file = self.file_of(st, key_id)?;
+        let gate = self
+            .unwrapping
+            .lock()
+            .unwrap()
+            .entry(*key_id)
+            .or_default()
+            .clone();
+        let _one_call = gate.lock().unwrap();
+        if let Some(cipher) = self.held(key_id) {
+            return Ok(cipher);
+        }
+        let file = self.file_of(key_id)?;
         let secret = self.unwrap_secret(&file)?;
         let cipher = Arc::new(wrap_cipher(&secret, key_id));
-        st.unwrapped.insert(
+        self.state.lock().unwrap().unwrapped.insert(
             *key_id,
             Unwrapped {
                 cipher: cipher.clone(),
@@ -245,38 +281,69 @@ impl Hierarchy {
         Ok(cipher)
     }
 
-    /// List `envfs.keys/` and learn the authentic keys not known yet. A file that is not
-    /// authentic is reported once and never used.
-    fn rescan(&self, st: &mut State) -> Result<()> {
-        st.scanned = Some(Instant::now());
-        let dir = match self.dir() {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e.into()),
+    /// List `envfs.keys/` and learn the authentic keys not known yet, and read again the
+    /// known ones that may still wrap new DEKs (a key retired elsewhere, by `envfs key
+    /// remove`, must stop wrapping here too). A file that is not authentic is reported once
+    /// and never used. Called with `keys_gate` held; `state` is not held while reading.
+    fn rescan(&self) -> Result<()> {
+        let now = now_ms();
+        let (settled, rejected): (HashSet<[u8; 16]>, HashMap<String, Vec<u8>>) = {
+            let st = self.state.lock().unwrap();
+            (
+                st.files
+                    .values()
+                    .filter(|f| !self.in_lifetime(f, now))
+                    .map(|f| f.key_id)
+                    .collect(),
+                st.rejected.clone(),
+            )
         };
-        for name in dir.list()? {
-            let name = name.to_string_lossy().into_owned();
-            let Some(key_id) = IntermediateKeyFile::id_of_name(&name) else {
-                continue;
-            };
-            if st.files.contains_key(&key_id) || st.rejected.contains(&name) {
-                continue;
-            }
-            match self
-                .read(&dir, &name)
-                .map_err(Error::from)
-                .and_then(|b| self.verify(&name, &b))
-            {
-                Ok(file) => {
-                    st.files.insert(key_id, file);
+        let mut found = Vec::new();
+        let mut bad = Vec::new();
+        match self.dir() {
+            Ok(dir) => {
+                for name in dir.list()? {
+                    let name = name.to_string_lossy().into_owned();
+                    let Some(key_id) = IntermediateKeyFile::id_of_name(&name) else {
+                        continue;
+                    };
+                    if settled.contains(&key_id) {
+                        continue;
+                    }
+                    let bytes = match self.read(&dir, &name) {
+                        Ok(b) => b,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            tracing::warn!(
+                                "cannot read intermediate key {}: {e}; it is not used",
+                                self.shown(&name)
+                            );
+                            continue;
+                        }
+                    };
+                    if rejected.get(&name) == Some(&bytes) {
+                        continue;
+                    }
+                    match self.verify(&name, &bytes) {
+                        Ok(file) => found.push(file),
+                        Err(e) => {
+                            tracing::warn!("{e}; it is not used");
+                            bad.push((name, bytes));
+                        }
+                    }
                 }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    tracing::warn!("{e}; it is not used");
-                    st.rejected.insert(name);
-                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
+        let mut st = self.state.lock().unwrap();
+        for file in found {
+            st.rejected
+                .remove(&IntermediateKeyFile::file_name(&file.key_id));
+            st.files.insert(file.key_id, file);
+        }
+        st.rejected.extend(bad);
+        st.scanned = Some(Instant::now());
         Ok(())
     }
 
@@ -295,6 +362,18 @@ impl Hierarchy {
         })
     }
 
+    /// The current key if it may still wrap new DEKs, and whether `envfs.keys/` was listed
+    /// within `RESCAN`.
+    fn current_if_usable(&self, now: u64) -> (Option<[u8; 16]>, bool) {
+        let st = self.state.lock().unwrap();
+        let usable = st.current.filter(|id| {
+            st.files
+                .get(id)
+                .is_some_and(|f| self.in_lifetime(f, now) && self.opens(f))
+        });
+        (usable, st.scanned.is_some_and(|at| at.elapsed() < RESCAN))
+    }
+
     /// The key new DEKs are wrapped with: the newest one in its lifetime, or a new one.
     fn current(&self) -> Result<([u8; 16], Arc<Aes256Gcm>)> {
         if self.lifetime.is_none() {
@@ -303,35 +382,46 @@ impl Hierarchy {
                     .into(),
             ));
         }
-        let mut st = self.state.lock().unwrap();
+        let (usable, fresh) = self.current_if_usable(now_ms());
+        let gate = match usable {
+            Some(id) if fresh => return Ok((id, self.cipher(&id)?)),
+            // Due for a listing: one thread makes it while the others go on with the
+            // current key.
+            Some(id) => match self.keys_gate.try_lock() {
+                Ok(gate) => gate,
+                Err(_) => return Ok((id, self.cipher(&id)?)),
+            },
+            None => self.keys_gate.lock().unwrap(),
+        };
+        // Another thread may have chosen while this one waited for the gate.
+        let id = match self.current_if_usable(now_ms()) {
+            (Some(id), true) => id,
+            _ => self.choose(&gate)?,
+        };
+        drop(gate);
+        Ok((id, self.cipher(&id)?))
+    }
+
+    /// List the keys and make the newest usable one current, or a new one if none is.
+    fn choose(&self, gate: &MutexGuard<'_, ()>) -> Result<[u8; 16]> {
+        self.rescan()?;
         let now = now_ms();
-        let fresh = st.scanned.is_some_and(|at| at.elapsed() < RESCAN);
-        if let Some(id) = st.current
-            && fresh
-            && st
-                .files
-                .get(&id)
-                .is_some_and(|f| self.in_lifetime(f, now) && self.opens(f))
-        {
-            let cipher = self.cipher(&mut st, &id)?;
-            return Ok((id, cipher));
-        }
-        self.rescan(&mut st)?;
         // Only a key this host can open: another host's key wrapped by a KMS key we do not
         // reach must not stop this one from making files.
-        let newest = st
-            .files
-            .values()
-            .filter(|f| self.in_lifetime(f, now) && self.opens(f))
-            .max_by_key(|f| (f.created, f.key_id))
-            .map(|f| f.key_id);
+        let newest = {
+            let st = self.state.lock().unwrap();
+            st.files
+                .values()
+                .filter(|f| self.in_lifetime(f, now) && self.opens(f))
+                .max_by_key(|f| (f.created, f.key_id))
+                .map(|f| f.key_id)
+        };
         let id = match newest {
             Some(id) => id,
-            None => self.make(&mut st)?,
+            None => self.make(gate)?,
         };
-        st.current = Some(id);
-        let cipher = self.cipher(&mut st, &id)?;
-        Ok((id, cipher))
+        self.state.lock().unwrap().current = Some(id);
+        Ok(id)
     }
 
     /// Make a new intermediate key now and wrap new DEKs with it (`envfs key
@@ -344,16 +434,17 @@ impl Hierarchy {
                 "no KMS key of the vault is reachable to make an intermediate key".into()
             }));
         }
-        let mut st = self.state.lock().unwrap();
-        self.rescan(&mut st)?;
-        let id = self.make(&mut st)?;
-        st.current = Some(id);
+        let gate = self.keys_gate.lock().unwrap();
+        self.rescan()?;
+        let id = self.make(&gate)?;
+        self.state.lock().unwrap().current = Some(id);
         Ok(id)
     }
 
     /// Generate an intermediate key with the first KMS key, wrap it with the others, and
-    /// write its file (never over an existing one).
-    fn make(&self, st: &mut State) -> Result<[u8; 16]> {
+    /// write its file (never over an existing one). The KMS calls and the write are made
+    /// under `keys_gate` (one key made at a time), not `state`.
+    fn make(&self, _gate: &MutexGuard<'_, ()>) -> Result<[u8; 16]> {
         let first = self.services.first().ok_or_else(|| {
             Error::KeyService(
                 "no KMS key of the vault is reachable to make an intermediate key".into(),
@@ -378,6 +469,7 @@ impl Hierarchy {
         };
         self.write(&file, false)?;
         self.made.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().unwrap();
         st.unwrapped.insert(
             key_id,
             Unwrapped {
@@ -445,20 +537,22 @@ impl Hierarchy {
 
     /// Bring every intermediate-key file's slots in line with `wanted` (the vault's KMS
     /// keys, in config order), so that a KMS key added to or removed from the vault opens or
-    /// stops opening every key — one call per intermediate key, not per file. Returns how
-    /// many files were rewritten; keys this host cannot unwrap are reported in `failed`.
+    /// stops opening every key — one call per intermediate key, not per file. A key that
+    /// loses a slot is retired as well (`retire`). Returns how many files were rewritten;
+    /// keys this host cannot unwrap are reported in `failed`.
     pub fn bring_in_line(
         &self,
         wanted: &[Arc<dyn KeyProvider>],
         failed: &mut Vec<(PathBuf, String)>,
     ) -> Result<usize> {
-        let mut st = self.state.lock().unwrap();
-        self.rescan(&mut st)?;
-        let mut ids: Vec<[u8; 16]> = st.files.keys().copied().collect();
-        ids.sort();
+        let _gate = self.keys_gate.lock().unwrap();
+        self.rescan()?;
+        let mut files: Vec<IntermediateKeyFile> =
+            self.state.lock().unwrap().files.values().cloned().collect();
+        files.sort_by_key(|f| f.key_id);
         let mut rewritten = 0;
-        for id in ids {
-            let file = st.files[&id].clone();
+        for file in files {
+            let id = file.key_id;
             let same = file.slots.len() == wanted.len()
                 && file.slots.iter().zip(wanted).all(|(s, w)| w.recognises(s));
             if same {
@@ -478,12 +572,21 @@ impl Hierarchy {
                         None => slots.push(w.wrap(&secret, &ctx)?),
                     }
                 }
+                let dropped = file
+                    .slots
+                    .iter()
+                    .any(|s| !wanted.iter().any(|w| w.recognises(s)));
                 let new = IntermediateKeyFile {
                     slots,
+                    expires: if dropped {
+                        retired_at(&file)
+                    } else {
+                        file.expires
+                    },
                     ..file.clone()
                 };
                 self.write(&new, true)?;
-                st.files.insert(id, new);
+                self.state.lock().unwrap().files.insert(id, new);
                 Ok(())
             })();
             match result {
@@ -492,6 +595,47 @@ impl Hierarchy {
             }
         }
         Ok(rewritten)
+    }
+
+    /// Retire, now, every intermediate key that `kms_key` (a KMS key being removed from the
+    /// vault) wraps: whoever holds that KMS key can unwrap these keys from any copy of
+    /// their files (a sync client's history, a NAS snapshot), so no new DEK may be wrapped
+    /// by them. Their files get `expires` = now (their slots stay until `envfs rewrap`, as
+    /// a removed key's header slots do); the next new file makes a key the removed one
+    /// never wrapped, and running mounts follow within `RESCAN`. No KMS call. Returns how
+    /// many keys were retired.
+    pub fn retire(&self, kms_key: &KeySlot) -> Result<usize> {
+        let _gate = self.keys_gate.lock().unwrap();
+        self.rescan()?;
+        let now = now_ms();
+        let mut files: Vec<IntermediateKeyFile> = self
+            .state
+            .lock()
+            .unwrap()
+            .files
+            .values()
+            .filter(|f| f.expires > now)
+            .filter(|f| {
+                f.slots
+                    .iter()
+                    .any(|s| s.provider == kms_key.provider && s.key_id == kms_key.key_id)
+            })
+            .cloned()
+            .collect();
+        files.sort_by_key(|f| f.key_id);
+        for file in &files {
+            let retired = IntermediateKeyFile {
+                expires: retired_at(file),
+                ..file.clone()
+            };
+            self.write(&retired, true)?;
+            let mut st = self.state.lock().unwrap();
+            if st.current == Some(file.key_id) {
+                st.current = None;
+            }
+            st.files.insert(file.key_id, retired);
+        }
+        Ok(files.len())
     }
 
     /// The intermediate key of `file`, unwrapped by the first KMS key of the vault that
@@ -540,8 +684,9 @@ impl Hierarchy {
     }
 
     fn unused_at(&self, in_use: &HashSet<[u8; 16]>, now: u64) -> Result<Vec<[u8; 16]>> {
-        let mut st = self.state.lock().unwrap();
-        self.rescan(&mut st)?;
+        let _gate = self.keys_gate.lock().unwrap();
+        self.rescan()?;
+        let st = self.state.lock().unwrap();
         let current = st.current;
         let mut unused: Vec<[u8; 16]> = st
             .files
@@ -626,10 +771,7 @@ impl KeyProvider for Hierarchy {
         if slot.wrapped.len() != WRAPPED_LEN {
             return Err(not_authentic());
         }
-        let cipher = {
-            let mut st = self.state.lock().unwrap();
-            self.cipher(&mut st, &key_id)?
-        };
+        let cipher = self.cipher(&key_id)?;
         let mut body = Zeroizing::new([0u8; 32]);
         body.copy_from_slice(&slot.wrapped[12..44]);
         let nonce = Nonce::try_from(&slot.wrapped[..12]).map_err(|_| not_authentic())?;
@@ -782,21 +924,173 @@ mod tests {
                 .unwrap(&slot, &ctx)
                 .is_err()
         );
-        // Unused means: expired, and in no header seen. Never removed.
+        // Unused means: expired (here: retired when it lost KMS key 7's slot), and in no
+        // header seen. Never removed.
         let id = IntermediateKeyFile::id_of_slot_key(&slot.key_id).unwrap();
         let later = now_ms() + 3600 * 1000 + 10;
+        assert!(fresh.unused(&HashSet::from([id])).unwrap().is_empty());
+        assert_eq!(fresh.unused(&HashSet::new()).unwrap(), vec![id]);
+        let kept = hierarchy(dir.path(), Some(3600), vec![service(8)]);
+        let next = kept.wrap(&dek, &ctx).unwrap();
+        let next_id = IntermediateKeyFile::id_of_slot_key(&next.key_id).unwrap();
         assert!(
-            fresh.unused(&HashSet::new()).unwrap().is_empty(),
-            "not expired"
+            kept.unused(&HashSet::new()).unwrap() == vec![id],
+            "the new key is not expired"
         );
         let off = hierarchy(dir.path(), None, vec![service(8)]);
         assert!(
-            off.unused_at(&HashSet::from([id]), later)
+            off.unused_at(&HashSet::from([id, next_id]), later)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(off.unused_at(&HashSet::new(), later).unwrap(), vec![id]);
-        assert_eq!(intermediate_files(dir.path()), 1, "still there");
+        let mut both_unused = vec![id, next_id];
+        both_unused.sort();
+        assert_eq!(off.unused_at(&HashSet::new(), later).unwrap(), both_unused);
+        assert_eq!(intermediate_files(dir.path()), 2, "still there");
         assert!(off.wrap(&dek, &ctx).is_err(), "off: no key wraps new files");
+    }
+
+    #[test]
+    fn a_key_file_rejected_half_written_is_taken_once_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path(), Some(3600), vec![service(7)]);
+        let ctx = KeyContext::file([1; 16], [3; 16]);
+        h.wrap(&Secret32::from_bytes([4; 32]), &ctx).unwrap();
+        let mount = hierarchy(dir.path(), Some(3600), vec![service(7)]);
+        mount.wrap(&Secret32::from_bytes([4; 32]), &ctx).unwrap();
+        // Another host's new key, arriving half-written.
+        let id = h.rotate().unwrap();
+        let path = dir
+            .path()
+            .join(INTERMEDIATE_DIR)
+            .join(IntermediateKeyFile::file_name(&id));
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let rescan = |m: &Hierarchy| {
+            let _gate = m.keys_gate.lock().unwrap();
+            m.rescan().unwrap();
+            m.report().known
+        };
+        assert_eq!(rescan(&mount), 1, "not authentic: not used");
+        assert_eq!(rescan(&mount), 1, "the same bytes: not read as new");
+        std::fs::write(&path, &whole).unwrap();
+        assert_eq!(rescan(&mount), 2, "complete now");
+        assert!(mount.state.lock().unwrap().rejected.is_empty());
+    }
+
+    /// A KMS stand-in whose unwraps can be held up: the first held call reports on
+    /// `entered` and waits for `release`.
+    struct Held {
+        inner: Arc<dyn KeyProvider>,
+        hold: std::sync::atomic::AtomicBool,
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl KeyProvider for Held {
+        fn kind(&self) -> ProviderKind {
+            self.inner.kind()
+        }
+        fn key_id(&self) -> &str {
+            self.inner.key_id()
+        }
+        fn wrap(&self, secret: &Secret32, ctx: &KeyContext) -> Result<KeySlot> {
+            self.inner.wrap(secret, ctx)
+        }
+        fn unwrap(&self, slot: &KeySlot, ctx: &KeyContext) -> Result<Secret32> {
+            if self.hold.swap(false, Ordering::SeqCst) {
+                self.entered.send(()).unwrap();
+                let _ = self.release.lock().unwrap().recv();
+            }
+            self.inner.unwrap(slot, ctx)
+        }
+    }
+
+    #[test]
+    fn a_slow_kms_call_does_not_stall_files_under_a_key_already_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path(), Some(3600), vec![service(7)]);
+        let ctx = KeyContext::file([1; 16], [3; 16]);
+        let dek = Secret32::from_bytes([4; 32]);
+        let old_slot = h.wrap(&dek, &ctx).unwrap();
+        h.rotate().unwrap();
+        // Another mount, with the current key unwrapped.
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let kms = Arc::new(Held {
+            inner: service(7),
+            hold: false.into(),
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        });
+        let other = Arc::new(hierarchy(dir.path(), Some(3600), vec![kms.clone()]));
+        let new_slot = other.wrap(&dek, &ctx).unwrap();
+        assert_ne!(new_slot.key_id, old_slot.key_id);
+        // An open under the old key waits for KMS...
+        kms.hold.store(true, Ordering::SeqCst);
+        let opener = {
+            let (other, old_slot, ctx) = (other.clone(), old_slot.clone(), ctx);
+            std::thread::spawn(move || other.unwrap(&old_slot, &ctx).map(|_| ()))
+        };
+        entered.recv().unwrap();
+        // ...while new files and opens under the current key go on. (Bounded, so that a
+        // stall fails the test instead of hanging it.)
+        let (done_tx, done) = std::sync::mpsc::channel();
+        {
+            let (other, new_slot, ctx) = (other.clone(), new_slot.clone(), ctx);
+            std::thread::spawn(move || {
+                let dek = Secret32::from_bytes([4; 32]);
+                let made = other.wrap(&dek, &ctx).is_ok();
+                let opened = other.unwrap(&new_slot, &ctx).is_ok_and(|d| d == dek);
+                let _ = done_tx.send(made && opened && other.report().known == 2);
+            });
+        }
+        let went_on = done.recv_timeout(Duration::from_secs(60));
+        release.send(()).unwrap();
+        assert_eq!(went_on, Ok(true), "stalled behind the KMS call");
+        opener.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn removing_a_kms_key_retires_the_keys_it_wraps_here_and_in_running_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = vec![service(7), service(8)];
+        let h = hierarchy(dir.path(), Some(3600), both.clone());
+        let ctx = KeyContext::file([1; 16], [3; 16]);
+        let dek = Secret32::from_bytes([4; 32]);
+        let slot = h.wrap(&dek, &ctx).unwrap();
+        let mount = hierarchy(dir.path(), Some(3600), both.clone());
+        assert_eq!(mount.wrap(&dek, &ctx).unwrap().key_id, slot.key_id);
+        let id = IntermediateKeyFile::id_of_slot_key(&slot.key_id).unwrap();
+        let removed = h.state.lock().unwrap().files[&id].slots[0].clone();
+        assert!(both[0].recognises(&removed));
+        // The other KMS key wraps nothing retired.
+        let kept = h.state.lock().unwrap().files[&id].slots[1].clone();
+        let mut unrelated = kept.clone();
+        unrelated.key_id.push('x');
+        assert_eq!(h.retire(&unrelated).unwrap(), 0);
+
+        assert_eq!(h.retire(&removed).unwrap(), 1);
+        assert_eq!(h.retire(&removed).unwrap(), 0, "already retired");
+        let after = h.wrap(&dek, &ctx).unwrap();
+        assert_ne!(after.key_id, slot.key_id, "a new key wraps new files");
+        // Old files still open; the retired key's slots stay until rewrap.
+        assert_eq!(h.unwrap(&slot, &ctx).unwrap(), dek);
+        assert_eq!(intermediate_files(dir.path()), 2);
+        // A running mount follows at its next listing.
+        mount.state.lock().unwrap().scanned = None;
+        assert_eq!(mount.wrap(&dek, &ctx).unwrap().key_id, after.key_id);
+        // Rewrap drops the slot, and a key that loses one is retired there too.
+        let fresh = hierarchy(dir.path(), Some(3600), both.clone());
+        let current = fresh.wrap(&dek, &ctx).unwrap();
+        let mut failed = Vec::new();
+        assert_eq!(
+            fresh
+                .bring_in_line(&[both[1].clone()], &mut failed)
+                .unwrap(),
+            2
+        );
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_ne!(fresh.wrap(&dek, &ctx).unwrap().key_id, current.key_id);
     }
 }

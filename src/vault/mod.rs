@@ -201,6 +201,7 @@ impl Vault {
             version: crate::format::config::CONFIG_VERSION_2,
             generation: 1,
             key_hierarchy: None,
+            intermediate_slots: false,
             vault_id,
             plaintext_names: opts.plaintext_names,
             name_encoding: opts.name_encoding,
@@ -459,6 +460,9 @@ impl Vault {
         }
         let mut config = self.config.clone();
         config.key_hierarchy = lifetime;
+        // Off keeps the config at version 3 until a rewrap has moved every header back
+        // (`headers_left_intermediate_keys`).
+        config.intermediate_slots |= lifetime.is_some();
         config.validate().map_err(Error::Invalid)?;
         if lifetime.is_some() {
             let probe = Hierarchy::new(
@@ -474,6 +478,21 @@ impl Vault {
         self.commit_config(config)?;
         self.hierarchy = OnceLock::new();
         Ok(())
+    }
+
+    /// After a complete `envfs rewrap` found no header under an intermediate key while the
+    /// hierarchy is off: write the config as version 2 again, so that an envfs without the
+    /// hierarchy can open the vault. Returns whether the config changed. (Intermediate-key
+    /// files stay: a host that has not synced yet may hold files they wrap, and this envfs
+    /// opens those whatever the config's version.)
+    pub fn headers_left_intermediate_keys(&mut self) -> Result<bool> {
+        if self.config.key_hierarchy.is_some() || !self.config.intermediate_slots {
+            return Ok(false);
+        }
+        let mut config = self.config.clone();
+        config.intermediate_slots = false;
+        self.commit_config(config)?;
+        Ok(true)
     }
 
     /// Make a new intermediate key now (`envfs key rotate-intermediate`); returns its id.
@@ -712,8 +731,11 @@ impl Vault {
     /// Remove a key (by the short id `envfs key list` prints, or its full key id). Refuses to
     /// remove the last key. Files keep its wrapped copies until `envfs rewrap`. A passphrase
     /// key is its X25519 slot and its passphrase slot (keys/passphrase.rs): removing either
-    /// removes both, since the key pair's private half exists nowhere else.
-    pub fn remove_key(&mut self, key_ref: &str) -> Result<KeySlot> {
+    /// removes both, since the key pair's private half exists nowhere else. A KMS key's
+    /// intermediate keys are retired first (`Hierarchy::retire`): new files must not be
+    /// wrapped by a key the removed one can unwrap. Returns the removed slot and how many
+    /// intermediate keys were retired.
+    pub fn remove_key(&mut self, key_ref: &str) -> Result<(KeySlot, usize)> {
         let index = self
             .config
             .slots
@@ -734,8 +756,14 @@ impl Vault {
                     .into(),
             ));
         }
+        let retired = if removed.provider == ProviderKind::AwsKms {
+            self.hierarchy().retire(&removed)?
+        } else {
+            0
+        };
         self.commit_config(config)?;
-        Ok(removed)
+        self.hierarchy = OnceLock::new();
+        Ok((removed, retired))
     }
 
     /// The key the debug log tags plaintext names with (fuse/oplog.rs): one per vault, so
