@@ -2,20 +2,30 @@
 # Files created per second through an envfs mount whose DEKs come from a KMS-compatible
 # server (moto) with injected latency, with and without DEK prefetch, and read back per
 # second after a remount, with and without unwrap ahead, and with the key hierarchy on (no
-# KMS call per file); KMS calls per file; and the local-key baseline. Writes its table into docs/BENCHMARKS.md between the kms markers.
+# KMS call per file); KMS calls per file; and the local-key baseline. Writes its table into
+# docs/BENCHMARKS.md between the kms markers.
 #
-#   bash scripts/bench_kms.sh [--files N] [--latency-ms MS] [--runs N]
+# As root, every case of every run gets a freshly made ext4 filesystem (a loop device) for
+# its backing directory: on a filesystem that has just seen thousands of files deleted,
+# ext4's inode allocator scans past the recently freed inodes (recently_deleted), which
+# made creation up to ~25% slower for whichever case came after a deletion. --shared-fs
+# puts every case on the disk of $BENCH_DIR instead.
+#
+#   bash scripts/bench_kms.sh [--files N] [--latency-ms MS] [--runs N] [--shared-fs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 FILES=500
 LATENCY=10
 RUNS=3
+FRESH_FS=0
+[ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && FRESH_FS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) FILES=$2; shift 2 ;;
     --latency-ms) LATENCY=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
+    --shared-fs) FRESH_FS=0; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -29,7 +39,7 @@ UP=$(free_port); PROXY=$(free_port)
 VPY=$ROOT/.venv/bin/python3   # moto lives in the project's venv (scripts/setup.sh)
 "$VPY" -m moto.server -H 127.0.0.1 -p "$UP" >/dev/null 2>&1 & MOTO=$!
 python3 scripts/kms_proxy.py --listen 127.0.0.1:"$PROXY" --upstream http://127.0.0.1:"$UP" --latency-ms "$LATENCY" 2>"$W/proxy.log" & PX=$!
-trap 'kill $MOTO $PX 2>/dev/null; for m in "$W"/*-mnt; do fusermount3 -u "$m" 2>/dev/null || true; done' EXIT
+trap 'kill $MOTO $PX 2>/dev/null; for m in "$W"/*-mnt "$W"/fs-*/mnt; do fusermount3 -u "$m" 2>/dev/null || true; done; for d in "$W"/fs-*; do umount "$d" 2>/dev/null || true; done' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 export AWS_ENDPOINT_URL_KMS=http://127.0.0.1:$PROXY XDG_CONFIG_HOME=$W/config XDG_STATE_HOME=$W/config
@@ -41,8 +51,16 @@ key=k.create_key()['KeyMetadata']; k.create_alias(AliasName='alias/envfs-bench',
 # One case: create $FILES small files through a fresh mount, then remount (the DEK cache
 # starts empty) and read them all back in directory order. Prints: files/s created, files/s
 # read back, GenerateDataKey calls per file created, Decrypt calls per file read.
-run_case() {  # label mount-options local|kms|hierarchy
-  local label=$1 opts=$2 kind=$3 b=$W/$1-backing m=$W/$1-mnt
+run_case() {  # label mount-options local|kms|hierarchy run
+  local label=$1 opts=$2 kind=$3 run=$4 b=$W/$1-backing m=$W/$1-mnt
+  if [ "$FRESH_FS" = 1 ]; then
+    # A new vault on a new filesystem (its own path: a host refuses another vault at a
+    # path it knows).
+    local fs=$W/fs-$label
+    mkdir -p "$fs"; rm -f "$W/fs.img"; truncate -s 1G "$W/fs.img"
+    mkfs.ext4 -q -F "$W/fs.img"; mount -o loop "$W/fs.img" "$fs"
+    b=$fs/backing-$run m=$fs/mnt
+  fi
   mkdir -p "$b" "$m"
   if [ ! -f "$b/envfs.conf" ]; then
     if [ "$kind" = local ]; then "$ENVFS" init "$b" --key-file "$W/local.key" >/dev/null
@@ -70,6 +88,7 @@ run_case() {  # label mount-options local|kms|hierarchy
   dec=$(( $(kms_calls "$m" Decrypt) - calls0 ))
   rm -rf "$m/run"
   unmount "$b" "$m"
+  if [ "$FRESH_FS" = 1 ]; then umount "$W/fs-$label"; rm -f "$W/fs.img"; fi
   echo "$(echo "$FILES / ($t1 - $t0)" | bc -l) $(echo "$FILES / ($t3 - $t2)" | bc -l) $(echo "$gdk / $FILES" | bc -l) $(echo "$dec / $FILES" | bc -l)"
 }
 
@@ -88,11 +107,11 @@ kms_calls() {  # mountpoint operation
 declare -A results
 CASES=(local noprefetch prefetch noahead hierarchy)
 for run in $(seq "$RUNS"); do
-  results[local]+="$(run_case local 'prefetch=0' local);"
-  results[noprefetch]+="$(run_case kms-noprefetch 'prefetch=0' kms);"
-  results[prefetch]+="$(run_case kms-prefetch 'prefetch=32' kms);"
-  results[noahead]+="$(run_case kms-noahead 'prefetch=32,unwrap_ahead=0' kms);"
-  results[hierarchy]+="$(run_case kms-hierarchy 'prefetch=32' hierarchy);"
+  results[local]+="$(run_case local 'prefetch=0' local "$run");"
+  results[noprefetch]+="$(run_case kms-noprefetch 'prefetch=0' kms "$run");"
+  results[prefetch]+="$(run_case kms-prefetch 'prefetch=32' kms "$run");"
+  results[noahead]+="$(run_case kms-noahead 'prefetch=32,unwrap_ahead=0' kms "$run");"
+  results[hierarchy]+="$(run_case kms-hierarchy 'prefetch=32' hierarchy "$run");"
 done
 # The median over runs of field N (1-4) of a case's results.
 median() {  # case field
@@ -111,6 +130,7 @@ TABLE=$(cat <<MD
 new file with content needs a DEK from KMS \`GenerateDataKey\` (moto on loopback behind
 \`scripts/kms_proxy.py\`, which adds ${LATENCY} ms to every request). Median of $RUNS runs of
 creating $FILES small files with a shell loop, then reading them back after a remount.
+$( [ "$FRESH_FS" = 1 ] && echo "Every case of every run on a freshly made ext4 filesystem (loop device).")
 
 | envfs configuration | create (files/s) | vs local | read back after remount (files/s) | vs local | GenerateDataKey per file | Decrypt per file read |
 |---|---:|---:|---:|---:|---:|---:|
