@@ -21,6 +21,15 @@ impl KmsVault {
     fn new(kms: &Kms, key: &str) -> KmsVault {
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("backing");
+        KmsVault::init(kms, key, dir, backing)
+    }
+
+    /// A vault whose backing directory is `backing` (on a share, say).
+    fn new_at(kms: &Kms, key: &str, backing: PathBuf) -> KmsVault {
+        KmsVault::init(kms, key, tempfile::tempdir().unwrap(), backing)
+    }
+
+    fn init(kms: &Kms, key: &str, dir: tempfile::TempDir, backing: PathBuf) -> KmsVault {
         fs::create_dir(&backing).unwrap();
         let v = KmsVault { dir, backing };
         let out = run(v
@@ -659,7 +668,7 @@ fn the_key_hierarchy_creates_and_reopens_files_without_a_kms_call_per_file() {
         );
     }
     {
-        let m = v.mount(&kms, "mnt", &[]);
+        let m = v.mount(&kms, "mnt", &["-o", "unwrap_ahead=4"]);
         kms.reset_counts();
         for f in 0..60 {
             assert_eq!(fs::read(m.p(&format!("new/f{f:02}"))).unwrap(), data);
@@ -669,6 +678,11 @@ fn the_key_hierarchy_creates_and_reopens_files_without_a_kms_call_per_file() {
             1,
             "after a remount: one call for 60 files"
         );
+        // Unwrap ahead learns that these files need no call and stops reading their
+        // headers: at most what was queued before the first answer (the window's 4).
+        let ahead = unwrap_ahead_settled(&v, &kms, &m);
+        assert!(ahead["queued"].as_u64().unwrap() <= 2 * 4, "{ahead}");
+        assert_eq!(ahead["unwrapped"], 0, "{ahead}");
         for f in 0..3 {
             assert_eq!(
                 fs::read_to_string(m.p(&format!("old/f{f}"))).unwrap(),
@@ -686,6 +700,52 @@ fn the_key_hierarchy_creates_and_reopens_files_without_a_kms_call_per_file() {
     }
     let info = ok(run(v.cmd(&kms).arg("info").arg(&v.backing).arg("new/f00")));
     assert!(info.contains(&ik_slot), "{info}");
+}
+
+/// On a NAS (sshfs to an sshd on loopback) the key hierarchy works as on a local disk:
+/// intermediate-key files are written (temporary file, fsync, link) and read over the
+/// network, files cost no KMS call, and rotation and rewrap go through.
+#[test]
+fn the_key_hierarchy_works_on_an_sshfs_share() {
+    let nas = support::nas::Nas::start();
+    let kms = Kms::start();
+    kms.create_key("alias/envfs-nas");
+    let v = KmsVault::new_at(&kms, "alias/envfs-nas", nas.share().join("vault"));
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "hierarchy"])
+        .arg(&v.backing)
+        .arg("on")));
+    assert_eq!(intermediate_keys(&v.backing).len(), 1);
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        kms.reset_counts();
+        for f in 0..20 {
+            fs::write(m.p(&format!("f{f}")), format!("on the share {f}")).unwrap();
+        }
+        assert_eq!(kms.count("GenerateDataKey"), 0, "no KMS call per new file");
+    }
+    {
+        let m = v.mount(&kms, "mnt", &[]);
+        kms.reset_counts();
+        for f in 0..20 {
+            assert_eq!(
+                fs::read_to_string(m.p(&format!("f{f}"))).unwrap(),
+                format!("on the share {f}")
+            );
+        }
+        assert_eq!(kms.count("Decrypt"), 1, "the intermediate key, once");
+    }
+    ok(run(v
+        .cmd(&kms)
+        .args(["key", "rotate-intermediate"])
+        .arg(&v.backing)));
+    let out = ok(run(v.cmd(&kms).arg("rewrap").arg(&v.backing)));
+    assert!(out.contains("20 files: 20 rewrapped"), "{out}");
+    assert_eq!(intermediate_keys(&v.backing).len(), 2);
+    let out = run(v.cmd(&kms).arg("cat").arg(&v.backing).arg("f7"));
+    assert_eq!(stdout_text(&out), "on the share 7", "{}", stderr_text(&out));
+    assert_eq!(backing_contains(&v.backing, b"on the share"), None);
 }
 
 /// The count of expired intermediate keys no header uses, from rewrap's second line.

@@ -18,6 +18,12 @@
 //! The directory is listed by a worker, never by the open that starts its window (on a NAS
 //! a listing is a round trip): opens that come before the listing is in are remembered and
 //! replayed on it.
+//!
+//! A directory whose files need no key-service call (headers wrapped by a local key, or by
+//! an intermediate key of the key hierarchy, which the mount holds) gains nothing, and each
+//! job would cost a header read: once the files found needing no call outnumber those that
+//! needed one, the window queues no more, so such a directory costs a few header reads,
+//! not one per file opened.
 
 use crate::backing::Dir;
 use crate::vault::{Ahead, Vault};
@@ -53,6 +59,10 @@ struct Window {
     opened: usize,
     /// Files queued and not opened yet.
     ahead: usize,
+    /// Jobs whose file needed a key-service call (made ahead, or by an open first) and
+    /// jobs whose file needed none.
+    needed_call: usize,
+    needed_none: usize,
     generation: u64,
     used_at: Instant,
 }
@@ -171,6 +181,8 @@ impl UnwrapAhead {
                     state: Vec::new(),
                     opened: 0,
                     ahead: 0,
+                    needed_call: 0,
+                    needed_none: 0,
                     generation,
                     used_at: Instant::now(),
                 },
@@ -250,7 +262,12 @@ impl Shared {
         // On from the file just opened, in the directory's order (a reader in another
         // order restarts the window wherever it opens).
         // The first open in a directory earns nothing: one file read alone costs one call.
-        let room = (w.opened - 1).min(self.workers).saturating_sub(w.ahead);
+        // Nor does a directory whose files mostly need no call.
+        let room = if w.needed_none > w.needed_call {
+            0
+        } else {
+            (w.opened - 1).min(self.workers).saturating_sub(w.ahead)
+        };
         let mut jobs = Vec::new();
         let mut i = at + 1;
         while jobs.len() < room && i < w.names.len() {
@@ -343,12 +360,34 @@ impl Shared {
                 self.list(&job);
                 continue;
             }
-            let counter = match self.run(&job) {
+            let result = self.run(&job);
+            let counter = match result {
                 Some(Ahead::Unwrapped) => &self.unwrapped,
                 Some(Ahead::Failed) => &self.failed,
                 _ => &self.skipped,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            self.learn(&job, result);
+        }
+    }
+
+    /// Note in the job's window whether its file needed a key-service call.
+    fn learn(&self, job: &Job, result: Option<Ahead>) {
+        let needed = match result {
+            Some(Ahead::Unwrapped | Ahead::Cached | Ahead::Failed) => true,
+            Some(Ahead::NotHeld) => false,
+            Some(Ahead::NotAFile) | None => return,
+        };
+        let mut windows = self.windows.lock().unwrap();
+        if let Some(w) = windows
+            .get_mut(&job.rel)
+            .filter(|w| w.generation == job.generation)
+        {
+            if needed {
+                w.needed_call += 1;
+            } else {
+                w.needed_none += 1;
+            }
         }
     }
 
